@@ -1,0 +1,334 @@
+"""Results tables: one row per trained network, its cost and its loss on every task it solves.
+
+The hand-off between training and selection. On disk it is a CSV whose header is
+``tasks,cost,<task>,<task>,...``: ``tasks`` is the ``+``-joined names of the tasks the network was
+trained on, ``cost`` its inference cost in standard-network units (SNT), and each task cell that
+network's loss on the task, empty where the network does not solve it. The authors' own tab-separated
+format (``read_standley``) is read too.
+
+numpy only: people run this on laptops against tables from other codebases.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+TASK_SEPARATOR = "+"
+STANDLEY_TASK_NAMES = ("s", "d", "n", "k", "e")
+STANDLEY_HALF_COST = 0.5
+STANDLEY_FULL_COST = 1.0
+
+
+class TableError(ValueError):
+  """A results table that cannot be used; the message names where and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ResultsTable:
+  """Per-network, per-task losses.
+
+  Attributes:
+    task_names: the table's task columns, in order.
+    network_tasks: for each network (row), the names of the tasks it was trained on.
+    costs: ``[networks]`` inference cost in SNT.
+    losses: ``[networks, tasks]`` loss of each network on each task; ``inf`` where the network does
+      not solve the task (so that "best network for a task" is a plain minimum).
+  """
+
+  task_names: tuple[str, ...]
+  network_tasks: tuple[tuple[str, ...], ...]
+  costs: np.ndarray
+  losses: np.ndarray
+
+  def __post_init__(self):
+    costs = np.asarray(self.costs, dtype=np.float64)
+    losses = np.asarray(self.losses, dtype=np.float64)
+    object.__setattr__(self, "costs", costs)
+    object.__setattr__(self, "losses", losses)
+    costs.setflags(write=False)
+    losses.setflags(write=False)
+    num_networks, num_tasks = len(self.network_tasks), len(self.task_names)
+    if losses.shape != (num_networks, num_tasks) or costs.shape != (num_networks,):
+      raise TableError(f"table shapes disagree: {num_networks} networks and {num_tasks} tasks, but costs "
+                       f"{costs.shape} and losses {losses.shape}")
+    if len(set(self.task_names)) != num_tasks:
+      raise TableError(f"duplicate task names in {self.task_names}")
+    column = {name: i for i, name in enumerate(self.task_names)}
+    for row, tasks in enumerate(self.network_tasks):
+      unknown = [t for t in tasks if t not in column]
+      if unknown:
+        raise TableError(f"network {row} ({self.network_label(row)}) names unknown task(s) {unknown}; "
+                         f"table tasks: {', '.join(self.task_names)}")
+      solved = {self.task_names[j] for j in np.flatnonzero(np.isfinite(losses[row]))}
+      if solved != set(tasks):
+        raise TableError(f"network {row} ({self.network_label(row)}) has losses for {sorted(solved)} but is "
+                         f"trained on {sorted(tasks)}; a network has a loss exactly for its own tasks")
+    if np.any(~np.isfinite(costs)) or np.any(costs < 0):
+      raise TableError(f"costs must be finite and >= 0, got {costs}")
+    if np.any(np.isnan(losses)) or np.any(losses == -np.inf):
+      raise TableError("losses must be numbers or +inf (not solved)")
+    unsolved = [t for j, t in enumerate(self.task_names) if not np.isfinite(losses[:, j]).any()]
+    if unsolved:
+      raise TableError(f"no network solves task(s) {unsolved}: add a network trained on them or drop "
+                       f"the column")
+
+  @classmethod
+  def from_rows(cls, task_names: Sequence[str],
+                rows: Iterable[tuple[Sequence[str], float, Mapping[str, float]]]) -> "ResultsTable":
+    """Builds a table from ``(tasks, cost, {task: loss})`` rows."""
+    task_names = tuple(task_names)
+    column = {name: i for i, name in enumerate(task_names)}
+    network_tasks, costs, losses = [], [], []
+    for tasks, cost, task_losses in rows:
+      row = np.full(len(task_names), np.inf)
+      for task, loss in task_losses.items():
+        if task not in column:
+          raise TableError(f"unknown task {task!r}; table tasks: {', '.join(task_names)}")
+        row[column[task]] = loss
+      network_tasks.append(tuple(tasks))
+      costs.append(cost)
+      losses.append(row)
+    return cls(task_names, tuple(network_tasks), np.array(costs, dtype=np.float64),
+               np.array(losses, dtype=np.float64).reshape(len(network_tasks), len(task_names)))
+
+  @property
+  def num_networks(self) -> int:
+    return len(self.network_tasks)
+
+  @property
+  def num_tasks(self) -> int:
+    return len(self.task_names)
+
+  @property
+  def solves(self) -> np.ndarray:
+    """``[networks, tasks]`` bool: whether each network solves each task."""
+    return np.isfinite(self.losses)
+
+  def network_key(self, row: int) -> tuple[frozenset, float]:
+    """What identifies a network across tables: its task set and its cost."""
+    return frozenset(self.network_tasks[row]), round(float(self.costs[row]), 9)
+
+  def network_label(self, row: int) -> str:
+    tasks = TASK_SEPARATOR.join(self.network_tasks[row])
+    return f"{tasks} @ {self.costs[row]:g} SNT"
+
+  def subset(self, rows: Sequence[int]) -> "ResultsTable":
+    rows = list(rows)
+    return ResultsTable(self.task_names, tuple(self.network_tasks[r] for r in rows), self.costs[rows],
+                        self.losses[rows])
+
+  def concat(self, other: "ResultsTable") -> "ResultsTable":
+    if other.task_names != self.task_names:
+      raise TableError(f"cannot join tables with different tasks: {self.task_names} vs {other.task_names}")
+    return ResultsTable(self.task_names, self.network_tasks + other.network_tasks,
+                        np.concatenate([self.costs, other.costs]), np.concatenate([self.losses, other.losses]))
+
+  def aligned_to(self, reference: "ResultsTable", what: str = "test table") -> "ResultsTable":
+    """This table's rows reordered to match ``reference``'s networks, or an error saying what differs."""
+    if self.task_names != reference.task_names:
+      raise TableError(f"the {what}'s tasks {list(self.task_names)} differ from the validation table's "
+                       f"{list(reference.task_names)}")
+    rows_by_key: dict = {}
+    for row in range(self.num_networks):
+      rows_by_key.setdefault(self.network_key(row), []).append(row)
+    order, missing = [], []
+    for row in range(reference.num_networks):
+      candidates = rows_by_key.get(reference.network_key(row))
+      if candidates:
+        order.append(candidates.pop(0))
+      else:
+        missing.append(reference.network_label(row))
+    extra = [self.network_label(r) for rows in rows_by_key.values() for r in rows]
+    if missing or extra:
+      raise TableError(f"the {what}'s networks do not match the validation table's: missing "
+                       f"{missing or 'none'}; not in the validation table: {extra or 'none'}")
+    return self.subset(order)
+
+
+def _where(source: str, line: int, column: Optional[str] = None) -> str:
+  return f"{source}: line {line}" + (f", column {column!r}" if column else "")
+
+
+def _parse_number(text: str, where: str, what: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise TableError(f"{where}: {what} {text!r} is not a number; write a decimal number "
+                     f"(or leave the cell empty if the network does not solve the task)") from None
+  if not math.isfinite(value):
+    raise TableError(f"{where}: {what} is {text!r}; losses and costs must be finite numbers "
+                     f"(drop a diverged network's row instead)")
+  return value
+
+
+def _validated(task_names, network_tasks, costs, losses, source: str) -> ResultsTable:
+  """Builds the table; whole-table problems (e.g. a task no network solves) name the file."""
+  losses = np.array(losses, dtype=np.float64).reshape(len(network_tasks), len(task_names))
+  try:
+    return ResultsTable(tuple(task_names), tuple(network_tasks), np.array(costs, dtype=np.float64), losses)
+  except TableError as error:
+    raise TableError(f"{source}: {error}") from None
+
+
+def parse_csv(text: str, source: str = "<csv>") -> ResultsTable:
+  """Parses the CSV format described in the module docstring."""
+  reader = csv.reader(io.StringIO(text))
+  rows = [(number, row) for number, row in enumerate(reader, start=1) if any(cell.strip() for cell in row)]
+  if not rows:
+    raise TableError(f"{source}: the table is empty; expected a header 'tasks,cost,<task>,...' and one row "
+                     f"per network")
+  header_line, header = rows[0]
+  header = [cell.strip() for cell in header]
+  if header[:2] != ["tasks", "cost"] or len(header) < 3:
+    raise TableError(f"{_where(source, header_line)}: the header must start 'tasks,cost,' followed by one "
+                     f"column per task; got {','.join(header)!r}")
+  task_names = header[2:]
+  seen = set()
+  for name in task_names:
+    if not name:
+      raise TableError(f"{_where(source, header_line)}: a task column has an empty name")
+    if name in seen:
+      raise TableError(f"{_where(source, header_line, name)}: task column {name!r} appears twice; "
+                       f"each task has exactly one column")
+    if TASK_SEPARATOR in name:
+      raise TableError(f"{_where(source, header_line, name)}: task names cannot contain "
+                       f"{TASK_SEPARATOR!r}, which joins the tasks of a network")
+    seen.add(name)
+  column = {name: i for i, name in enumerate(task_names)}
+  network_tasks, costs, losses = [], [], []
+  for line, row in rows[1:]:
+    row = [cell.strip() for cell in row]
+    if len(row) != len(header):
+      raise TableError(f"{_where(source, line)}: {len(row)} cells but the header has {len(header)}; "
+                       f"leave a cell empty (not missing) where a network does not solve a task")
+    tasks = tuple(t for t in row[0].split(TASK_SEPARATOR) if t)
+    if not tasks:
+      raise TableError(f"{_where(source, line, 'tasks')}: empty; name the network's tasks joined by "
+                       f"{TASK_SEPARATOR!r}, e.g. {TASK_SEPARATOR.join(task_names[:2])!r}")
+    for task in tasks:
+      if task not in column:
+        raise TableError(f"{_where(source, line, 'tasks')}: unknown task {task!r}; the header's tasks are "
+                         f"{', '.join(task_names)}")
+    if len(set(tasks)) != len(tasks):
+      raise TableError(f"{_where(source, line, 'tasks')}: {row[0]!r} names a task twice")
+    cost = _parse_number(row[1], _where(source, line, "cost"), "cost")
+    if cost < 0:
+      raise TableError(f"{_where(source, line, 'cost')}: negative cost {cost:g}; costs are inference costs "
+                       f"in standard-network units and must be >= 0")
+    values = np.full(len(task_names), np.inf)
+    for name, cell in zip(task_names, row[2:]):
+      trained = name in tasks
+      if not cell:
+        if trained:
+          raise TableError(f"{_where(source, line, name)}: empty, but the network is trained on {name!r}; "
+                           f"fill in its loss or remove {name!r} from the tasks cell")
+        continue
+      if not trained:
+        raise TableError(f"{_where(source, line, name)}: has a loss but the network's tasks are "
+                         f"{row[0]!r}; add {name!r} to the tasks cell or empty the cell")
+      values[column[name]] = _parse_number(cell, _where(source, line, name), "loss")
+    network_tasks.append(tasks)
+    costs.append(cost)
+    losses.append(values)
+  if not network_tasks:
+    raise TableError(f"{source}: the table has a header but no networks")
+  return _validated(task_names, network_tasks, costs, losses, source)
+
+
+def parse_standley(text: str, task_names: Sequence[str] = STANDLEY_TASK_NAMES,
+                   source: str = "<standley>") -> ResultsTable:
+  """Parses the authors' tab-separated format.
+
+  Line 1 holds the half-size single-task networks (cost 0.5), one per column; every later line is a
+  full network (cost 1) trained on the tasks whose cells are filled.
+  """
+  task_names = tuple(task_names)
+  if len(set(task_names)) != len(task_names):
+    raise TableError(f"duplicate task names {list(task_names)}; pass one distinct name per column")
+  lines = [(number, line.rstrip("\r\n")) for number, line in enumerate(text.splitlines(), start=1)]
+  lines = [(number, line) for number, line in lines if line.strip()]
+  if not lines:
+    raise TableError(f"{source}: the table is empty")
+  network_tasks, costs, losses = [], [], []
+  for index, (line, content) in enumerate(lines):
+    cells = [cell.strip() for cell in content.split("\t")]
+    if len(cells) > len(task_names):
+      if any(cells[len(task_names):]):
+        raise TableError(f"{_where(source, line)}: {len(cells)} columns but {len(task_names)} task names "
+                         f"({','.join(task_names)}); pass --task_names with one name per column")
+      cells = cells[:len(task_names)]
+    cells += [""] * (len(task_names) - len(cells))
+    values = np.full(len(task_names), np.inf)
+    for j, cell in enumerate(cells):
+      if cell:
+        values[j] = _parse_number(cell, _where(source, line, task_names[j]), "loss")
+    filled = [j for j in range(len(task_names)) if np.isfinite(values[j])]
+    if index == 0:
+      for j in filled:
+        row = np.full(len(task_names), np.inf)
+        row[j] = values[j]
+        network_tasks.append((task_names[j],))
+        costs.append(STANDLEY_HALF_COST)
+        losses.append(row)
+    else:
+      network_tasks.append(tuple(task_names[j] for j in filled))
+      costs.append(STANDLEY_FULL_COST)
+      losses.append(values)
+  return _validated(task_names, network_tasks, costs, losses, source)
+
+
+def _read_text(path: str) -> str:
+  if not os.path.exists(path):
+    raise TableError(f"results table {path!r} does not exist; pass the path of a CSV written by training "
+                     f"(WORKDIR/results/val.csv) or of a table in the authors' format with --format=standley")
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
+def read_csv(path: str) -> ResultsTable:
+  return parse_csv(_read_text(path), source=path)
+
+
+def read_standley(path: str, task_names: Sequence[str] = STANDLEY_TASK_NAMES) -> ResultsTable:
+  return parse_standley(_read_text(path), task_names, source=path)
+
+
+READERS = {"csv": read_csv, "standley": read_standley}
+
+
+def read(path: str, format: str = "csv", task_names: Optional[Sequence[str]] = None) -> ResultsTable:
+  """Reads a table in ``format`` ('csv' or 'standley')."""
+  if format not in READERS:
+    raise TableError(f"unknown table format {format!r}; known formats: {', '.join(READERS)}")
+  if format == "standley":
+    return read_standley(path, task_names or STANDLEY_TASK_NAMES)
+  if task_names:
+    raise TableError("task names come from the CSV header; --task_names is only for --format=standley")
+  return read_csv(path)
+
+
+def to_csv(table: ResultsTable) -> str:
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(["tasks", "cost", *table.task_names])
+  for row in range(table.num_networks):
+    cells = [repr(float(v)) if np.isfinite(v) else "" for v in table.losses[row]]
+    writer.writerow([TASK_SEPARATOR.join(table.network_tasks[row]), repr(float(table.costs[row])), *cells])
+  return out.getvalue()
+
+
+def write_csv(table: ResultsTable, path: str) -> None:
+  """Writes ``table`` atomically, so a reader never sees half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with open(temporary, "w", encoding="utf-8") as f:
+    f.write(to_csv(table))
+  os.replace(temporary, path)
