@@ -129,8 +129,10 @@ def make_solution(table: ResultsTable, networks: Sequence[int], budget: float,
 
 # Exact selection is limited by the relaxation table, one entry per set of tasks.
 MAX_TASKS = 20
-# Cap on relaxation-table entries ([2^tasks, budget units + 1]); a coarser cost grid keeps it there.
+# Caps on the relaxation table ([2^tasks, budget units + 1]); a coarser cost grid keeps it within them.
+# A finer grid only tightens the bound for off-grid costs, at a cost linear in the units.
 MAX_RELAXATION_ENTRIES = 1 << 23
+MAX_BUDGET_UNITS = 100
 COST_GRIDS = (1.0, 0.5, 0.25, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 # Stands in for "cannot serve" inside matrix products, where inf * 0 would give NaN.
 _UNSERVED = 1e18
@@ -142,7 +144,7 @@ def _cost_grid(costs: np.ndarray, budgets: np.ndarray, num_tasks: int) -> float:
   Costs off every allowed grid get the finest allowed one; the relaxation then rounds costs down,
   which keeps it a valid (if looser) bound.
   """
-  max_units = max(1, MAX_RELAXATION_ENTRIES // (1 << num_tasks) - 1)
+  max_units = max(1, min(MAX_BUDGET_UNITS, MAX_RELAXATION_ENTRIES // (1 << num_tasks) - 1))
   top = float(np.max(budgets))
   allowed = [unit for unit in COST_GRIDS if top / unit <= max_units]
   values = np.concatenate([costs, budgets])

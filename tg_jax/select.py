@@ -1,0 +1,112 @@
+r"""Chooses networks for each inference budget from results tables; no training, no JAX.
+
+  python -m tg_jax.select --results=WORKDIR/results/val.csv --test_results=WORKDIR/results/test.csv \
+      --predict=hoa --budgets=1,1.5,2 --json=selection.json
+
+  # The authors' published tables (Early Stopping Approximation: select on ESA losses, assign tasks
+  # by the converged networks' validation losses, score on test):
+  python -m tg_jax.select --format=standley --results=setting1_esa.tsv \
+      --converged_results=setting1_val.tsv --test_results=setting1_test.tsv
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional
+
+from absl import app, flags
+
+from tg_jax.selection import selector, study, tables
+
+_RESULTS = flags.DEFINE_string("results", None, "Table the selection runs on (validation losses, or ESA losses).")
+_TEST_RESULTS = flags.DEFINE_string("test_results", None, "Test losses of the same networks; scores the choices.")
+_CONVERGED_RESULTS = flags.DEFINE_string(
+    "converged_results", None,
+    "Validation losses of fully trained networks, used to assign tasks to chosen networks when --results "
+    "holds early (ESA) losses. Default: --results itself.")
+_FORMAT = flags.DEFINE_enum("format", "csv", list(tables.READERS), "Table format: csv (tasks,cost,<task>...) or "
+                            "standley (the authors' tab-separated files).")
+_TASK_NAMES = flags.DEFINE_list("task_names", None, "Column names for --format=standley (default s,d,n,k,e).")
+_PREDICT = flags.DEFINE_enum("predict", "none", list(study.PREDICTIONS),
+                             "hoa: select among groups of 3+ tasks predicted from the pair networks.")
+_BUDGETS = flags.DEFINE_list("budgets", None, "Inference budgets in SNT (default 1 to #tasks in steps of 0.5).")
+_JSON = flags.DEFINE_string("json", None, "Write the solutions and baselines as JSON here.")
+_WEIGHTS = flags.DEFINE_list("weights", None, "Objective weights, task=weight,... (default 1 each).")
+_NORMALISE = flags.DEFINE_enum("normalise", "none", ["none", "single"],
+                               "single: divide each task's losses by its full single-task network's loss.")
+_CAPS = flags.DEFINE_list("caps", None, "Hard caps, task=max_loss,...: a task may only be served by a network "
+                          "whose loss on it is at most max_loss.")
+_RANDOM_SAMPLES = flags.DEFINE_integer("random_samples", 1000, "Random valid solutions averaged for the baseline.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline.")
+
+
+class UsageError(ValueError):
+  """A flag value that cannot be used; the message says how to fix it."""
+
+
+def _parse_mapping(entries: Optional[list[str]], flag: str) -> Optional[dict[str, float]]:
+  if not entries:
+    return None
+  mapping = {}
+  for entry in entries:
+    task, _, value = entry.partition("=")
+    try:
+      mapping[task.strip()] = float(value)
+    except ValueError:
+      raise UsageError(f"--{flag}: {entry!r} is not task=number, e.g. --{flag}=depth=0.2,normals=0.1") from None
+  return mapping
+
+
+def _parse_budgets(entries: Optional[list[str]]) -> Optional[list[float]]:
+  if not entries:
+    return None
+  try:
+    return [float(b) for b in entries]
+  except ValueError:
+    raise UsageError(f"--budgets: {','.join(entries)!r} is not a list of numbers, e.g. --budgets=1,1.5,2") from None
+
+
+def _read(path: str) -> tables.ResultsTable:
+  return tables.read(path, _FORMAT.value, _TASK_NAMES.value)
+
+
+def run_command() -> str:
+  """Runs the command from parsed flags; returns the text to print."""
+  if not _RESULTS.value:
+    raise UsageError("--results is required: the path of a results table, e.g. WORKDIR/results/val.csv")
+  val = _read(_RESULTS.value)
+  test = _read(_TEST_RESULTS.value) if _TEST_RESULTS.value else None
+  converged = _read(_CONVERGED_RESULTS.value) if _CONVERGED_RESULTS.value else None
+  reference = converged or val
+  objective = selector.Objective(weights=_parse_mapping(_WEIGHTS.value, "weights"),
+                                 caps=_parse_mapping(_CAPS.value, "caps"))
+  if _NORMALISE.value == "single":
+    objective = selector.Objective(weights=objective.weights, caps=objective.caps,
+                                   normalisers=selector.Objective.normalised_by(reference).normalisers)
+  result = study.run(val, test, predict=_PREDICT.value, budgets=_parse_budgets(_BUDGETS.value),
+                     objective=objective, converged=converged, random_samples=_RANDOM_SAMPLES.value,
+                     seed=_SEED.value)
+  text = study.format_text(result)
+  if _JSON.value:
+    directory = os.path.dirname(os.path.abspath(_JSON.value))
+    os.makedirs(directory, exist_ok=True)
+    with open(_JSON.value, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+    text += f"\n\nwrote {_JSON.value}"
+  return text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    print(run_command())
+  except (tables.TableError, selector.NoFeasibleSolution, UsageError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
