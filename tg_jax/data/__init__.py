@@ -113,8 +113,7 @@ def prepare(config: ml_collections.ConfigDict):
   module = _dataset_module(config.name)
   builder = module.builder(config)
   if not builder.is_prepared():
-    print(f"Preparing {config.name} ({builder.builder_config.name}) in {builder.data_dir}; "
-          "this happens once.", file=sys.stderr)
+    print(f"Preparing {config.name} in {builder.data_dir}; this happens once.", file=sys.stderr)
   return module.prepare(config)
 
 

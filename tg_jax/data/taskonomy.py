@@ -165,7 +165,12 @@ class Taskonomy(tfds.core.GeneratorBasedBuilder):
                 "building": tfds.features.Text(), "view": tfds.features.Text()}
     for task in self.builder_config.tasks:
       _, _, channels, dtype, _ = DOMAINS[task]
-      features[task] = tfds.features.Image(shape=(size, size, channels), dtype=dtype)
+      if dtype == np.uint8:
+        features[task] = tfds.features.Image(shape=(size, size, channels))
+      else:
+        # TFDS decodes 16-bit PNGs to numpy only with OpenCV; zlib-compressed tensors need nothing.
+        features[task] = tfds.features.Tensor(shape=(size, size, channels), dtype=dtype,
+                                              encoding=tfds.features.Encoding.ZLIB)
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features),
                                           homepage="http://taskonomy.stanford.edu/")
 
