@@ -134,6 +134,8 @@ MAX_TASKS = 20
 MAX_RELAXATION_ENTRIES = 1 << 23
 MAX_BUDGET_UNITS = 100
 COST_GRIDS = (1.0, 0.5, 0.25, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+# Children's bounds are computed in chunks of at most this many [subset, child] entries.
+_BOUND_CHUNK_ENTRIES = 1 << 22
 # Stands in for "cannot serve" inside matrix products, where inf * 0 would give NaN.
 _UNSERVED = 1e18
 
@@ -226,9 +228,15 @@ class _Search:
     """
     masks, complement = self._later(task)
     kept = np.where(np.isfinite(current[:, task + 1:]), current[:, task + 1:], _UNSERVED)
-    left_to_chosen = complement @ kept.T                                  # [subsets, children]
-    new_networks = self.relaxation.best[masks][:, self.relaxation.units(remaining)]
-    bound = values + np.min(left_to_chosen + new_networks, axis=0)
+    units = self.relaxation.units(remaining)
+    best_rest = self.relaxation.best[masks]                                   # [subsets, budget units]
+    bound = np.empty(len(values))
+    chunk = max(1, _BOUND_CHUNK_ENTRIES // len(masks))
+    for start in range(0, len(values), chunk):
+      part = slice(start, start + chunk)
+      left_to_chosen = complement @ kept[part].T                              # [subsets, children]
+      bound[part] = np.min(left_to_chosen + best_rest[:, units[part]], axis=0)
+    bound += values
     return np.where(bound >= _UNSERVED / 2, np.inf, bound)
 
   def run(self, budget: float) -> Optional[tuple]:
