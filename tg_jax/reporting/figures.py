@@ -1,0 +1,92 @@
+"""The study's figures (matplotlib, written as PNG): loss against budget, and the chosen groupings."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+METHOD_STYLES = {
+    "optimal": dict(color="black", marker="o", linewidth=2),
+    "hoa": dict(color="tab:blue", marker="s"),
+    "esa": dict(color="tab:orange", marker="^"),
+    "tag": dict(color="tab:purple", marker="D"),
+    "all_task": dict(color="tab:gray", linestyle="--"),
+    "independent": dict(color="tab:green", linestyle="--", marker="."),
+    "random": dict(color="tab:red", linestyle=":"),
+    "pessimal": dict(color="tab:brown", linestyle=":"),
+}
+
+
+def loss_against_budget(comparison: dict, path: str, title: str = "Total test loss against inference budget") -> None:
+  """Figure 4: one line per method; budgets where a method has no answer are gaps."""
+  figure, axes = plt.subplots(figsize=(7.6, 4.2), dpi=110)
+  budgets = comparison["budgets"]
+  for name, losses in comparison["methods"].items():
+    values = np.array([np.nan if v is None else v for v in losses], dtype=float)
+    if np.all(np.isnan(values)):
+      continue
+    axes.plot(budgets, values, label=name, **METHOD_STYLES.get(name, {}))
+  axes.set_xlabel("inference budget (standard networks)")
+  axes.set_ylabel("total test loss (sum over tasks)")
+  axes.set_title(title)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def groupings(result: dict, path: str, budgets: Sequence[float] = ()) -> None:
+  """Figure 5: per budget, networks (big circle: full size, small: half size or less) joined to the
+  tasks they serve; decoders a network has but does not use are drawn in grey."""
+  solutions = [s for s in result["solutions"] if not budgets or s["budget"] in budgets]
+  tasks = result["tasks"]
+  figure, axes = plt.subplots(len(solutions), 1, figsize=(1.3 + 1.0 * len(tasks), 1.5 * len(solutions) + 0.3),
+                              dpi=110, squeeze=False)
+  task_x = np.linspace(0, 1, len(tasks))
+  for axes_row, solution in zip(axes[:, 0], solutions):
+    networks = solution["networks"]
+    network_x = np.linspace(0, 1, len(networks) + 2)[1:-1] if len(networks) > 1 else np.array([0.5])
+    served = solution["assignment"]
+    for index, network in enumerate(networks):
+      for task in network["tasks"]:
+        used = served[task] == index
+        axes_row.plot([network_x[index], task_x[tasks.index(task)]], [1, 0],
+                      color="tab:blue" if used else "0.8", linewidth=2 if used else 1, zorder=1)
+      size = 260 if network["cost"] >= 1 - 1e-9 else 120
+      axes_row.scatter([network_x[index]], [1], s=size, color="tab:blue", edgecolor="black", zorder=2)
+    axes_row.scatter(task_x, np.zeros(len(tasks)), s=90, marker="s", color="white", edgecolor="black", zorder=2)
+    for x, task in zip(task_x, tasks):
+      axes_row.annotate(task, (x, 0), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+    test = solution["test_loss"]
+    axes_row.set_title(f"budget {solution['budget']:g}: {len(networks)} network(s)"
+                       + (f", test loss {test:.4f}" if test is not None else ""), fontsize=9)
+    axes_row.set_xlim(-0.1, 1.1)
+    axes_row.set_ylim(-0.45, 1.25)
+    axes_row.axis("off")
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str) -> None:
+  """A task-by-task matrix (rows: the task measured; columns: the task it is trained with)."""
+  figure, axes = plt.subplots(figsize=(1.2 + 0.75 * len(labels), 1.0 + 0.7 * len(labels)), dpi=110)
+  finite = matrix[np.isfinite(matrix)]
+  limit = float(np.max(np.abs(finite))) if finite.size else 1.0
+  image = axes.imshow(matrix * 100, cmap="RdBu", vmin=-100 * limit, vmax=100 * limit)
+  axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+  axes.set_yticks(range(len(labels)), labels, fontsize=8)
+  for (i, j), value in np.ndenumerate(matrix):
+    if np.isfinite(value):
+      axes.text(j, i, f"{100 * value:+.1f}", ha="center", va="center", fontsize=7)
+  figure.colorbar(image, ax=axes, label="% better than half-size single-task")
+  axes.set_title(title, fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
