@@ -1,0 +1,137 @@
+"""Network cost in standard networks (SNT), measured from the compiled encoder's FLOPs.
+
+The paper budgets inference in units of one standard network. Here a network of size ``s`` gets the
+width multiplier whose encoder's FLOPs, as XLA's cost analysis counts them for the compiled encoder,
+are closest to ``s`` times those of the size-1.0 encoder. Decoders are left out: they are the same
+at every size, one per task.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import SingleDeviceSharding
+
+from tg_jax.models import registry
+
+# The search stops once its bracket is this narrow relative to the multiplier: narrower than any
+# rounding step of widths below 5000, so its ends are the two rounded networks nearest the target.
+_MULTIPLIER_TOLERANCE = 1e-4
+# Below this multiplier every width of a realistic config has rounded to 1: nothing is cheaper.
+_SMALLEST_MULTIPLIER = 1e-3
+_IMAGE_CHANNELS = 3
+
+
+def encoder_flops(net: nn.Module, image_shape: tuple[int, ...]) -> float:
+  """FLOPs of ``net.encode`` on one image of ``image_shape`` ``(h, w, c)``, from XLA cost analysis.
+
+  Nothing is run or initialised: shapes are traced abstractly and compiled for the host CPU, so
+  every platform (and so every run of a config) picks the same widths for a size.
+  """
+  on_cpu = SingleDeviceSharding(jax.devices("cpu")[0])
+  images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32, sharding=on_cpu)
+  variables = jax.eval_shape(functools.partial(net.init, train=False, method="encode"),
+                             jax.random.key(0), images)
+  variables = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu),
+                           variables)
+  encode = jax.jit(functools.partial(net.apply, train=False, method="encode"))
+  return float(encode.lower(variables, images).compile().cost_analysis()["flops"])
+
+
+def _frozen(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  return ml_collections.FrozenConfigDict(config)
+
+
+def _cost_image_shape(config) -> tuple[int, int, int]:
+  return (config.cost_image_size, config.cost_image_size, _IMAGE_CHANNELS)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_flops(net: nn.Module, image_shape: tuple[int, ...]) -> float:
+  # Keyed by the module, so multipliers that round to the same widths compile once.
+  return encoder_flops(net, image_shape)
+
+
+def _flops(config: ml_collections.FrozenConfigDict, multiplier: float, image_shape: tuple[int, ...]) -> float:
+  net = registry.get(config.name).make(config, (), multiplier, jnp.float32)
+  return _module_flops(net, image_shape)
+
+
+def _check_size(size: float) -> None:
+  if not size > 0:
+    raise ValueError(f"network size must be positive, in standard-network units (e.g. 0.5); got {size}")
+
+
+@functools.lru_cache(maxsize=None)
+def _search_multiplier(config: ml_collections.FrozenConfigDict, size: float) -> float:
+  image_shape = _cost_image_shape(config)
+  flops = lambda multiplier: _flops(config, multiplier, image_shape)
+  target = size * flops(1.0)
+  # FLOPs never decrease with the multiplier (each rounded width is monotone in it), vanish as it
+  # goes to zero and grow about quadratically. Keep a bracket flops(below) < target <= flops(above).
+  below, flops_below = 0.0, 0.0
+  above, flops_above = 1.0, flops(1.0)
+  while flops_above < target:
+    below, flops_below = above, flops_above
+    above *= 2.0
+    flops_above = flops(above)
+  # Regula falsi in the squared multiplier, where FLOPs are nearly linear, with the Illinois rule
+  # (halve a bracket end's residual when it survives twice) so both ends keep moving. Multipliers
+  # that round to widths already measured are cache hits, so only a handful of encoders compile.
+  interpolate_below, interpolate_above, last_moved = flops_below, flops_above, None
+  while above - below > _MULTIPLIER_TOLERANCE * above:
+    if above < _SMALLEST_MULTIPLIER:
+      raise ValueError(f"size {size} is below the cheapest network this model config can build "
+                       f"({flops_above / flops(1.0):.3g} standard networks); use a larger size")
+    fraction = (target - interpolate_below) / (interpolate_above - interpolate_below)
+    middle = math.sqrt(below**2 + fraction * (above**2 - below**2))
+    if not below < middle < above:
+      middle = 0.5 * (below + above)
+    flops_middle = flops(middle)
+    if flops_middle < target:
+      below, flops_below, interpolate_below = middle, flops_middle, flops_middle
+      if last_moved == "below":
+        interpolate_above = target + 0.5 * (interpolate_above - target)
+      last_moved = "below"
+    else:
+      above, flops_above, interpolate_above = middle, flops_middle, flops_middle
+      if last_moved == "above":
+        interpolate_below = target - 0.5 * (target - interpolate_below)
+      last_moved = "above"
+  if below == 0.0:
+    return above
+  return above if flops_above - target <= target - flops_below else below
+
+
+def width_multiplier(config: ml_collections.ConfigDict, size: float) -> float:
+  """The encoder width multiplier whose measured FLOPs are closest to ``size`` standard networks.
+
+  Deterministic; measured at ``config.cost_image_size`` and cached per (config, size).
+  """
+  _check_size(size)
+  if size == 1.0:
+    return 1.0
+  return _search_multiplier(_frozen(config), float(size))
+
+
+def encoder_cost(config: ml_collections.ConfigDict, size: float,
+                 image_shape: Optional[tuple[int, ...]] = None) -> float:
+  """Measured cost in standard networks of a size-``size`` network's encoder.
+
+  Args:
+    config: the model config (``config.model``).
+    size: the nominal size, e.g. 0.5.
+    image_shape: ``(h, w, c)`` of one input image; defaults to ``config.cost_image_size`` square RGB.
+
+  Returns:
+    ``flops(encoder at size) / flops(encoder at size 1.0)`` from XLA's cost analysis.
+  """
+  frozen = _frozen(config)
+  image_shape = tuple(image_shape) if image_shape is not None else _cost_image_shape(config)
+  return _flops(frozen, width_multiplier(config, size), image_shape) / _flops(frozen, 1.0, image_shape)

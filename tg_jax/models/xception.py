@@ -1,0 +1,273 @@
+"""The paper's encoder-decoder network: a shared Xception-style encoder and one light decoder per task.
+
+Follows the authors' ``xception_taskonomy_small`` (tstandley/taskgrouping), whose full-size encoder
+has about 4M parameters:
+
+- Encoder: a 3x3 stride-2 convolution, a 3x3 convolution, three downsampling Xception blocks and
+  ``middle_blocks`` blocks at constant width, then a separable convolution to the representation.
+  Blocks are residual stacks of separable convolutions (depthwise 3x3 then pointwise 1x1); they
+  downsample with a 2x2 stride-2 convolution instead of max pooling. Images ``[b, h, w, c]`` become
+  a representation ``[b, h/16, w/16, representation_width]``.
+- Dense decoder (depth, normals, segmentation, ...): four 2x2 stride-2 transposed convolutions
+  interleaved with separable convolutions back to ``[b, h, w, channels]``, plus a bilinear skip from
+  the representation added before the last layer.
+- Classification decoder (CelebA attributes): global average pooling and one dense layer,
+  ``[b, channels]``.
+
+Fractional sizes scale the encoder's widths by one multiplier (``XceptionNet.encoder_widths``); the
+representation and decoders keep their widths, so a network's decoders cost the same at every size
+and its cost in standard networks is its encoder's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from tg_jax import tasks as tasks_lib
+
+# The authors initialise every convolution with N(0, 2 / (k * k * out_channels)).
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# Stride-2 stages in the encoder (one convolution, three blocks); dense decoders undo them all with
+# one 2x transposed convolution per entry of ``decoder_widths``.
+DOWNSAMPLING_FACTOR = 16
+_ENCODER_STAGES = 5  # entry convolution, second convolution, three downsampling blocks
+_DECODER_STAGES = 4
+# Kernel sizes of the separable convolutions after the first three upsamplings, as the authors'.
+_DECODER_KERNEL_SIZES = (3, 5, 5)
+
+
+def default_config(scale: str = "cpu") -> ml_collections.ConfigDict:
+  """Widths of the size-1.0 network (one standard network, SNT).
+
+  Args:
+    scale: ``"cpu"`` for the small default that trains ~20 networks in minutes on 2 CPU cores
+      (64x64 images, ~0.1M encoder parameters); ``"paper"`` for the paper's network (256x256
+      images, ~4M encoder parameters, widths of the authors' ``xception_taskonomy_small``).
+  """
+  config = ml_collections.ConfigDict()
+  config.name = "xception"
+  if scale == "cpu":
+    # Entry convolution, second convolution, three downsampling blocks (the last width is also the
+    # middle blocks' width).
+    config.encoder_widths = (8, 16, 32, 48, 96)
+    config.middle_blocks = 2
+    config.middle_block_reps = 2
+    config.representation_width = 64
+    # Decoder stage widths from coarse to fine, and the width of the bilinear skip.
+    config.decoder_widths = (32, 24, 16, 16)
+    config.decoder_skip_width = 8
+    # Resolution at which encoder FLOPs are measured to pick each size's widths; the ratio of FLOPs
+    # barely depends on it, so it need only be close to the data's resolution.
+    config.cost_image_size = 64
+  elif scale == "paper":
+    config.encoder_widths = (24, 48, 96, 192, 512)
+    config.middle_blocks = 4
+    config.middle_block_reps = 2
+    config.representation_width = 256
+    config.decoder_widths = (96, 64, 32, 32)
+    config.decoder_skip_width = 16
+    config.cost_image_size = 256
+  else:
+    raise ValueError(f"unknown model scale {scale!r}; known scales: cpu, paper")
+  return config
+
+
+class SeparableConv(nn.Module):
+  """A depthwise ``k x k`` convolution per channel, then a pointwise 1x1 one (Chollet, 2017)."""
+
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """``[b, h, w, c_in] -> [b, h, w, features]``."""
+    in_features = x.shape[-1]
+    x = nn.Conv(in_features, (self.kernel_size, self.kernel_size), feature_group_count=in_features,
+                use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="depthwise")(x)
+    return nn.Conv(self.features, (1, 1), use_bias=self.use_bias, kernel_init=_conv_init,
+                   dtype=self.dtype, name="pointwise")(x)
+
+
+def _batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
+  # momentum 0.9 is PyTorch's default momentum 0.1, as the authors trained with.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+
+
+class XceptionBlock(nn.Module):
+  """``reps`` x (ReLU, separable conv, BN), optionally downsampled 2x, plus a residual connection."""
+
+  features: int
+  reps: int
+  downsample: bool
+  start_with_relu: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """``[b, h, w, c] -> [b, h', w', features]`` with ``h' = h / 2`` when downsampling."""
+    residual = x
+    for rep in range(self.reps):
+      if rep > 0 or self.start_with_relu:
+        x = nn.relu(x)
+      x = SeparableConv(self.features, dtype=self.dtype)(x)
+      x = _batch_norm(train, self.dtype)(x)
+    strides = 2 if self.downsample else 1
+    if self.downsample:
+      # The paper replaces Xception's max pooling with a learned 2x2 stride-2 convolution.
+      x = nn.Conv(self.features, (2, 2), strides=2, padding="VALID", kernel_init=_conv_init,
+                  dtype=self.dtype, name="downsample")(x)
+    if self.downsample or residual.shape[-1] != self.features:
+      residual = nn.Conv(self.features, (1, 1), strides=strides, use_bias=False, kernel_init=_conv_init,
+                         dtype=self.dtype, name="skip")(residual)
+      residual = _batch_norm(train, self.dtype, name="skip_bn")(residual)
+    return x + residual
+
+
+class XceptionEncoder(nn.Module):
+  """Images ``[b, h, w, c]`` -> representation ``[b, h/16, w/16, representation_width]``."""
+
+  widths: tuple[int, ...]
+  middle_blocks: int
+  middle_block_reps: int
+  representation_width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+    height, width = images.shape[-3:-1]
+    if height % DOWNSAMPLING_FACTOR or width % DOWNSAMPLING_FACTOR:
+      raise ValueError(f"image height and width must be multiples of {DOWNSAMPLING_FACTOR} (the encoder "
+                       f"halves them four times); got {height}x{width}; resize or crop the images")
+    entry_width, second_width, *block_widths = self.widths
+    x = images.astype(self.dtype)
+    x = nn.Conv(entry_width, (3, 3), strides=2, use_bias=False, kernel_init=_conv_init, dtype=self.dtype)(x)
+    x = nn.relu(_batch_norm(train, self.dtype)(x))
+    x = nn.Conv(second_width, (3, 3), use_bias=False, kernel_init=_conv_init, dtype=self.dtype)(x)
+    x = nn.relu(_batch_norm(train, self.dtype)(x))
+    for index, features in enumerate(block_widths):
+      x = XceptionBlock(features, reps=2, downsample=True, start_with_relu=index > 0, dtype=self.dtype)(x, train)
+    for _ in range(self.middle_blocks):
+      x = XceptionBlock(block_widths[-1], reps=self.middle_block_reps, downsample=False, dtype=self.dtype)(x, train)
+    x = SeparableConv(self.representation_width, dtype=self.dtype)(x)
+    return nn.relu(_batch_norm(train, self.dtype)(x))
+
+
+class DenseDecoder(nn.Module):
+  """Representation ``[b, h/16, w/16, c]`` -> per-pixel output ``[b, h, w, channels]`` (float32)."""
+
+  channels: int
+  widths: tuple[int, ...]
+  skip_width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, representation: jax.Array, train: bool) -> jax.Array:
+    batch, height, width, _ = representation.shape
+    out_height, out_width = height * DOWNSAMPLING_FACTOR, width * DOWNSAMPLING_FACTOR
+    # A cheap path straight from the representation to full resolution, joined before the last layer.
+    skip = SeparableConv(self.skip_width, dtype=self.dtype, name="skip")(representation)
+    skip = _batch_norm(train, self.dtype, name="skip_bn")(skip)
+    skip = jax.image.resize(skip, (batch, out_height, out_width, self.skip_width), method="bilinear")
+
+    x = SeparableConv(self.widths[0], dtype=self.dtype)(representation)
+    x = _batch_norm(train, self.dtype)(x)
+    for stage, features in enumerate(self.widths):
+      x = nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_conv_init,
+                           dtype=self.dtype)(x)
+      x = _batch_norm(train, self.dtype)(x)
+      if stage < len(_DECODER_KERNEL_SIZES):
+        x = nn.relu(x)
+        x = SeparableConv(features, kernel_size=_DECODER_KERNEL_SIZES[stage], dtype=self.dtype)(x)
+        x = nn.relu(_batch_norm(train, self.dtype)(x))
+    x = nn.relu(jnp.concatenate([x, skip.astype(x.dtype)], axis=-1))
+    x = SeparableConv(self.channels, kernel_size=5, use_bias=True, dtype=self.dtype, name="output")(x)
+    return x.astype(jnp.float32)
+
+
+class ClassificationDecoder(nn.Module):
+  """Representation ``[b, h', w', c]`` -> logits ``[b, channels]`` (float32) by pooling + dense."""
+
+  channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, representation: jax.Array, train: bool) -> jax.Array:
+    del train  # No batch statistics in this head; the argument keeps decoders interchangeable.
+    pooled = jnp.mean(representation, axis=(1, 2))
+    return nn.Dense(self.channels, dtype=self.dtype, name="output")(pooled).astype(jnp.float32)
+
+
+class XceptionNet(nn.Module):
+  """A shared encoder and one decoder per task; ``__call__`` returns ``{task: output}``.
+
+  Attributes:
+    tasks: task names (``tg_jax.tasks``); each gets its own decoder ``decoder_<task>``.
+    encoder_widths: the encoder's widths for this network's size (see ``default_config``).
+    middle_blocks, middle_block_reps, representation_width, decoder_widths, decoder_skip_width:
+      as in ``default_config``.
+    dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters and outputs stay float32.
+  """
+
+  tasks: tuple[str, ...]
+  encoder_widths: tuple[int, ...]
+  middle_blocks: int
+  middle_block_reps: int
+  representation_width: int
+  decoder_widths: tuple[int, ...]
+  decoder_skip_width: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = XceptionEncoder(self.encoder_widths, self.middle_blocks, self.middle_block_reps,
+                                   self.representation_width, dtype=self.dtype)
+    decoders = {}
+    for name in self.tasks:
+      task = tasks_lib.get(name)
+      if task.is_dense:
+        decoders[name] = DenseDecoder(task.channels, self.decoder_widths, self.decoder_skip_width,
+                                      dtype=self.dtype, name=f"decoder_{name}")
+      else:
+        decoders[name] = ClassificationDecoder(task.channels, dtype=self.dtype, name=f"decoder_{name}")
+    self.decoders = decoders
+
+  def encode(self, images: jax.Array, train: bool) -> jax.Array:
+    """Images ``[b, h, w, c]`` -> shared representation ``[b, h/16, w/16, representation_width]``."""
+    return self.encoder(images, train)
+
+  def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """Images ``[b, h, w, c]`` -> ``{task: [b, h, w, channels]}`` (dense) or ``[b, channels]``."""
+    representation = self.encode(images, train)
+    return {name: decoder(representation, train) for name, decoder in self.decoders.items()}
+
+
+def make(config: ml_collections.ConfigDict, tasks: Sequence[str], width_multiplier: float,
+         dtype: Any = jnp.float32) -> XceptionNet:
+  """The network for ``tasks`` with the encoder's widths scaled by ``width_multiplier``.
+
+  Widths are rounded to integers (at least 1); ``tg_jax.models.build`` picks the multiplier that
+  makes the encoder's measured FLOPs match a size.
+  """
+  if len(config.encoder_widths) != _ENCODER_STAGES:
+    raise ValueError(f"model.encoder_widths needs {_ENCODER_STAGES} widths (entry convolution, second "
+                     f"convolution, three downsampling blocks); got {tuple(config.encoder_widths)}")
+  if len(config.decoder_widths) != _DECODER_STAGES:
+    raise ValueError(f"model.decoder_widths needs {_DECODER_STAGES} widths (one per 2x upsampling, "
+                     f"undoing the encoder's {DOWNSAMPLING_FACTOR}x); got {tuple(config.decoder_widths)}")
+  return XceptionNet(
+      tasks=tuple(tasks),
+      encoder_widths=tuple(max(1, round(width_multiplier * w)) for w in config.encoder_widths),
+      middle_blocks=config.middle_blocks,
+      middle_block_reps=config.middle_block_reps,
+      representation_width=config.representation_width,
+      decoder_widths=tuple(config.decoder_widths),
+      decoder_skip_width=config.decoder_skip_width,
+      dtype=dtype,
+  )
