@@ -1,10 +1,11 @@
-"""A vectorised numpy ray caster for procedural rooms, with dense labels from the geometry.
+"""A vectorised ray caster for procedural rooms, with dense labels from the geometry.
 
 A scene is a box-shaped room (floor, four walls, ceiling) holding a few primitives (spheres,
 boxes, cylinders, cones) that rest on the floor, each with a random pose, size, colour and
-procedural texture, lit by one point light. ``render_views`` renders a batch of views at once:
-every operation runs over arrays ``[views, objects, pixels]``, so a batch of 64 images costs
-a few hundred numpy calls in total rather than a few hundred per image.
+procedural texture, lit by one point light. Scenes are sampled with numpy; ``render_views``
+casts the rays of a chunk of views at once with analytic intersections over arrays
+``[views, object slots, pixels]``, in one function jitted by JAX and run on the CPU (XLA fuses
+the elementwise work, which numpy would do one temporary array at a time).
 
 Besides the (noisy) RGB input, every view yields the labels of the Taskonomy-like tasks:
 
@@ -24,9 +25,9 @@ Textures and cast shadows put edges and corners into the RGB that the geometry d
 and boxes and creases put edges into the geometry that plain surfaces do not show, so the 2D
 and 3D tasks are related without being the same task.
 
-Determinism: every scene's parameters come from ``np.random.default_rng(scene_key)``, and the
-pixels of a view depend only on its own parameters, so a view renders identically whatever
-batch it is rendered in.
+Determinism: every scene's parameters (and the seed of its sensor noise) come from
+``np.random.default_rng(scene_key)``, and the pixels of a view depend only on its own
+parameters, so a view renders identically whatever batch it is rendered in.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # Bump when a change to this file changes any rendered pixel; dataset caches are keyed on it.
-RENDERER_VERSION = "1.1.0"
+RENDERER_VERSION = "1.2.0"
 
 CLASS_NAMES = ("floor", "wall", "ceiling", "sphere", "box", "cylinder", "cone")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -93,12 +94,12 @@ class Views:
   angle: np.ndarray  # [n, K] rotation about the vertical axis, radians
   size: np.ndarray  # [n, K, 3] sphere: (r, r, r); box: half extents; cylinder/cone: (r, h/2, r)
   materials: Materials  # fields [n, 3 + K, ...]
-  noise_seed: np.ndarray  # [n] uint64 seed of the sensor noise
+  noise_seed: np.ndarray  # [n] uint32 seed of the sensor noise
 
 
 @dataclasses.dataclass(frozen=True)
 class _ViewArrays:
-  """``Views`` without the noise seed, as traced inside the jitted renderer."""
+  """``Views`` as traced inside the jitted renderer."""
 
   room: jax.Array
   camera: jax.Array
@@ -113,6 +114,7 @@ class _ViewArrays:
   angle: jax.Array
   size: jax.Array
   materials: Materials
+  noise_seed: jax.Array
 
 
 def _unit(v):
@@ -191,7 +193,7 @@ def sample_views(scene_key: tuple[int, ...], views_per_scene: int) -> list[dict]
         room=room, camera=camera, target=target, fov=np.deg2rad(50 + 25 * u[6]), light=light,
         light_colour=light_colour, ambient=ambient, noise_std=0.02 + 0.06 * u[7],
         present=present, centre=centre, angle=angle, size=size, materials=materials,
-        noise_seed=rng.integers(0, 2**63)))
+        noise_seed=rng.integers(0, 2**32)))
   return views
 
 
@@ -208,7 +210,7 @@ def stack_views(views: list[dict]) -> Views:
       light=stack("light"), light_colour=stack("light_colour"), ambient=stack("ambient"),
       noise_std=stack("noise_std"), present=stack("present", bool),
       centre=stack("centre"), angle=stack("angle"), size=stack("size"), materials=materials,
-      noise_seed=stack("noise_seed", np.uint64))
+      noise_seed=stack("noise_seed", np.uint32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +411,7 @@ def geometry_edges(depth: jax.Array, normals: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _render_labels(arrays: dict, height: int, width: int, shadows: bool) -> dict[str, jax.Array]:
-  """The jitted part of ``render_views``: everything but the sensor noise."""
+  """The jitted body of ``render_views``."""
   views = _ViewArrays(**{k: v for k, v in arrays.items() if k != "materials"},
                       materials=Materials(**arrays["materials"]))
   n = views.camera.shape[0]
@@ -497,10 +499,14 @@ def _render_labels(arrays: dict, height: int, width: int, shadows: bool) -> dict
     shape = (n, height, width) + (() if channels is None else (channels,))
     return x.reshape(shape).astype(jnp.float32)
   gray = image(clean @ jnp.array([0.299, 0.587, 0.114], jnp.float32))
+  # Sensor noise keyed per view, so a view's pixels do not depend on the batch it is in.
+  noise = jax.vmap(lambda seed: jax.random.normal(jax.random.key(seed), (height, width, 3)))(views.noise_seed)
+  to_uint8 = lambda x: jnp.round(x * 255).astype(jnp.uint8)
   depth_image = image(depth)
   normal_image = image(camera_normal, 3)
   return {
-      "clean_rgb": image(clean, 3),
+      "rgb": to_uint8(jnp.clip(image(clean, 3) + views.noise_std[:, None, None, None] * noise, 0, 1)),
+      "clean_rgb": to_uint8(image(clean, 3)),
       "segment_semantic": image(segment).astype(jnp.uint8),
       "depth": depth_image[..., None],
       "normals": normal_image,
@@ -522,24 +528,22 @@ def render_views(views: Views, height: int, width: int, shadows: bool = True) ->
   the rest float32 ``[n, h, w, c]``.
   """
   n = views.camera.shape[0]
-  arrays = {k: v for k, v in dataclasses.asdict(views).items() if k not in ("materials", "noise_seed")}
-  arrays["materials"] = dataclasses.asdict(views.materials)
+  arrays = {field.name: getattr(views, field.name) for field in dataclasses.fields(views)}
+  arrays["materials"] = {field.name: getattr(views.materials, field.name)
+                         for field in dataclasses.fields(views.materials)}
   # Pad to whole chunks (repeating the first view) so that one compiled shape serves every call.
   padded = -n % _CHUNK
-  arrays = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], padded, axis=0)]), arrays)
-  chunks = []
+  if padded:
+    arrays = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], padded, axis=0)]), arrays)
+  outputs = None
   with jax.default_device(jax.devices("cpu")[0]):
-    for start in range(0, n + padded, _CHUNK):
-      chunk = jax.tree.map(lambda x: x[start:start + _CHUNK], arrays)
-      chunks.append(_render_labels(chunk, height, width, shadows))
-    labels = {k: np.concatenate([np.asarray(c[k]) for c in chunks])[:n] for k in chunks[0]}
-  clean = labels.pop("clean_rgb")
-  # Sensor noise from numpy's generator keyed per view, so it does not depend on the batch.
-  noise = np.stack([np.random.default_rng(int(seed)).standard_normal((height, width, 3), np.float32)
-                    for seed in views.noise_seed])
-  noisy = np.clip(clean + views.noise_std[:, None, None, None] * noise, 0, 1)
-  to_uint8 = lambda x: np.round(x * 255).astype(np.uint8)
-  return {"rgb": to_uint8(noisy), "clean_rgb": to_uint8(clean), **labels}
+    for start in range(0, n, _CHUNK):
+      chunk = _render_labels(jax.tree.map(lambda x: x[start:start + _CHUNK], arrays), height, width, shadows)
+      if outputs is None:
+        outputs = {k: np.empty((n,) + v.shape[1:], v.dtype) for k, v in chunk.items()}
+      for key, value in chunk.items():
+        outputs[key][start:start + _CHUNK] = np.asarray(value)[:n - start]
+  return outputs
 
 
 def render_scenes(scene_keys: list[tuple[int, ...]], views_per_scene: int, image_size: int,
