@@ -1,0 +1,260 @@
+"""Balancing methods against known answers: closed forms, optimality conditions, toy convergence."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import optax
+import scipy.optimize
+
+from tg_jax import balancing
+from tg_jax.balancing.gradient import cagrad_weights, min_norm_weights
+
+
+def _grads_tree(matrix):
+  """A two-leaf pytree whose flattened task gradients are the rows of ``matrix`` ([tasks, 6])."""
+  matrix = jnp.asarray(matrix, jnp.float32)
+  return {"kernel": matrix[:, :4].reshape(-1, 2, 2), "bias": matrix[:, 4:]}
+
+
+def _flat(tree):
+  return np.concatenate([np.asarray(tree["kernel"]).reshape(-1), np.asarray(tree["bias"]).reshape(-1)])
+
+
+def _run(balancer, losses, grad_matrix, state=None):
+  """One jitted update from a fresh (or the given) state; compiled once per balancer and shape."""
+  losses = jnp.asarray(losses, jnp.float32)
+  state = balancer.init(len(losses)) if state is None else state
+  if balancer not in _JITTED:
+    _JITTED[balancer] = jax.jit(balancer.update)
+  combined, state, info = _JITTED[balancer](losses, _grads_tree(grad_matrix), state)
+  return _flat(combined), state, info
+
+
+_JITTED = {}
+
+
+@pytest.mark.parametrize("name", balancing.names())
+def test_every_method_combines_task_gradients_with_its_reported_weights(name):
+  grads = np.random.default_rng(1).normal(size=(3, 6))
+  combined, _, info = _run(balancing.get(name), [1.0, 2.0, 0.5], grads)
+  assert info["weights"].shape == (3,)
+  np.testing.assert_allclose(combined, np.asarray(info["weights"]) @ grads, rtol=1e-5, atol=1e-6)
+
+
+def test_registry_errors_name_the_fix():
+  with pytest.raises(KeyError, match="known methods: cagrad, dwa, equal"):
+    balancing.get("gradnrom")
+  with pytest.raises(TypeError, match="options are: alpha, learning_rate, optimizer"):
+    balancing.get("gradnorm", alhpa=1.0)
+
+
+def test_equal_is_the_plain_sum():
+  grads = np.arange(12.0).reshape(2, 6)
+  combined, _, info = _run(balancing.get("equal"), [3.0, 4.0], grads)
+  np.testing.assert_allclose(combined, grads.sum(0))
+  np.testing.assert_allclose(info["weights"], [1.0, 1.0])
+
+
+def test_mgda_two_tasks_is_the_closed_form_min_norm_point():
+  rng = np.random.default_rng(0)
+  balancer = balancing.get("mgda")
+  for _ in range(20):
+    g1, g2 = rng.normal(size=(2, 6)) * rng.uniform(0.1, 5.0, size=(2, 1))
+    combined, _, info = _run(balancer, [1.0, 1.0], np.stack([g1, g2]))
+    a = np.clip((g2 - g1) @ g2 / np.sum((g1 - g2) ** 2), 0.0, 1.0)
+    np.testing.assert_allclose(info["weights"], [a, 1 - a], atol=1e-5)
+    np.testing.assert_allclose(combined, a * g1 + (1 - a) * g2, rtol=1e-4, atol=1e-5)
+    # No point of the segment is shorter.
+    grid = np.linspace(0, 1, 2001)[:, None]
+    assert np.linalg.norm(combined) <= np.min(np.linalg.norm(grid * g1 + (1 - grid) * g2, axis=1)) + 1e-5
+
+
+def test_mgda_many_tasks_satisfies_the_min_norm_optimality_conditions():
+  # w minimises w.G.w on the simplex iff (G w)_t >= w.G.w for every t, with equality where w_t > 0.
+  rng = np.random.default_rng(2)
+  solve = jax.jit(min_norm_weights)
+  for num_tasks in (3, 5):
+    for _ in range(10):
+      grads = rng.normal(size=(num_tasks, 4)) + rng.normal(size=4)
+      gram = grads @ grads.T
+      weights = np.asarray(solve(jnp.asarray(gram, jnp.float32)))
+      assert np.all(weights >= -1e-7) and abs(weights.sum() - 1) < 1e-5
+      value = weights @ gram @ weights
+      directional = gram @ weights
+      scale = np.max(np.abs(gram))
+      assert np.all(directional >= value - 1e-4 * scale)
+      assert np.all(np.abs(directional[weights > 1e-3] - value) <= 1e-4 * scale)
+
+
+def test_mgda_normalisation_solves_on_scaled_gradients():
+  # With l2 normalisation two orthogonal gradients of norms 1 and 10 get the weights of two unit
+  # vectors scaled back: w_i proportional to 1 / ||g_i|| on the normalised problem, i.e. (1/2, 1/2).
+  grads = np.zeros((2, 6))
+  grads[0, 0], grads[1, 1] = 1.0, 10.0
+  _, _, info = _run(balancing.get("mgda", normalisation="l2"), [1.0, 1.0], grads)
+  np.testing.assert_allclose(info["weights"], [0.5, 0.5], atol=1e-6)
+  _, _, info = _run(balancing.get("mgda"), [1.0, 1.0], grads)
+  np.testing.assert_allclose(info["weights"], [100 / 101, 1 / 101], atol=1e-6)
+  with pytest.raises(ValueError, match="known: none, l2, loss, loss\\+"):
+    balancing.get("mgda", normalisation="L2")
+
+
+def test_pcgrad_two_conflicting_tasks():
+  """Proves, for two tasks with g1.g2 < 0: each projected gradient is orthogonal to the other task's
+  gradient, the result is the closed form, and it has a non-negative inner product with both task
+  gradients (no task's loss increases to first order)."""
+  rng = np.random.default_rng(3)
+  balancer = balancing.get("pcgrad")
+  checked = 0
+  for _ in range(30):
+    g1, g2 = rng.normal(size=(2, 6))
+    dot = g1 @ g2
+    if dot >= 0:
+      continue
+    checked += 1
+    combined, _, info = _run(balancer, [1.0, 1.0], np.stack([g1, g2]))
+    projected = np.asarray(info["projection_coefficients"]) @ np.stack([g1, g2])
+    assert abs(projected[0] @ g2) < 1e-4 and abs(projected[1] @ g1) < 1e-4
+    expected = g1 - dot / (g2 @ g2) * g2 + g2 - dot / (g1 @ g1) * g1
+    np.testing.assert_allclose(combined, expected, rtol=1e-4, atol=1e-5)
+    assert combined @ g1 >= -1e-5 and combined @ g2 >= -1e-5
+  assert checked >= 5
+
+
+def test_pcgrad_leaves_agreeing_gradients_alone_and_is_deterministic_per_seed():
+  grads = np.abs(np.random.default_rng(4).normal(size=(4, 6)))  # all inner products positive
+  combined, _, _ = _run(balancing.get("pcgrad"), np.ones(4), grads)
+  np.testing.assert_allclose(combined, grads.sum(0), rtol=1e-5)
+  conflicting = np.random.default_rng(5).normal(size=(4, 6))
+  first = _run(balancing.get("pcgrad", seed=7), np.ones(4), conflicting)
+  again = _run(balancing.get("pcgrad", seed=7), np.ones(4), conflicting)
+  np.testing.assert_array_equal(first[0], again[0])
+  # The state carries the key forward: the next update draws new orders.
+  assert not np.array_equal(jax.random.key_data(first[1].key),
+                            jax.random.key_data(balancing.get("pcgrad", seed=7).init(4).key))
+
+
+def test_cagrad_with_c_zero_is_the_mean_gradient():
+  grads = np.random.default_rng(6).normal(size=(3, 6))
+  combined, _, _ = _run(balancing.get("cagrad", c=0.0), np.ones(3), grads)
+  np.testing.assert_allclose(combined, grads.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_cagrad_dual_matches_slsqp_and_direction_solves_the_primal():
+  rng = np.random.default_rng(7)
+  solve = jax.jit(cagrad_weights)
+  for num_tasks in (2, 3, 5):
+    grads = rng.normal(size=(num_tasks, 6)) * rng.uniform(0.2, 5.0, size=(num_tasks, 1))
+    gram = grads @ grads.T
+    mean = np.full(num_tasks, 1.0 / num_tasks)
+    g0_norm = np.sqrt(mean @ gram @ mean)
+    for c in (0.3, 0.8):
+      weights = np.asarray(solve(jnp.asarray(gram, jnp.float32), c))
+      dual = lambda w: w @ gram @ mean + c * g0_norm * np.sqrt(w @ gram @ w + 1e-8)
+      reference = scipy.optimize.minimize(dual, mean, bounds=[(0, 1)] * num_tasks,
+                                          constraints={"type": "eq", "fun": lambda w: 1 - w.sum()})
+      assert dual(weights) <= reference.fun + 1e-4 * g0_norm ** 2
+  # Primal on a 2-D problem: d maximises min_i g_i.d over the ball ||d - g0|| <= c ||g0||.
+  grads = np.array([[1.0, 0.2], [-0.6, 1.0]])
+  c = 0.5
+  padded = np.pad(grads, ((0, 0), (0, 4)))
+  direction, _, _ = _run(balancing.get("cagrad", c=c, rescale=0), np.ones(2), padded)
+  g0 = grads.mean(0)
+  assert np.linalg.norm(direction[:2] - g0) == pytest.approx(c * np.linalg.norm(g0), rel=1e-4)
+  angles = np.linspace(0, 2 * np.pi, 200001)
+  boundary = g0 + c * np.linalg.norm(g0) * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+  best = np.max(np.min(boundary @ grads.T, axis=1))
+  assert np.min(grads @ direction[:2]) == pytest.approx(best, rel=1e-4)
+  rescaled, _, _ = _run(balancing.get("cagrad", c=c), np.ones(2), padded)
+  np.testing.assert_allclose(rescaled, direction / (1 + c ** 2), rtol=1e-5)
+
+
+def test_imtl_g_projects_equally_onto_every_unit_task_gradient():
+  rng = np.random.default_rng(8)
+  balancer = balancing.get("imtl_g")
+  for num_tasks in (2, 3, 4):
+    grads = rng.normal(size=(num_tasks, 6)) * rng.uniform(0.1, 10.0, size=(num_tasks, 1))
+    combined, _, info = _run(balancer, np.ones(num_tasks), grads)
+    units = grads / np.linalg.norm(grads, axis=1, keepdims=True)
+    projections = units @ combined
+    np.testing.assert_allclose(projections, projections[0], rtol=1e-3)
+    assert float(np.sum(info["weights"])) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_dwa_weights_follow_the_last_two_periods_loss_ratios():
+  balancer = balancing.get("dwa", temperature=2.0, period=2)
+  state = balancer.init(2)
+  grads = np.eye(2, 6)
+  seen = []
+  for losses in ([1.0, 1.0], [3.0, 1.0], [1.0, 1.0], [1.0, 0.5], [9.0, 9.0]):
+    _, state, info = _run(balancer, losses, grads, state)
+    seen.append(np.asarray(info["weights"]))
+  for weights in seen[:4]:  # fewer than two finished periods
+    np.testing.assert_allclose(weights, [1.0, 1.0])
+  ratios = np.array([1.0 / 2.0, 0.75 / 1.0])  # period means (2, 1) then (1, 0.75)
+  expected = 2 * np.exp(ratios / 2) / np.sum(np.exp(ratios / 2))
+  np.testing.assert_allclose(seen[4], expected, rtol=1e-6)
+
+
+def _toy_noisy_regression(balancer, noise_scales, steps, batch=256, learning_rate=0.05):
+  """Shared 3-vector theta; task i regresses targets mu + noise_scales[i] * eps (MSE), so its loss
+  converges to noise_scales[i]^2."""
+  noise_scales = jnp.asarray(noise_scales, jnp.float32)
+  mu = jnp.array([1.0, -2.0, 0.5])
+
+  def task_losses(theta, targets):  # targets [tasks, batch, 3]
+    return jnp.mean(jnp.sum((theta - targets) ** 2, axis=-1), axis=-1) / 3
+
+  def step(carry, step_key):
+    theta, state = carry
+    targets = mu + noise_scales[:, None, None] * jax.random.normal(step_key, (len(noise_scales), batch, 3))
+    losses = task_losses(theta, targets)
+    grads = jax.jacrev(task_losses)(theta, targets)
+    combined, state, info = balancer.update(losses, grads, state)
+    return (theta - learning_rate * combined, state), info["weights"]
+
+  keys = jax.random.split(jax.random.key(0), steps)
+  (_, state), weights = jax.jit(lambda k: jax.lax.scan(step, (jnp.zeros(3), balancer.init(len(noise_scales))), k))(keys)
+  return state, np.asarray(weights)
+
+
+def test_uncertainty_weights_converge_to_inverse_loss_scales():
+  noise_scales = np.array([0.5, 2.0])
+  _, weights = _toy_noisy_regression(balancing.get("uncertainty", learning_rate=0.02), noise_scales, steps=600)
+  np.testing.assert_allclose(weights[0], [1.0, 1.0])
+  final = weights[-100:].mean(0)
+  np.testing.assert_allclose(final * noise_scales ** 2, [1.0, 1.0], rtol=0.15)
+
+
+@pytest.mark.parametrize("alpha, losses, target_ratio", [
+    (0.0, [1.0, 0.5], 1.0),    # alpha 0: equal weighted gradient norms
+    (1.0, [1.0, 0.5], 2.0),    # task 0 trains half as fast: twice the weighted norm
+    (1.0, [0.25, 1.0], 0.25),
+])
+def test_gradnorm_drives_weighted_gradient_norms_to_the_target(alpha, losses, target_ratio):
+  """Fixed gradients of norms 1 and 10 and initial losses (1, 1); then the losses stay at ``losses``,
+  so ``r = L / mean(L)`` and the target ratio of weighted norms is ``(r_0 / r_1)^alpha``. (For
+  alpha in {0, 1} the targets average to mean(G), so the target is reachable exactly.)"""
+  grads = _grads_tree(np.eye(2, 6) * np.array([[1.0], [10.0]]))
+  steps = 1000
+  # A decaying step lets the weights settle on the target instead of circling it.
+  balancer = balancing.get("gradnorm", alpha=alpha, optimizer=optax.adam(optax.cosine_decay_schedule(0.02, steps)))
+
+  def run():
+    _, state, first = balancer.update(jnp.array([1.0, 1.0]), grads, balancer.init(2))
+
+    def step(state, _):
+      _, state, info = balancer.update(jnp.asarray(losses), grads, state)
+      norms = info["weighted_grad_norms"]
+      return state, norms[0] / norms[1]
+
+    state, ratios = jax.lax.scan(step, state, None, length=steps)
+    return first["weighted_grad_norms"], ratios, state.weights
+
+  first_norms, ratios, weights = jax.jit(run)()
+  np.testing.assert_allclose(first_norms, [1.0, 10.0], rtol=1e-6)  # equal weights at the start
+  assert float(ratios[-1]) == pytest.approx(target_ratio, rel=0.02)
+  assert float(jnp.sum(weights)) == pytest.approx(2.0, rel=1e-5)
