@@ -1,12 +1,10 @@
 """Balancing methods against known answers: closed forms, optimality conditions, toy convergence."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import optax
+import pytest
 import scipy.optimize
 
 from tg_jax import balancing
@@ -258,3 +256,21 @@ def test_gradnorm_drives_weighted_gradient_norms_to_the_target(alpha, losses, ta
   np.testing.assert_allclose(first_norms, [1.0, 10.0], rtol=1e-6)  # equal weights at the start
   assert float(ratios[-1]) == pytest.approx(target_ratio, rel=0.02)
   assert float(jnp.sum(weights)) == pytest.approx(2.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "gradnorm", "pcgrad", "cagrad"])
+def test_update_vmaps_over_stacked_networks(name):
+  """The trainer runs cohorts of networks stacked on a leading axis: a vmapped update must equal
+  the updates run one network at a time."""
+  balancer = balancing.get(name)
+  rng = np.random.default_rng(9)
+  grads = rng.normal(size=(2, 3, 6))        # [networks, tasks, 6]
+  losses = rng.uniform(0.5, 2.0, size=(2, 3))
+  states = jax.vmap(lambda _: balancer.init(3))(jnp.arange(2))
+  stacked = jax.jit(jax.vmap(balancer.update))(jnp.asarray(losses, jnp.float32),
+                                               jax.vmap(_grads_tree)(jnp.asarray(grads)), states)
+  for network in range(2):
+    alone, _, info = _run(balancer, losses[network], grads[network])
+    np.testing.assert_allclose(_flat(jax.tree_util.tree_map(lambda x: x[network], stacked[0])), alone,
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stacked[2]["weights"][network], info["weights"], rtol=1e-4, atol=1e-6)

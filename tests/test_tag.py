@@ -1,5 +1,6 @@
 """TAG: lookahead affinities against a hand computation, and groupings from affinities."""
 
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import pytest
 from tg_jax.affinity.tag import AffinitySum, lookahead_affinity
 from tg_jax.selection import tag
 from tg_jax.selection.tables import TableError
-from conftest import REPO_ROOT
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _linear_losses(shared, heads, batch):
