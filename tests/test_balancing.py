@@ -49,11 +49,11 @@ def test_registry_errors_name_the_fix():
     balancing.get("gradnorm", alhpa=1.0)
 
 
-def test_equal_is_the_plain_sum():
-  grads = np.arange(12.0).reshape(2, 6)
-  combined, _, info = _run(balancing.get("equal"), [3.0, 4.0], grads)
-  np.testing.assert_allclose(combined, grads.sum(0))
-  np.testing.assert_allclose(info["weights"], [1.0, 1.0])
+def test_equal_is_the_mean_task_gradient():
+  grads = np.arange(18.0).reshape(3, 6)
+  combined, _, info = _run(balancing.get("equal"), [3.0, 4.0, 5.0], grads)
+  np.testing.assert_allclose(combined, grads.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(info["weights"], [1 / 3, 1 / 3, 1 / 3])
 
 
 def test_mgda_two_tasks_is_the_closed_form_min_norm_point():
@@ -180,6 +180,9 @@ def test_imtl_g_projects_equally_onto_every_unit_task_gradient():
     projections = units @ combined
     np.testing.assert_allclose(projections, projections[0], rtol=1e-3)
     assert float(np.sum(info["weights"])) == pytest.approx(1.0, abs=1e-5)
+  # Two parallel gradients of one direction: every split is impartial; the weights stay finite.
+  combined, _, info = _run(balancer, np.ones(2), np.stack([np.ones(6), 3 * np.ones(6)]))
+  assert np.all(np.isfinite(combined)) and float(np.sum(info["weights"])) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_dwa_weights_follow_the_last_two_periods_loss_ratios():

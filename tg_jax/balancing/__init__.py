@@ -3,7 +3,7 @@
 ``balancing.get("pcgrad", seed=0)`` returns a ``Balancer`` (``init``, ``update``; see ``base``), so a
 config names its method as a string with its options. Methods:
 
-- ``equal``: the plain sum of task losses (the paper's default).
+- ``equal``: the unweighted mean of task losses (the paper's default).
 - ``uncertainty``: learned homoscedastic uncertainty weights (Kendall et al. 2018).
 - ``dwa``: Dynamic Weight Average (Liu et al. 2019).
 - ``gradnorm``: GradNorm (Chen et al. 2018).

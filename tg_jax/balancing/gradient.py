@@ -210,7 +210,7 @@ def imtl_g() -> Balancer:
   Finds the weights (summing to 1) whose combination ``g = sum_i w_i g_i`` has the same projection
   onto every unit task gradient ``u_i = g_i / ||g_i||``: with ``D`` the rows ``g_1 - g_i`` and ``U``
   the rows ``u_1 - u_i`` (i >= 2), ``w_{2:} = g_1 U^T (D U^T)^{-1}`` and ``w_1 = 1 - sum w_{2:}``,
-  all from the Gram matrix.
+  all from the Gram matrix. Like the original it assumes no task gradient vanishes.
   """
 
   def init(num_tasks: int):
@@ -227,8 +227,9 @@ def imtl_g() -> Balancer:
     unit_gram = gram * inverse_norms[None, :]
     g1_dot_u = unit_gram[0, 0] - unit_gram[0, 1:]                       # g_1 . (u_1 - u_b)
     d_dot_u = (unit_gram[0, 0] - unit_gram[0, 1:])[None, :] - (unit_gram[1:, 0][:, None] - unit_gram[1:, 1:])
-    # alpha (D U^T) = g_1 U^T, i.e. (D U^T)^T alpha^T = (g_1 U^T)^T.
-    rest = jnp.linalg.solve(d_dot_u.T, g1_dot_u)
+    # alpha (D U^T) = g_1 U^T, i.e. (D U^T)^T alpha^T = (g_1 U^T)^T. The pseudo-inverse keeps the
+    # weights finite when two task gradients are parallel (any split between them is then impartial).
+    rest = jnp.linalg.pinv(d_dot_u.T) @ g1_dot_u
     weights = jnp.concatenate([1.0 - jnp.sum(rest, keepdims=True), rest])
     return finish(weights, task_grads, state)
 

@@ -17,14 +17,16 @@ from tg_jax.balancing.base import Balancer, EPSILON, finish, gram_matrix, num_ta
 
 
 def equal() -> Balancer:
-  """The paper's default: the plain sum of task losses (every weight 1)."""
+  """The paper's default, unweighted tasks: the mean of the task losses (every weight 1 / tasks), as
+  the trainer's ``cohort.network_loss`` computes it."""
 
   def init(num_tasks: int):
     del num_tasks
     return ()
 
   def update(task_losses, task_grads, state):
-    return finish(jnp.ones_like(task_losses, jnp.float32), task_grads, state)
+    num_tasks = num_tasks_of(task_losses)
+    return finish(jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32), task_grads, state)
 
   return Balancer(init, update)
 
