@@ -5,7 +5,7 @@ import pytest
 
 from tg_jax.data import render
 
-SIZE = 17  # odd, so the centre pixel's ray is the camera axis
+SIZE = 17  # odd, so the centre pixel's ray is the camera axis; one size means one compilation
 
 
 def _views(camera, target, objects=(), fov_degrees=40.0, room=(10.0, 4.0, 10.0)):
@@ -77,7 +77,7 @@ def test_floor_seen_at_45_degrees():
 
 
 def test_labels_are_consistent_on_random_scenes():
-  size = 24
+  size = SIZE
   views = render.stack_views([v for i in range(6) for v in render.sample_views((7, 0, i), 2)])
   labels = render.render_views(views, size, size)
   normals = labels["normals"]
@@ -104,20 +104,20 @@ def test_labels_are_consistent_on_random_scenes():
 
 
 def test_rendering_is_deterministic_and_independent_of_the_batch():
-  together = render.render_scenes([(3, 1, i) for i in range(5)], 2, 16)
-  again = render.render_scenes([(3, 1, i) for i in range(5)], 2, 16)
-  alone = render.render_scenes([(3, 1, 4)], 2, 16)
+  together = render.render_scenes([(3, 1, i) for i in range(5)], 2, SIZE)
+  again = render.render_scenes([(3, 1, i) for i in range(5)], 2, SIZE)
+  alone = render.render_scenes([(3, 1, 4)], 2, SIZE)
   for key in together:
     np.testing.assert_array_equal(together[key], again[key])
     np.testing.assert_allclose(together[key][-2:].astype(float), alone[key].astype(float), atol=1e-5)
-  other_seed = render.render_scenes([(4, 1, 4)], 2, 16)
+  other_seed = render.render_scenes([(4, 1, 4)], 2, SIZE)
   assert not np.array_equal(other_seed["rgb"], alone["rgb"])
 
 
 def test_shadows_only_darken():
   views = render.stack_views(render.sample_views((5, 0, 0), 4))
-  lit = render.render_views(views, 24, 24, shadows=False)["clean_rgb"].astype(int)
-  shadowed = render.render_views(views, 24, 24, shadows=True)["clean_rgb"].astype(int)
+  lit = render.render_views(views, SIZE, SIZE, shadows=False)["clean_rgb"].astype(int)
+  shadowed = render.render_views(views, SIZE, SIZE, shadows=True)["clean_rgb"].astype(int)
   assert (shadowed <= lit).all()
   assert (shadowed < lit).any()
 

@@ -13,7 +13,7 @@ ALL_TASKS = data.dataset_tasks("synthetic_scenes")
 def _config(data_dir, **overrides):
   config = data.default_config()
   config.data_dir = str(data_dir)
-  config.image_size = 16
+  config.image_size = 17  # any size renders; this one shares test_data_render's compiled renderer
   config.num_train_scenes, config.num_validation_scenes, config.num_test_scenes = 6, 2, 3
   config.views_per_scene = 2
   config.update(overrides)
@@ -33,14 +33,14 @@ def splits(config):
 def test_sizes_shapes_and_dtypes(splits):
   assert {s: d.num_examples for s, d in splits.items()} == {"train": 12, "validation": 4, "test": 6}
   batch = next(splits["train"].train_batches(4, seed=0))
-  assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (4, 17, 17, 3) and batch["image"].dtype == np.float32
   for name in ALL_TASKS:
     task = tasks_lib.get(name)
     if task.kind == tasks_lib.SEGMENTATION:
-      assert batch[name].shape == (4, 16, 16) and batch[name].dtype == np.int32
+      assert batch[name].shape == (4, 17, 17) and batch[name].dtype == np.int32
       assert batch[name].max() < task.channels
     else:
-      assert batch[name].shape == (4, 16, 16, task.channels) and batch[name].dtype == np.float32
+      assert batch[name].shape == (4, 17, 17, task.channels) and batch[name].dtype == np.float32
   np.testing.assert_array_equal(batch["weight"], np.ones(4))
   assert tasks_lib.SYNTHETIC_SCENE_CLASSES == len(data.render.CLASS_NAMES)
 

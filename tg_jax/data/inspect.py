@@ -76,9 +76,9 @@ def write_grid(dataset: data.Dataset, path: str, examples: int) -> None:
 
 def print_statistics(config, task_names: Sequence[str], dataset: data.Dataset) -> None:
   summary = {"dataset": config.name, "tasks": list(task_names), "image_shape": dataset.image_shape,
-             "examples": {split: data.load(config, task_names, split).num_examples for split in data.SPLITS},
-             "image_mean_std": [v.round(4).tolist() for v in dataset.image_stats],
-             "label_mean_std": {t: [v.round(4).tolist() for v in s] for t, s in dataset.label_stats.items()}}
+             "examples": {split: info.num_examples for split, info in data.prepare(config).info.splits.items()},
+             "image_mean_std": [np.round(v.astype(np.float64), 4).tolist() for v in dataset.image_stats],
+             "label_mean_std": {t: [np.round(v.astype(np.float64), 4).tolist() for v in s] for t, s in dataset.label_stats.items()}}
   # Class frequencies over up to 2000 examples of the split shown.
   counted = {}
   for name in task_names:
@@ -94,7 +94,8 @@ def print_statistics(config, task_names: Sequence[str], dataset: data.Dataset) -
         break
     counted[name] = (counts / counts.sum()).round(4).tolist()
   summary["class_frequencies"] = counted
-  print(json.dumps(summary, indent=1))
+  for key, value in summary.items():
+    print(f"{key}: {json.dumps(value)}")
 
 
 def main(argv: Sequence[str]) -> None:

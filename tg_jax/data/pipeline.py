@@ -23,7 +23,7 @@ import json
 import os
 import queue
 import threading
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
