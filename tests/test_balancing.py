@@ -88,8 +88,8 @@ def test_mgda_many_tasks_satisfies_the_min_norm_optimality_conditions():
 
 
 def test_mgda_normalisation_solves_on_scaled_gradients():
-  # With l2 normalisation two orthogonal gradients of norms 1 and 10 get the weights of two unit
-  # vectors scaled back: w_i proportional to 1 / ||g_i|| on the normalised problem, i.e. (1/2, 1/2).
+  # Orthogonal gradients of norms 1 and 10. Normalised to unit vectors (l2), the min-norm point is
+  # their midpoint, (1/2, 1/2); raw, it is the foot of the perpendicular from 0, (100, 1) / 101.
   grads = np.zeros((2, 6))
   grads[0, 0], grads[1, 1] = 1.0, 10.0
   _, _, info = _run(balancing.get("mgda", normalisation="l2"), [1.0, 1.0], grads)
