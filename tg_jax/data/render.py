@@ -32,9 +32,10 @@ parameters, so a view renders identically whatever batch it is rendered in.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -409,7 +410,7 @@ def geometry_edges(depth: jax.Array, normals: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+@functools.partial(jax.jit, static_argnames=("height", "width", "shadows"))
 def _render_labels(arrays: dict, height: int, width: int, shadows: bool) -> dict[str, jax.Array]:
   """The jitted body of ``render_views``."""
   views = _ViewArrays(**{k: v for k, v in arrays.items() if k != "materials"},
@@ -525,7 +526,8 @@ def render_views(views: Views, height: int, width: int, shadows: bool = True) ->
   """Renders ``n`` views on the CPU; returns the images and labels of the module docstring.
 
   ``rgb`` and ``clean_rgb`` are uint8 ``[n, h, w, 3]``, ``segment_semantic`` uint8 ``[n, h, w]``,
-  the rest float32 ``[n, h, w, c]``.
+  the rest float32 ``[n, h, w, c]``. Chunks of views render in parallel threads, one per core
+  this process may use (XLA releases the GIL while it runs).
   """
   n = views.camera.shape[0]
   arrays = {field.name: getattr(views, field.name) for field in dataclasses.fields(views)}
@@ -535,14 +537,20 @@ def render_views(views: Views, height: int, width: int, shadows: bool = True) ->
   padded = -n % _CHUNK
   if padded:
     arrays = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], padded, axis=0)]), arrays)
-  outputs = None
-  with jax.default_device(jax.devices("cpu")[0]):
-    for start in range(0, n, _CHUNK):
-      chunk = _render_labels(jax.tree.map(lambda x: x[start:start + _CHUNK], arrays), height, width, shadows)
-      if outputs is None:
-        outputs = {k: np.empty((n,) + v.shape[1:], v.dtype) for k, v in chunk.items()}
+  chunk_of = lambda start: jax.tree.map(lambda x: x[start:start + _CHUNK], arrays)
+  shapes = jax.eval_shape(functools.partial(_render_labels, height=height, width=width, shadows=shadows),
+                          chunk_of(0))
+  outputs = {k: np.empty((n,) + v.shape[1:], v.dtype) for k, v in shapes.items()}
+  cpu = jax.devices("cpu")[0]
+
+  def render_chunk(start):
+    with jax.default_device(cpu):  # thread-local: entered in each worker
+      chunk = _render_labels(chunk_of(start), height, width, shadows)
       for key, value in chunk.items():
         outputs[key][start:start + _CHUNK] = np.asarray(value)[:n - start]
+
+  with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+    list(pool.map(render_chunk, range(0, n, _CHUNK)))
   return outputs
 
 
