@@ -10,6 +10,7 @@ import pytest
 from tg_jax import models
 from tg_jax import tasks as tasks_lib
 from tg_jax.models import cost
+from tg_jax.models import xception
 
 # One task of each kind, registered only while these tests run so the tests do not depend on (or
 # add to) the project's task list.
@@ -183,6 +184,24 @@ def test_init_and_apply_vmap_over_a_leading_network_axis(config):
                updates, alone_updates)
 
 
+@pytest.mark.parametrize("kernel_size", (3, 5))
+def test_depthwise_implementations_agree(kernel_size):
+  images = _images(2, (8, 12, 6))
+  convs = {name: xception.DepthwiseConv(kernel_size, name) for name in xception.DEPTHWISE_IMPLEMENTATIONS}
+  variables = convs["conv"].init(jax.random.key(0), images)
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def outputs_and_gradients(variables, images, conv):
+    loss = lambda variables, images: jnp.sum(jnp.sin(conv.apply(variables, images)))
+    return conv.apply(variables, images), jax.grad(loss, argnums=(0, 1))(variables, images)
+
+  reference_outputs, reference = outputs_and_gradients(variables, images, convs["conv"])
+  for name, conv in convs.items():
+    outputs, gradients = outputs_and_gradients(variables, images, conv)
+    np.testing.assert_allclose(outputs, reference_outputs, rtol=1e-5, atol=1e-5, err_msg=name)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4), gradients, reference)
+
+
 def test_parameter_budgets_of_the_two_scales():
   def encoder_and_decoder_params(config, image_size):
     net = models.build(config, (DEPTH,), size=1.0)
@@ -214,6 +233,10 @@ def test_errors_name_the_problem(config):
     models.default_config(name="resnet")
   with pytest.raises(ValueError, match="unknown model scale 'gpu'"):
     models.default_config("gpu")
+  bad = models.default_config()
+  bad.depthwise = "fft"
+  with pytest.raises(ValueError, match="unknown model.depthwise 'fft'; known: conv, shifts"):
+    models.build(bad, (DEPTH,))
   bad = models.default_config()
   bad.decoder_widths = (32, 16)
   with pytest.raises(ValueError, match="decoder_widths needs 4 widths"):
