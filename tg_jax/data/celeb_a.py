@@ -45,10 +45,12 @@ def builder(config):
 
 
 def prepare(config):
-  manual_dir = check_manual_dir(config.manual_dir)
+  """Builds the TFDS cache from the manual directory unless it is there already."""
   celeb_a = builder(config)
-  # TFDS uses a file of the manual directory wherever its name matches a download.
-  celeb_a.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  if not celeb_a.is_prepared():
+    manual_dir = check_manual_dir(config.manual_dir)
+    # TFDS uses a file of the manual directory wherever its name matches a download.
+    celeb_a.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return celeb_a
 
 

@@ -13,9 +13,13 @@ Views missing one of those labels are skipped and counted. Images are resized to
 ``image_size`` when the TFDS cache is built. Splits are by building: whole buildings go to
 validation and test (named in the config, or a fixed 10%/10% random choice).
 
+The cache's name hashes the image size, the label folders present and the building split, which
+are read from the manual directory, so it must stay in place after the cache is built.
+
 Masks follow the paper's code (tstandley/taskgrouping): depth, normals, reshading, curvature
 and occlusion edges are scored only where the z-buffer depth is below 2**13 / 512 = 16 m;
-semantic segmentation ignores class 0 (unlabelled).
+semantic segmentation ignores class 0 (unlabelled). Without a depth_zbuffer folder there are
+no depth masks.
 """
 
 from __future__ import annotations
