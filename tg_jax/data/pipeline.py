@@ -9,8 +9,9 @@ index (``image`` uint8 ``[h, w, 3]``; each task's label in its natural units; op
   the order ``default_rng([seed, e]).permutation(n)`` and step ``k`` takes positions
   ``[k * batch_size, (k + 1) * batch_size)`` of the concatenated epochs, so a run resumed at
   step ``k`` sees exactly the batches it would have seen;
-- sharding for multi-host runs: ``batch_size`` is global and shard ``i`` of ``m`` gets rows
-  ``[i * batch_size / m, (i + 1) * batch_size / m)`` of every global batch;
+- sharding for multi-host runs: ``batch_size`` is per shard (host); the global batch has
+  ``batch_size * num_shards`` rows and shard ``i`` gets rows ``[i * batch_size, (i + 1) * batch_size)``,
+  so the hosts together see exactly the batches one host would see with the global size;
 - a background thread that prepares the next batches while the trainer runs.
 
 Only numpy runs here; TensorFlow is used by TFDS to build and read files, on the CPU.
@@ -252,14 +253,13 @@ class Dataset:
     batch["weight"] = weight.astype(np.float32)
     return batch
 
-  def _shard(self, batch_size: int, shard_index: int, num_shards: int) -> slice:
-    if batch_size % num_shards:
-      raise ValueError(f"batch_size {batch_size} is not divisible by num_shards {num_shards}; "
-                       "batch_size is global, so choose a multiple of the number of hosts")
+  def _shard(self, batch_size: int, shard_index: int, num_shards: int) -> tuple[int, slice]:
+    """The global batch size and this shard's rows of it."""
+    if batch_size < 1 or num_shards < 1:
+      raise ValueError(f"batch_size and num_shards must be >= 1; got {batch_size} and {num_shards}")
     if not 0 <= shard_index < num_shards:
       raise ValueError(f"shard_index {shard_index} is not in [0, {num_shards})")
-    per_shard = batch_size // num_shards
-    return slice(shard_index * per_shard, (shard_index + 1) * per_shard)
+    return batch_size * num_shards, slice(shard_index * batch_size, (shard_index + 1) * batch_size)
 
   def train_indices(self, batch_size: int, *, seed: int, step: int) -> np.ndarray:
     """The example indices ``[batch_size]`` of global training batch ``step``."""
@@ -274,28 +274,29 @@ class Dataset:
 
   def train_batches(self, batch_size: int, *, seed: int, start_step: int = 0, shard_index: int = 0,
                     num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite shuffled batches of ``batch_size / num_shards`` examples, from ``start_step`` on."""
-    rows = self._shard(batch_size, shard_index, num_shards)
-    ones = np.ones(rows.stop - rows.start, np.float32)
+    """Infinite shuffled batches of ``batch_size`` examples (this shard's), from ``start_step`` on."""
+    global_size, rows = self._shard(batch_size, shard_index, num_shards)
+    ones = np.ones(batch_size, np.float32)
 
     def batches():
       step = start_step
       while True:
-        yield self._batch(self.train_indices(batch_size, seed=seed, step=step)[rows], ones)
+        yield self._batch(self.train_indices(global_size, seed=seed, step=step)[rows], ones)
         step += 1
     return _Prefetch(batches(), self._prefetch)
 
   def eval_batches(self, batch_size: int, *, shard_index: int = 0,
                    num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """One pass in index order; the last global batch is padded with ``weight`` 0 rows.
+    """One pass in index order, ``batch_size`` rows per shard; the last global batch is padded
+    with ``weight`` 0 rows.
 
     Every shard yields the same number of batches, as collectives across hosts require.
     """
-    rows = self._shard(batch_size, shard_index, num_shards)
+    global_size, rows = self._shard(batch_size, shard_index, num_shards)
 
     def batches():
-      for start in range(0, self.num_examples, batch_size):
-        positions = np.arange(start, start + batch_size)[rows]
+      for start in range(0, self.num_examples, global_size):
+        positions = np.arange(start, start + global_size)[rows]
         real = positions < self.num_examples
         yield self._batch(np.where(real, positions, 0), real)
     return _Prefetch(batches(), self._prefetch)
