@@ -49,8 +49,8 @@ DOMAINS = {
     "curvature": ("principal_curvature", "principal_curvature", 3, np.uint8, False),
 }
 TASKS = tuple(DOMAINS) + ("autoencoder",)
-# The paper's five tasks, with its 'edge detection' being occlusion edges (edge_occlusion).
-DEFAULT_TASKS = ("segment_semantic_taskonomy", "depth", "normals", "keypoints2d", "edges3d")
+# The paper's five tasks (the authors' --tasks=sdnkt: 2D edges are edge_texture).
+DEFAULT_TASKS = ("segment_semantic_taskonomy", "depth", "normals", "keypoints2d", "edges2d")
 _DEPTH_UNITS_PER_METRE = 512.0
 _DEPTH_VALID_BELOW = 2 ** 13  # the paper code's mask threshold, in stored units
 _MASKED_BY_DEPTH = ("depth", "normals", "reshading", "curvature", "edges3d")
