@@ -132,8 +132,31 @@ class SeparableConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """``[b, h, w, c_in] -> [b, h, w, features]``."""
     x = DepthwiseConv(self.kernel_size, self.depthwise, dtype=self.dtype, name="depthwise")(x)
-    return nn.Conv(self.features, (1, 1), use_bias=self.use_bias, kernel_init=_conv_init,
-                   dtype=self.dtype, name="pointwise")(x)
+    # A 1x1 convolution is a matrix product over channels; as one it is ~2x faster on CPU.
+    return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=_conv_init, dtype=self.dtype,
+                    name="pointwise")(x)
+
+
+class Upsample2x(nn.Module):
+  """A 2x2 stride-2 transposed convolution: each input pixel paints its own 2x2 output block.
+
+  ``out[b, 2i + di, 2j + dj] = x[b, i, j] @ kernel[di, dj] + bias`` (PyTorch's ConvTranspose2d with
+  kernel 2, stride 2), computed as one matrix product and a reshape: XLA's transposed convolution
+  is ~7x slower forward+backward on CPU.
+  """
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """``[b, h, w, c] -> [b, 2h, 2w, features]``."""
+    batch, height, width, channels = x.shape
+    kernel = self.param("kernel", _conv_init, (2, 2, channels, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    blocks = jnp.einsum("bhwc,ijcf->bhwijf", x, kernel) + bias  # [b, h, w, di, dj, features]
+    return blocks.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, self.features)
 
 
 def _batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
@@ -166,8 +189,10 @@ class XceptionBlock(nn.Module):
       x = nn.Conv(self.features, (2, 2), strides=2, padding="VALID", kernel_init=_conv_init,
                   dtype=self.dtype, name="downsample")(x)
     if self.downsample or residual.shape[-1] != self.features:
-      residual = nn.Conv(self.features, (1, 1), strides=strides, use_bias=False, kernel_init=_conv_init,
-                         dtype=self.dtype, name="skip")(residual)
+      # A 1x1 convolution with stride 2: keep every other pixel, then mix channels.
+      residual = residual[:, ::strides, ::strides, :]
+      residual = nn.Dense(self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
+                          name="skip")(residual)
       residual = _batch_norm(train, self.dtype, name="skip_bn")(residual)
     return x + residual
 
@@ -226,8 +251,7 @@ class DenseDecoder(nn.Module):
     x = separable(self.widths[0])(representation)
     x = _batch_norm(train, self.dtype)(x)
     for stage, features in enumerate(self.widths):
-      x = nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_conv_init,
-                           dtype=self.dtype)(x)
+      x = Upsample2x(features, dtype=self.dtype)(x)
       x = _batch_norm(train, self.dtype)(x)
       if stage < len(_DECODER_KERNEL_SIZES):
         x = nn.relu(x)
