@@ -202,6 +202,18 @@ def test_depthwise_implementations_agree(kernel_size):
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4), gradients, reference)
 
 
+def test_upsample_paints_one_2x2_block_per_input_pixel():
+  images = _images(1, (2, 3, 4))
+  upsample = xception.Upsample2x(5)
+  variables = upsample.init(jax.random.key(0), images)
+  variables = {"params": {**variables["params"], "bias": jnp.arange(5.0)}}
+  kernel = np.asarray(variables["params"]["kernel"])
+  expected = np.zeros((1, 4, 6, 5), np.float32)
+  for i, j, di, dj in np.ndindex(2, 3, 2, 2):  # PyTorch's ConvTranspose2d(kernel_size=2, stride=2)
+    expected[0, 2 * i + di, 2 * j + dj] = np.asarray(images)[0, i, j] @ kernel[di, dj] + np.arange(5.0)
+  np.testing.assert_allclose(upsample.apply(variables, images), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_parameter_budgets_of_the_two_scales():
   def encoder_and_decoder_params(config, image_size):
     net = models.build(config, (DEPTH,), size=1.0)

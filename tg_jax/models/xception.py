@@ -189,7 +189,7 @@ class XceptionBlock(nn.Module):
       x = nn.Conv(self.features, (2, 2), strides=2, padding="VALID", kernel_init=_conv_init,
                   dtype=self.dtype, name="downsample")(x)
     if self.downsample or residual.shape[-1] != self.features:
-      # A 1x1 convolution with stride 2: keep every other pixel, then mix channels.
+      # A 1x1 convolution with the block's stride: keep every strides-th pixel, then mix channels.
       residual = residual[:, ::strides, ::strides, :]
       residual = nn.Dense(self.features, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
                           name="skip")(residual)
