@@ -1,0 +1,251 @@
+"""Pure functions that train and evaluate a cohort: networks of one size stacked on a leading axis.
+
+Every network of a cohort is built from the same model (one decoder per task of the cohort's task
+union) and trained on the same batch by one vmapped step. A network's loss is the unweighted mean of
+its own tasks' losses; the other decoders are masked out with ``jnp.where`` so they receive exactly
+zero gradient (and, with SGD, never move). Arrays carry the network axis first:
+``[nets, ...]`` for parameters and optimiser state, ``[nets, tasks]`` for per-task numbers.
+
+Nothing here has side effects; ``trainer`` jits these functions and runs the loop around them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from tg_jax import tasks as tasks_lib
+
+Batch = Mapping[str, jax.Array]
+NOT_YET = -1  # step value of a tracker that has not fired (no best checkpoint, not diverged)
+VMAP, LOOP = "vmap", "loop"
+
+
+def over_networks(fn, how: str):
+  """``fn`` mapped over the leading (network) axis of all its arguments.
+
+  ``"vmap"`` batches the networks into one computation (fast on accelerators); ``"loop"`` runs them
+  one after another inside the same compiled step with ``lax.map``: XLA's CPU backend turns vmapped
+  convolutions with per-network kernels into grouped convolutions that run tens of times slower
+  than the networks one by one. Both compute the same values.
+  """
+  if how == VMAP:
+    return jax.vmap(fn)
+  if how == LOOP:
+    return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
+  raise ValueError(f"unknown way to run a cohort's networks {how!r}; use {VMAP!r} or {LOOP!r}")
+
+
+@flax.struct.dataclass
+class CohortState:
+  """Training state of a cohort's networks, every leaf with a leading ``[nets]`` axis.
+
+  Attributes:
+    params, batch_stats, opt_state: what the networks train with.
+    best_params, best_batch_stats: each network's best-validation checkpoint.
+    best_loss: ``[nets]`` validation loss (mean over the network's tasks) of that checkpoint.
+    best_step: ``[nets]`` step of that checkpoint (``NOT_YET`` before the first validation).
+    task_best_loss: ``[nets, tasks]`` best validation loss of each task (tasks peak at different
+      times); ``inf`` for tasks a network does not train.
+    task_best_step: ``[nets, tasks]`` step where each task's validation loss peaked.
+    esa_loss: ``[nets, tasks]`` validation losses at the early-stopping-approximation step.
+    diverged_step: ``[nets]`` step at which the network's loss became NaN or infinite; from then
+      on the network is frozen. ``NOT_YET`` for healthy networks.
+  """
+
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  best_params: Any
+  best_batch_stats: Any
+  best_loss: jax.Array
+  best_step: jax.Array
+  task_best_loss: jax.Array
+  task_best_step: jax.Array
+  esa_loss: jax.Array
+  diverged_step: jax.Array
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  """SGD with momentum whose learning rate is cut when the training loss stops falling.
+
+  ``optax.contrib.reduce_on_plateau`` averages the training loss over ``steps_per_epoch`` steps
+  (one validation period) and multiplies the updates by ``factor`` after ``patience`` such periods
+  without improvement. Its ``update`` needs the loss: ``tx.update(grads, state, params, value=loss)``.
+  """
+  return optax.chain(
+      optax.sgd(config.learning_rate, momentum=config.momentum or None, nesterov=config.nesterov),
+      optax.contrib.reduce_on_plateau(
+          factor=config.plateau_factor, patience=config.plateau_patience, rtol=config.plateau_rtol,
+          cooldown=config.plateau_cooldown, accumulation_size=steps_per_epoch,
+          min_scale=config.min_learning_rate / config.learning_rate),
+  )
+
+
+def learning_rate_scale(opt_state: Any) -> jax.Array:
+  """``[nets]`` current multiplier of the base learning rate, from ``make_optimizer``'s state."""
+  return opt_state[1].scale
+
+
+def init(model: nn.Module, optimizer: optax.GradientTransformation, rngs: jax.Array,
+         image_shape: Sequence[int], num_tasks: int) -> CohortState:
+  """Initial state of ``len(rngs)`` networks; network ``i`` is initialised from ``rngs[i]``.
+
+  Flax derives each submodule's initialiser from the rng and the submodule's name, so a network's
+  encoder and decoders are the same whichever other decoders the cohort's model carries.
+  """
+  images = jnp.zeros((1, *image_shape), jnp.float32)
+
+  def init_one(rng):
+    variables = model.init(rng, images, train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return params, batch_stats, optimizer.init(params)
+
+  params, batch_stats, opt_state = jax.vmap(init_one)(rngs)
+  num_networks = rngs.shape[0]
+  return CohortState(
+      params=params, batch_stats=batch_stats, opt_state=opt_state,
+      best_params=params, best_batch_stats=batch_stats,
+      best_loss=jnp.full((num_networks,), jnp.inf, jnp.float32),
+      best_step=jnp.full((num_networks,), NOT_YET, jnp.int32),
+      task_best_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
+      task_best_step=jnp.full((num_networks, num_tasks), NOT_YET, jnp.int32),
+      esa_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
+      diverged_step=jnp.full((num_networks,), NOT_YET, jnp.int32),
+  )
+
+
+def task_losses(outputs: Mapping[str, jax.Array], batch: Batch, task_names: Sequence[str]) -> jax.Array:
+  """``[tasks, batch]`` per-example loss of each task (``tg_jax.tasks`` losses)."""
+  return jnp.stack([tasks_lib.get(t).loss(outputs[t], batch[t], batch.get(f"{t}_mask")) for t in task_names])
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of ``values[..., tasks]`` over the tasks where ``mask`` is true; others count exactly 0.
+
+  ``jnp.where`` (not multiplication) keeps a NaN in a masked-out task out of the result and of
+  the gradient.
+  """
+  return jnp.sum(jnp.where(mask, values, 0.0), axis=-1) / jnp.sum(mask, axis=-1)
+
+
+def network_loss(params: Any, batch_stats: Any, mask: jax.Array, batch: Batch, *, model: nn.Module,
+                 task_names: Sequence[str]) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+  """One network's training loss on ``batch``: the mean of its own tasks' batch-mean losses.
+
+  Args:
+    params, batch_stats: one network's variables (no leading axis).
+    mask: ``[tasks]`` bool, which of the model's decoders this network trains.
+    batch: ``image`` ``[b, h, w, 3]`` and one label per task.
+
+  Returns:
+    ``(loss, (per_task [tasks], new_batch_stats))``.
+  """
+  outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                                 train=True, mutable=["batch_stats"])
+  per_task = jnp.mean(task_losses(outputs, batch, task_names), axis=1)
+  return masked_mean(per_task, mask), (per_task, updates.get("batch_stats", batch_stats))
+
+
+def train_step(state: CohortState, batch: Batch, step: jax.Array, *, model: nn.Module,
+               optimizer: optax.GradientTransformationExtraArgs, task_names: Sequence[str],
+               task_mask: jax.Array, how: str = VMAP) -> tuple[CohortState, dict[str, jax.Array]]:
+  """One SGD step of every network of the cohort on the same ``batch``.
+
+  Args:
+    state: the cohort's state, ``[nets, ...]``.
+    batch: a global batch; under ``jit`` with a data-sharded batch, the means in the loss run over
+      all devices, so gradients and batch statistics are averaged over devices.
+    step: the number of steps taken before this one (for ``diverged_step``).
+    task_mask: ``[nets, tasks]`` bool.
+    how: ``"vmap"`` or ``"loop"`` (see ``over_networks``).
+
+  Returns:
+    The new state and metrics ``loss`` ``[nets]`` (NaN for frozen networks), ``task_loss``
+    ``[nets, tasks]``, ``learning_rate_scale`` ``[nets]``.
+  """
+  def step_one(params, batch_stats, opt_state, diverged_step, mask):
+    grad_fn = jax.value_and_grad(network_loss, has_aux=True)
+    (loss, (per_task, new_batch_stats)), grads = grad_fn(params, batch_stats, mask, batch, model=model,
+                                                         task_names=task_names)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params, value=loss)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    healthy = diverged_step == NOT_YET
+    keep = healthy & finite
+    # A network that diverges keeps its last finite variables (its best checkpoint is separate).
+    choose = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
+    new_diverged_step = jnp.where(healthy & ~finite, step, diverged_step)
+    return (choose(new_params, params), choose(new_batch_stats, batch_stats),
+            choose(new_opt_state, opt_state), new_diverged_step,
+            jnp.where(keep, loss, jnp.nan), per_task)
+
+  params, batch_stats, opt_state, diverged_step, loss, per_task = over_networks(step_one, how)(
+      state.params, state.batch_stats, state.opt_state, state.diverged_step, task_mask)
+  new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                            diverged_step=diverged_step)
+  metrics = {"loss": loss, "task_loss": per_task, "learning_rate_scale": learning_rate_scale(opt_state)}
+  return new_state, metrics
+
+
+def eval_loss_sums(params: Any, batch_stats: Any, batch: Batch, *, model: nn.Module,
+                   task_names: Sequence[str], how: str = VMAP) -> jax.Array:
+  """``[nets, tasks]`` sums over the batch of per-example losses, weighted by ``batch['weight']``.
+
+  Divide the sums over a split by the split's total weight for mean losses; padding examples have
+  weight 0.
+  """
+  def sums_one(params, batch_stats):
+    outputs = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
+    losses = task_losses(outputs, batch, task_names)
+    # Padded examples may carry arbitrary labels; where() keeps a NaN there from leaking in.
+    return jnp.sum(jnp.where(batch["weight"] > 0, losses, 0.0) * batch["weight"], axis=1)
+
+  return over_networks(sums_one, how)(params, batch_stats)
+
+
+def record_validation(state: CohortState, losses: jax.Array, step: jax.Array, record_esa: jax.Array,
+                      task_mask: jax.Array) -> CohortState:
+  """Updates the best-so-far trackers with validation ``losses`` ``[nets, tasks]`` taken at ``step``.
+
+  A network whose validation loss is not finite is marked diverged. ``record_esa`` (bool scalar)
+  stores ``losses`` as the early-stopping-approximation table.
+  """
+  network_loss_value = masked_mean(losses, task_mask)
+  newly_diverged = (state.diverged_step == NOT_YET) & ~jnp.isfinite(network_loss_value)
+  diverged_step = jnp.where(newly_diverged, step, state.diverged_step)
+  healthy = diverged_step == NOT_YET
+  improved = healthy & (network_loss_value < state.best_loss)
+
+  def pick(new, old):
+    return jax.tree.map(lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
+
+  task_improved = healthy[:, None] & task_mask & (losses < state.task_best_loss)
+  return state.replace(
+      best_params=pick(state.params, state.best_params),
+      best_batch_stats=pick(state.batch_stats, state.best_batch_stats),
+      best_loss=jnp.where(improved, network_loss_value, state.best_loss),
+      best_step=jnp.where(improved, step, state.best_step),
+      task_best_loss=jnp.where(task_improved, losses, state.task_best_loss),
+      task_best_step=jnp.where(task_improved, step, state.task_best_step),
+      esa_loss=jnp.where(record_esa & task_mask, losses, state.esa_loss),
+      diverged_step=diverged_step,
+  )
+
+
+def concatenate(states: Sequence[CohortState]) -> CohortState:
+  """Joins the states of a cohort's chunks along the network axis."""
+  return jax.tree.map(lambda *leaves: jnp.concatenate(leaves, axis=0), *states)
+
+
+def split(state: CohortState, sizes: Sequence[int]) -> list[CohortState]:
+  """The inverse of ``concatenate``: chunks of ``sizes`` networks."""
+  starts = [sum(sizes[:i]) for i in range(len(sizes))]
+  return [jax.tree.map(lambda leaf, a=start, n=size: leaf[a:a + n], state) for start, size in zip(starts, sizes)]

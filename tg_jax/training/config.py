@@ -1,0 +1,99 @@
+"""The base experiment config; the files in ``experiments/`` start from it and override a few keys.
+
+Every key the trainer reads is here, with what it means. ``validate`` checks a config before any
+work starts, with errors that name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+def base_config(scale: str = "cpu") -> ml_collections.ConfigDict:
+  """The paper's setting at ``scale``: ``"cpu"`` (small, minutes on 2 cores) or ``"paper"``.
+
+  Network list, data and model come from the experiment file; the optimiser follows the paper
+  (SGD with momentum, learning rate halved when the training loss plateaus).
+  """
+  from tg_jax import data  # pylint: disable=g-import-not-at-top
+  from tg_jax import models  # pylint: disable=g-import-not-at-top
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = data.default_config()
+  config.tasks = data.default_tasks(config.data.name)
+  config.model = models.default_config(scale)
+
+  # Which networks to train (see ``tg_jax.training.networks.from_config``).
+  config.networks = ml_collections.ConfigDict()
+  config.networks.subsets = "pairs"         # "singles" | "pairs" | "all" | "" (none)
+  config.networks.size = 1.0                # size of the subset networks, in standard networks
+  config.networks.half_size_singles = True  # one extra single-task network per task at half_size
+  config.networks.half_size = 0.5
+  config.networks.extra = ()                # explicit names, e.g. ("depth+normals@0.8",)
+
+  config.batch_size = 64                    # global, over all devices and hosts
+  config.eval_batch_size = 128
+  # One "epoch" is this fraction of the training set (the paper validates every 20%); training
+  # runs num_epochs of them, validating after each.
+  config.epoch_fraction = 0.2
+  config.num_epochs = 10
+  # The Early Stopping Approximation table is the first validation at or after this fraction of
+  # training; stop_fraction < 1 ends training early (for ESA-only experiments).
+  config.esa_fraction = 0.2
+  config.stop_fraction = 1.0
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 0.2
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.plateau_factor = 0.5     # halve the learning rate ...
+  config.optimizer.plateau_patience = 1     # ... after this many epochs without a lower training loss
+  config.optimizer.plateau_rtol = 1e-3      # "lower" means by this relative margin
+  config.optimizer.plateau_cooldown = 0
+  config.optimizer.min_learning_rate = 1e-4
+
+  config.half_precision = False             # bfloat16 compute (parameters stay float32)
+  config.num_devices = 0                    # data-parallel devices per host; 0: all local devices
+  # Networks per vmapped step; 0 picks the largest cohort chunk that fits in memory_fraction of
+  # device memory (host memory on CPU).
+  config.max_networks_per_chunk = 0
+  config.memory_fraction = 0.8
+  # How one step runs a chunk's networks: "vmap" (batched; fast on GPUs/TPUs), "loop" (one after
+  # another inside the step; XLA:CPU runs vmapped per-network convolutions far slower), or "auto".
+  config.network_parallelism = "auto"
+  # Batches of the training split used to fit the constant predictor (the report's yardstick).
+  config.baseline_batches = 32
+  config.log_every_steps = 20
+
+  config.selection = ml_collections.ConfigDict()
+  config.selection.predict = "hoa"          # how main predicts unseen groups: "hoa", "esa", "none"
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad key and how to fix it."""
+  def need(condition: bool, message: str) -> None:
+    if not condition:
+      raise ValueError(f"invalid config: {message}")
+
+  need(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
+  need(config.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {config.eval_batch_size}")
+  need(0 < config.epoch_fraction <= 1, f"epoch_fraction must be in (0, 1], got {config.epoch_fraction}")
+  need(config.num_epochs >= 1, f"num_epochs must be >= 1, got {config.num_epochs}")
+  need(0 < config.esa_fraction <= 1, f"esa_fraction must be in (0, 1], got {config.esa_fraction}")
+  need(0 < config.stop_fraction <= 1, f"stop_fraction must be in (0, 1], got {config.stop_fraction}")
+  need(config.optimizer.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}")
+  need(0 <= config.optimizer.momentum < 1, f"optimizer.momentum must be in [0, 1), got {config.optimizer.momentum}")
+  need(0 < config.optimizer.plateau_factor < 1,
+       f"optimizer.plateau_factor must be in (0, 1) (0.5 halves the rate), got {config.optimizer.plateau_factor}")
+  need(0 <= config.optimizer.min_learning_rate <= config.optimizer.learning_rate,
+       "optimizer.min_learning_rate must be in [0, optimizer.learning_rate]")
+  need(config.num_devices >= 0, f"num_devices must be >= 0 (0: all local devices), got {config.num_devices}")
+  need(config.max_networks_per_chunk >= 0,
+       f"max_networks_per_chunk must be >= 0 (0: as many as fit), got {config.max_networks_per_chunk}")
+  need(0 < config.memory_fraction <= 1, f"memory_fraction must be in (0, 1], got {config.memory_fraction}")
+  need(config.network_parallelism in ("auto", "vmap", "loop"),
+       f"network_parallelism must be 'auto', 'vmap' or 'loop', got {config.network_parallelism!r}")
+  need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
+  need(config.selection.predict in ("hoa", "esa", "none"),
+       f"selection.predict must be 'hoa', 'esa' or 'none', got {config.selection.predict!r}")

@@ -1,0 +1,165 @@
+"""The list of networks an experiment trains, and how they are grouped for training.
+
+A network is a task subset and a size (its encoder's cost in standard networks, SNT). An experiment
+names its networks with a few switches (``config.networks``): every single task, every pair, every
+subset, half-size single-task networks, or an explicit list. Networks of one size form a *cohort*:
+one model is built over the cohort's task union and its networks are stacked on a leading axis and
+trained by one vmapped step, each network masked to its own tasks (see ``trainer``). A cohort too
+large for device memory is split into *chunks* of at most ``chunk_size`` networks.
+
+Everything here is plain Python: the list is fixed by the config, so a resumed run, a shard of an
+array job and the merge of the shards all agree on which network is which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Iterable, Sequence
+
+import ml_collections
+
+from tg_jax.selection import tables
+
+SUBSET_CHOICES = ("singles", "pairs", "all")
+SIZE_SEPARATOR = "@"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Network:
+  """One network: the tasks it is trained on and its size in SNT.
+
+  Attributes:
+    tasks: task names, in the experiment's task order.
+    size: intended inference cost in standard networks (1.0 full, 0.5 half).
+  """
+
+  tasks: tuple[str, ...]
+  size: float
+
+  @property
+  def name(self) -> str:
+    """``depth+normals`` for size 1, ``depth@0.5`` otherwise; unique within an experiment."""
+    joined = tables.TASK_SEPARATOR.join(self.tasks)
+    return joined if self.size == 1.0 else f"{joined}{SIZE_SEPARATOR}{self.size:g}"
+
+
+def parse(name: str, known_tasks: Sequence[str]) -> Network:
+  """The inverse of ``Network.name``: ``"depth+normals"`` or ``"depth@0.5"``.
+
+  Tasks are put in the order of ``known_tasks`` so one subset has one name.
+  """
+  subset, _, size_text = name.partition(SIZE_SEPARATOR)
+  try:
+    size = float(size_text) if size_text else 1.0
+  except ValueError:
+    raise ValueError(f"network {name!r}: size {size_text!r} is not a number; write e.g. 'depth@0.5'") from None
+  if size <= 0:
+    raise ValueError(f"network {name!r}: size must be > 0, got {size:g}")
+  names = [t for t in subset.split(tables.TASK_SEPARATOR) if t]
+  unknown = [t for t in names if t not in known_tasks]
+  if unknown or not names:
+    raise ValueError(f"network {name!r} names task(s) {unknown or '(none)'} that the experiment does not "
+                     f"train; config.tasks: {', '.join(known_tasks)}")
+  if len(set(names)) != len(names):
+    raise ValueError(f"network {name!r} names a task twice")
+  return Network(tuple(t for t in known_tasks if t in names), size)
+
+
+def subsets(tasks: Sequence[str], which: str) -> list[tuple[str, ...]]:
+  """Task subsets in a fixed order: singles, then pairs, then larger subsets.
+
+  Args:
+    tasks: the experiment's tasks, in order.
+    which: ``"singles"``; ``"pairs"`` (singles and pairs, what HOA needs); ``"all"`` (all 2^k - 1).
+  """
+  if which not in SUBSET_CHOICES:
+    raise ValueError(f"unknown config.networks.subsets {which!r}; choose one of {', '.join(SUBSET_CHOICES)}")
+  largest = {"singles": 1, "pairs": 2, "all": len(tasks)}[which]
+  return [combo for k in range(1, largest + 1) for combo in itertools.combinations(tasks, k)]
+
+
+def from_config(config: ml_collections.ConfigDict) -> list[Network]:
+  """The experiment's networks, in a fixed order (the order of the results tables).
+
+  Reads ``config.tasks`` and ``config.networks``: ``subsets`` (see ``subsets``; ``""`` for none),
+  ``size`` (of those networks), ``half_size_singles`` (add one size-``half_size`` network per task),
+  ``extra`` (explicit names such as ``"depth+normals@0.8"``).
+  """
+  tasks = tuple(config.tasks)
+  if not tasks:
+    raise ValueError("config.tasks is empty; name the tasks to train, e.g. ('depth', 'normals')")
+  if len(set(tasks)) != len(tasks):
+    raise ValueError(f"config.tasks names a task twice: {tasks}")
+  spec = config.networks
+  networks = []
+  if spec.subsets:
+    networks += [Network(subset, float(spec.size)) for subset in subsets(tasks, spec.subsets)]
+  if spec.half_size_singles:
+    networks += [Network((task,), float(spec.half_size)) for task in tasks]
+  networks += [parse(name, tasks) for name in spec.extra]
+  names = [n.name for n in networks]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"networks listed twice: {', '.join(duplicates)}; remove them from config.networks.extra")
+  if not networks:
+    raise ValueError("config.networks selects no network; set networks.subsets to one of "
+                     f"{', '.join(SUBSET_CHOICES)} or list networks in networks.extra")
+  return networks
+
+
+def shard(networks: Sequence[Network], shard_index: int, num_shards: int) -> list[Network]:
+  """The networks of one slice of an array job: every ``num_shards``-th, from ``shard_index``.
+
+  Striding (rather than contiguous blocks) spreads large and small networks over the slices.
+  """
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index must be in [0, num_shards) and num_shards >= 1; got "
+                     f"shard_index={shard_index}, num_shards={num_shards}")
+  if num_shards > len(networks):
+    raise ValueError(f"num_shards={num_shards} is more than the {len(networks)} networks; use at most "
+                     f"{len(networks)} shards")
+  return list(networks[shard_index::num_shards])
+
+
+@dataclasses.dataclass(frozen=True)
+class Cohort:
+  """Networks of one size, trained together by one vmapped step.
+
+  Attributes:
+    size: the networks' size (SNT).
+    tasks: the union of the networks' tasks, in experiment order: the model's decoders.
+    networks: the networks, in list order.
+  """
+
+  size: float
+  tasks: tuple[str, ...]
+  networks: tuple[Network, ...]
+
+  @property
+  def name(self) -> str:
+    return f"size_{self.size:g}"
+
+  def task_mask(self) -> list[list[bool]]:
+    """``[networks, tasks]``: whether each network trains each of the cohort's tasks."""
+    return [[task in network.tasks for task in self.tasks] for network in self.networks]
+
+  def chunks(self, chunk_size: int) -> list["Cohort"]:
+    """Consecutive pieces of at most ``chunk_size`` networks (each keeps the cohort's decoders)."""
+    if chunk_size < 1:
+      raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return [dataclasses.replace(self, networks=self.networks[i:i + chunk_size])
+            for i in range(0, len(self.networks), chunk_size)]
+
+
+def cohorts(networks: Iterable[Network], task_order: Sequence[str]) -> list[Cohort]:
+  """Groups networks by size, largest size first."""
+  by_size: dict[float, list[Network]] = {}
+  for network in networks:
+    by_size.setdefault(network.size, []).append(network)
+  result = []
+  for size in sorted(by_size, reverse=True):
+    members = by_size[size]
+    union = {t for n in members for t in n.tasks}
+    result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members)))
+  return result

@@ -1,0 +1,143 @@
+"""What a run writes as it trains: results tables, a JSON-lines log, TensorBoard scalars, progress.
+
+Layout under the workdir:
+  results/val.csv    each network's best validation loss on each of its tasks
+  results/esa.csv    validation losses at the early-stopping-approximation step
+  results/test.csv   test losses of each network's best-validation checkpoint
+  results/networks.json  per network: tasks, size, cost, status, best steps, every loss, and the
+                     constant predictor's losses (what a network must beat)
+  log.jsonl          one JSON object per event (train / eval / diverged / preempted / done)
+  tensorboard/       scalars per network and task
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from absl import logging
+
+from tg_jax.selection import tables
+
+RESULTS_DIR = "results"
+LOG_FILE = "log.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def write_json(path: str, value: Any) -> None:
+  """Atomic write (a kill mid-write leaves the previous file)."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  temporary = f"{path}.tmp"
+  with open(temporary, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=False)
+    f.write("\n")
+  os.replace(temporary, path)
+
+
+def results_table(task_order: Sequence[str], rows: Sequence[tuple[tuple[str, ...], float, Mapping[str, float]]],
+                  what: str) -> Optional[tables.ResultsTable]:
+  """A table from ``(tasks, cost, {task: loss})`` rows; ``None`` if no row is left.
+
+  Columns are the tasks of ``task_order`` that some row solves; a task no network solves (every
+  network of it diverged, or a shard without it) is left out with a warning.
+  """
+  if not rows:
+    logging.warning("%s table: no network to report", what)
+    return None
+  solved = {t for _, _, losses in rows for t in losses}
+  missing = [t for t in task_order if t not in solved]
+  if missing:
+    logging.warning("%s table: no network solves %s; leaving those columns out", what, ", ".join(missing))
+  return tables.ResultsTable.from_rows([t for t in task_order if t in solved], list(rows))
+
+
+class RunLog:
+  """``log.jsonl``: one JSON object per line, each with ``event`` and ``step``.
+
+  On resume the lines after the restored step are dropped, so the log of a resumed run reads like
+  the log of an uninterrupted one.
+  """
+
+  def __init__(self, path: str, resume_step: Optional[int]):
+    self._path = path
+    kept = []
+    if resume_step is not None and os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          try:
+            entry = json.loads(line)
+          except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+          if entry.get("step", 0) <= resume_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+      f.writelines(kept)
+    os.replace(temporary, path)
+    self._file = open(path, "a")
+
+  def write(self, event: str, step: int, **fields: Any) -> None:
+    self._file.write(json.dumps({"event": event, "step": step, "time": round(time.time(), 3), **fields},
+                                allow_nan=True) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class Scalars:
+  """TensorBoard scalars (``flax.metrics.tensorboard``), or nothing with a warning if unavailable."""
+
+  def __init__(self, directory: str):
+    try:
+      from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
+    except ImportError as error:  # tensorboard is an optional extra for CPU-only installs
+      logging.warning("TensorBoard scalars disabled (%s); pip install tensorboard to enable them", error)
+      self._writer = None
+      return
+    self._writer = tensorboard.SummaryWriter(directory)
+
+  def write(self, step: int, values: Mapping[str, float]) -> None:
+    if self._writer is None:
+      return
+    for tag, value in values.items():
+      if math.isfinite(value):
+        self._writer.scalar(tag, value, step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class Progress:
+  """Steps per second and time left, measured from the steps this process has run."""
+
+  def __init__(self, start_step: int, stop_step: int):
+    self._start_step, self._stop_step = start_step, stop_step
+    self._start_time: Optional[float] = None
+    self._timed_from_step = start_step
+
+  def start_timing(self, step: int) -> None:
+    """Starts the clock after the first (compiling) step, so the rate measures training."""
+    self._start_time, self._timed_from_step = time.time(), step
+
+  def line(self, step: int, extra: str = "") -> str:
+    done = step / max(self._stop_step, 1)
+    text = f"step {step}/{self._stop_step} ({100 * done:.0f}%)"
+    if self._start_time is not None and step > self._timed_from_step:
+      elapsed = time.time() - self._start_time
+      rate = (step - self._timed_from_step) / elapsed
+      text += f" | {rate:.2f} steps/s | ETA {format_duration((self._stop_step - step) / rate)}"
+    return f"{text} | {extra}" if extra else text
