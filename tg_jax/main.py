@@ -1,0 +1,77 @@
+r"""Trains an experiment's networks, then selects which to use under each inference budget.
+
+  python -m tg_jax.main --config=experiments/pairs.py --workdir=workdirs/pairs
+  python -m tg_jax.main --config=experiments/pairs.py:full --workdir=/scratch/pairs   # GPUs
+
+Rerunning the same command resumes from the workdir's last checkpoint. With --num_shards > 1
+(array jobs) each shard trains a slice of the network list into WORKDIR/shards/; run
+``python -m tg_jax.merge --workdir=WORKDIR`` once all are done.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from tg_jax.training import summary
+from tg_jax.training import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/pairs.py "
+                                          "or experiments/pairs.py:full.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, results and the report go; default "
+                               "workdirs/<config name>[_<variant>].")
+_SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This job's slice of the network list (array jobs).")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of slices the network list is split into.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process per "
+                               "host; SLURM and other clusters are detected automatically).")
+flags.mark_flags_as_required(["config"])
+
+EXIT_PREEMPTED = 128 + 15  # what a process killed by SIGTERM reports; launch scripts requeue on it
+
+
+def default_workdir(config_argument: str) -> str:
+  """``experiments/pairs.py:full`` -> ``workdirs/pairs_full``."""
+  path, _, variant = config_argument.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", f"{name}_{variant}" if variant else name)
+
+
+def shard_workdir(workdir: str, shard_index: int, num_shards: int) -> str:
+  return os.path.join(workdir, "shards", f"shard_{shard_index:03d}_of_{num_shards:03d}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
+  workdir = _WORKDIR.value
+  if workdir is None:
+    workdir = default_workdir(flags.FLAGS["config"].serialize().partition("=")[2])
+    print(f"--workdir not given; using {workdir}", flush=True)
+  logging.info("JAX process %d of %d, local devices: %s", jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  config = _CONFIG.value
+  sharded = _NUM_SHARDS.value > 1
+  run_dir = shard_workdir(workdir, _SHARD_INDEX.value, _NUM_SHARDS.value) if sharded else workdir
+  result = trainer.train_and_evaluate(config, run_dir, shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value)
+  if result["status"] == trainer.STATUS_PREEMPTED:
+    sys.exit(EXIT_PREEMPTED)
+  if jax.process_index() != 0:
+    return
+  if sharded:
+    print(f"shard {_SHARD_INDEX.value} of {_NUM_SHARDS.value} done; when all are, run: "
+          f"python -m tg_jax.merge --workdir={workdir}", flush=True)
+    return
+  report = summary.write(workdir, config.selection.predict)
+  print(report)
+  print(f"Results in {os.path.join(workdir, 'results')}; selection in "
+        f"{os.path.join(workdir, summary.SELECTION_FILE)}; report in {os.path.join(workdir, summary.REPORT_FILE)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
