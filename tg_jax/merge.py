@@ -21,11 +21,6 @@ from tg_jax.training import networks as networks_lib
 from tg_jax.training import results
 from tg_jax.training import summary
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The --workdir the shards were run with.")
-_ALLOW_MISSING = flags.DEFINE_bool("allow_missing", False, "Merge the finished shards even if some are missing "
-                                   "or unfinished (their networks are left out).")
-flags.mark_flags_as_required(["workdir"])
-
 TABLES = ("val.csv", "test.csv", "esa.csv")
 
 
@@ -80,9 +75,16 @@ def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDic
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = merge(_WORKDIR.value, _ALLOW_MISSING.value)
-  print(summary.write(_WORKDIR.value, config.selection.predict))
+  workdir = flags.FLAGS.workdir
+  config = merge(workdir, flags.FLAGS.allow_missing)
+  print(summary.write(workdir, config.selection.predict))
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so that tg_jax.main (which has its own --workdir) can be imported
+  # alongside this module.
+  flags.DEFINE_string("workdir", None, "The --workdir the shards were run with.")
+  flags.DEFINE_bool("allow_missing", False, "Merge the finished shards even if some are missing or unfinished "
+                    "(their networks are left out).")
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

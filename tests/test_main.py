@@ -1,0 +1,32 @@
+"""The entry point's helpers, and merging an array job's shards into the tables one job would write."""
+
+import os
+
+import train_fakes
+from tg_jax import main
+from tg_jax import merge
+from tg_jax.training import summary
+from tg_jax.training import trainer
+
+
+def test_default_workdir_names_config_and_variant():
+  assert main.default_workdir("experiments/pairs.py") == os.path.join("workdirs", "pairs")
+  assert main.default_workdir("experiments/pairs.py:full") == os.path.join("workdirs", "pairs_full")
+
+
+def test_merged_shards_equal_one_unsharded_run(tmp_path, monkeypatch):
+  config = train_fakes.tiny_config()
+  config.num_epochs = 2
+  monkeypatch.setattr(trainer, "_load_datasets", train_fakes.datasets)
+  trainer.train_and_evaluate(config, str(tmp_path / "whole"))
+  for index in range(2):
+    trainer.train_and_evaluate(config, main.shard_workdir(str(tmp_path / "sharded"), index, 2),
+                               shard_index=index, num_shards=2)
+  merge.merge(str(tmp_path / "sharded"))
+  for file in ("val.csv", "test.csv", "esa.csv"):
+    with open(tmp_path / "whole" / "results" / file) as a, open(tmp_path / "sharded" / "results" / file) as b:
+      assert a.read() == b.read(), file
+
+  report = summary.write(str(tmp_path / "sharded"), "hoa")
+  assert os.path.exists(tmp_path / "sharded" / summary.SELECTION_FILE)
+  assert "Improvement over the constant predictor" in report and "toy_depth+toy_segment" in report
