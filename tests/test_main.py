@@ -27,6 +27,9 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path, monkeypatch):
     with open(tmp_path / "whole" / "results" / file) as a, open(tmp_path / "sharded" / "results" / file) as b:
       assert a.read() == b.read(), file
 
-  report = summary.write(str(tmp_path / "sharded"), "hoa")
+  printed = summary.write(str(tmp_path / "sharded"), "hoa")
   assert os.path.exists(tmp_path / "sharded" / summary.SELECTION_FILE)
+  assert "constant predictor" in printed
+  report = (tmp_path / "sharded" / "report.md").read_text()
   assert "Improvement over the constant predictor" in report and "toy_depth+toy_segment" in report
+  assert "Table 4" in report and os.path.exists(tmp_path / "sharded" / "figures" / "figure4_loss_vs_budget.png")

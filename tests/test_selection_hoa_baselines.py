@@ -154,3 +154,11 @@ def test_selection_never_imports_jax_or_tensorflow():
           "print([m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules])")
   run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
   assert run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_infeasible_budgets_are_explained_not_fatal():
+  result = study.run(pairs_table(), pairs_table(), budgets=[1.0, 1.5], random_samples=5)
+  first, second = result["solutions"]
+  assert first["networks"] == [] and "cheapest that does costs 1.5 SNT" in first["infeasible"]
+  assert second["val_loss"] is not None
+  assert "budget 1 SNT: infeasible" in study.format_text(result)

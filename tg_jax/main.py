@@ -67,10 +67,9 @@ def main(argv):
     print(f"shard {_SHARD_INDEX.value} of {_NUM_SHARDS.value} done; when all are, run: "
           f"python -m tg_jax.merge --workdir={workdir}", flush=True)
     return
-  report = summary.write(workdir, config.selection.predict)
-  print(report)
+  print(summary.write(workdir, config.selection.predict))
   print(f"Results in {os.path.join(workdir, 'results')}; selection in "
-        f"{os.path.join(workdir, summary.SELECTION_FILE)}; report in {os.path.join(workdir, summary.REPORT_FILE)}")
+        f"{os.path.join(workdir, summary.SELECTION_FILE)}")
 
 
 if __name__ == "__main__":

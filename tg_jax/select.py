@@ -88,6 +88,8 @@ def run_command() -> str:
   result = study.run(val, test, predict=_PREDICT.value, budgets=_parse_budgets(_BUDGETS.value),
                      objective=objective, converged=converged, random_samples=_RANDOM_SAMPLES.value,
                      seed=_SEED.value)
+  if all(solution.get("infeasible") for solution in result["solutions"]):
+    raise selector.NoFeasibleSolution(result["solutions"][0]["infeasible"])
   text = study.format_text(result)
   if _JSON.value:
     directory = os.path.dirname(os.path.abspath(_JSON.value))

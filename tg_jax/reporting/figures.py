@@ -44,7 +44,8 @@ def loss_against_budget(comparison: dict, path: str, title: str = "Total test lo
 def groupings(result: dict, path: str, budgets: Sequence[float] = ()) -> None:
   """Figure 5: per budget, networks (big circle: full size, small: half size or less) joined to the
   tasks they serve; decoders a network has but does not use are drawn in grey."""
-  solutions = [s for s in result["solutions"] if not budgets or s["budget"] in budgets]
+  solutions = [s for s in result["solutions"]
+               if not s.get("infeasible") and (not budgets or s["budget"] in budgets)]
   tasks = result["tasks"]
   figure, axes = plt.subplots(len(solutions), 1, figsize=(1.3 + 1.0 * len(tasks), 1.5 * len(solutions) + 0.3),
                               dpi=110, squeeze=False)

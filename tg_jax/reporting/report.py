@@ -18,6 +18,8 @@ from tg_jax.selection.tables import TableError
 
 RESULTS_DIR = "results"
 FIGURES_DIR = "figures"
+REPORT_FILE = "report.md"
+NETWORKS_FILE = "networks.json"  # the trainer's per-network record, with the constant predictor's losses
 
 
 def _format(value: Optional[float], digits: int = 4) -> str:
@@ -34,6 +36,37 @@ def _matrix_table(matrix: np.ndarray, labels: Sequence[str]) -> list[str]:
   rows = [[label] + ["" if not np.isfinite(v) else f"{100 * v:+.1f}%" for v in matrix[i]]
           for i, label in enumerate(labels)]
   return _markdown_table(["task \\ trained with"] + list(labels), rows)
+
+
+def _not_beaten(networks_json: dict) -> list[tuple[str, str]]:
+  return [(n["name"], t) for n in networks_json["networks"] if n["status"] == "trained"
+          for t, v in n["improvement_over_constant"]["test"].items() if not v > 0]
+
+
+def improvement_summary(networks_json: dict) -> str:
+  """One line: does every trained network beat the constant predictor on each of its tasks?"""
+  beaten = _not_beaten(networks_json)
+  if not beaten:
+    return "Every trained network beats the constant predictor on each of its tasks (test loss)."
+  return "Not better than the constant predictor: " + ", ".join(f"{n} on {t}" for n, t in beaten) + "."
+
+
+def _improvement_section(networks_json: dict) -> list[str]:
+  """How much each network beats the constant predictor (the training mean) by, per task."""
+  networks = networks_json["networks"]
+  constant = networks_json["constant_predictor"]["test"]
+  task_order = list(dict.fromkeys(t for n in networks for t in n["tasks"]))
+  rows = []
+  for network in networks:
+    improvements = network["improvement_over_constant"]["test"]
+    rows.append([network["name"], f"{network['cost']:.3f}", network["status"]] +
+                ["" if improvements.get(t) is None else f"{100 * improvements[t]:+.1f}%" for t in task_order])
+  return (["## Improvement over the constant predictor", "",
+           "Test loss relative to predicting the training mean of each label (class frequencies for "
+           "segmentation), 1 - loss / constant loss. Constant predictor's test losses: "
+           + ", ".join(f"{t} {v:.4f}" for t, v in constant.items()) + ".", ""]
+          + _markdown_table(["network", "cost", "status"] + task_order, rows)
+          + ["", improvement_summary(networks_json), ""])
 
 
 def load_tables(workdir: str) -> dict:
@@ -114,9 +147,15 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
                  f"{correlation.count} (network, task) losses relative to each task's single-task network "
                  f"(paper: 0.49); within each task: {per_task}.")
   lines.append("")
+  networks_path = os.path.join(workdir, RESULTS_DIR, NETWORKS_FILE)
+  if os.path.exists(networks_path):
+    with open(networks_path, encoding="utf-8") as f:
+      lines += _improvement_section(json.load(f))
   with open(os.path.join(workdir, "study.json"), "w", encoding="utf-8") as f:
     json.dump({"budgets": budgets_used, "methods": comparison["methods"]}, f, indent=2)
-  path = os.path.join(workdir, "report.md")
-  with open(path, "w", encoding="utf-8") as f:
+  path = os.path.join(workdir, REPORT_FILE)
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with open(temporary, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
+  os.replace(temporary, path)
   return path

@@ -294,15 +294,19 @@ class SearchStats:
 
 
 def select_many(table: ResultsTable, budgets: Sequence[float], objective: Optional[Objective] = None,
-                return_stats: bool = False):
+                return_stats: bool = False, infeasible: str = "raise"):
   """The optimal set of networks for each budget (SNT) under ``objective`` (default: plain sum).
 
   The budgets share one relaxation table, so many budgets cost little more than the largest.
+  ``infeasible="raise"`` raises for a budget within which no set serves every task;
+  ``infeasible="explain"`` puts the ``NoFeasibleSolution`` in that budget's place instead.
 
   Raises:
     NoFeasibleSolution: nothing within some budget serves every task; the message names the
       cheapest set of networks that would, and its cost.
   """
+  if infeasible not in ("raise", "explain"):
+    raise ValueError(f"infeasible must be 'raise' or 'explain', got {infeasible!r}")
   budgets = np.asarray(budgets, dtype=np.float64).reshape(-1)
   if budgets.size == 0 or np.any(~np.isfinite(budgets)) or np.any(budgets < 0):
     raise ValueError(f"budgets must be finite numbers >= 0, got {budgets.tolist()}")
@@ -318,10 +322,14 @@ def select_many(table: ResultsTable, budgets: Sequence[float], objective: Option
   solutions, stats = [], []
   for budget in budgets:
     best = search.run(float(budget))
-    if best is None:
-      raise NoFeasibleSolution(_infeasible_message(table, scores, float(budget)))
-    solutions.append(make_solution(table, rows[best[2]], float(budget), scores))
     stats.append(SearchStats(candidates=int(rows.size), nodes=search.nodes, cost_unit=unit))
+    if best is None:
+      error = NoFeasibleSolution(_infeasible_message(table, scores, float(budget)))
+      if infeasible == "raise":
+        raise error
+      solutions.append(error)
+      continue
+    solutions.append(make_solution(table, rows[best[2]], float(budget), scores))
   return (solutions, stats) if return_stats else solutions
 
 

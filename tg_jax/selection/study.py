@@ -50,7 +50,11 @@ def _baseline_json(table: ResultsTable, scored: Optional[baselines.Scored], budg
 def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "none",
         budgets: Optional[Sequence[float]] = None, objective: Optional[selector.Objective] = None,
         converged: Optional[ResultsTable] = None, random_samples: int = 1000, seed: int = 0) -> dict:
-  """Selects networks for every budget and scores them and the baselines; returns a JSON-able dict."""
+  """Selects networks for every budget and scores them and the baselines; returns a JSON-able dict.
+
+  A budget within which no set of networks serves every task gets a solution with no networks and
+  an ``infeasible`` message naming the cheapest set that would.
+  """
   if predict not in PREDICTIONS:
     raise ValueError(f"unknown prediction {predict!r}; choose one of {', '.join(PREDICTIONS)}")
   converged = val if converged is None else converged
@@ -64,7 +68,11 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
   converged_rows, test_rows = _rows_by_key(converged), _rows_by_key(test)
 
   solutions = []
-  for solution in selector.select_many(table, budgets, objective):
+  for budget, solution in zip(budgets, selector.select_many(table, budgets, objective, infeasible="explain")):
+    if isinstance(solution, selector.NoFeasibleSolution):
+      solutions.append({"budget": budget, "networks": [], "assignment": {}, "val_loss": None, "test_loss": None,
+                        "infeasible": str(solution)})
+      continue
     keys = [table.network_key(r) for r in solution.networks]
     measured = all(key in converged_rows for key in keys)
     if measured:
@@ -130,6 +138,9 @@ def format_text(result: dict) -> str:
   lines.append(f"Network selection for tasks {', '.join(result['tasks'])}{predicted}")
   for solution in result["solutions"]:
     lines.append("")
+    if solution.get("infeasible"):
+      lines.append(f"budget {solution['budget']:g} SNT: infeasible: {solution['infeasible']}")
+      continue
     lines.append(f"budget {solution['budget']:g} SNT: {len(solution['networks'])} network(s), cost "
                  f"{solution['cost']:g}, val {_number(solution['val_loss'])}, test {_number(solution['test_loss'])}")
     served: dict = {}
