@@ -62,3 +62,10 @@ def test_report_command_explains_a_missing_workdir(tmp_path):
   run = subprocess.run([sys.executable, "-m", "tg_jax.report", f"--workdir={tmp_path}"], cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=120)
   assert run.returncode == 2 and "results/val.csv" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_measured_costs_near_nominal_sizes_count_as_those_sizes():
+  # Sizes come from measured FLOPs: a half-size network may cost 0.4987 SNT.
+  table = tables.ResultsTable.from_rows(("a", "b"), [
+      (("a",), 0.4987, {"a": 2.0}), (("b",), 0.4987, {"b": 4.0}), (("a", "b"), 1.0, {"a": 1.5, "b": 5.0})])
+  assert analysis.pair_relative_performance(table)[0, 1] == pytest.approx(0.25)

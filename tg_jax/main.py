@@ -8,6 +8,7 @@ Rerunning the same command resumes from the workdir's last checkpoint. With --nu
 ``python -m tg_jax.merge --workdir=WORKDIR`` once all are done.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -33,6 +34,15 @@ flags.mark_flags_as_required(["config"])
 EXIT_PREEMPTED = 128 + 15  # what a process killed by SIGTERM reports; launch scripts requeue on it
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops libraries' INFO lines (orbax details every save) so progress stays readable."""
+
+  LIBRARY_PATHS = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}", f"{os.sep}etils{os.sep}")
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(p in record.pathname for p in self.LIBRARY_PATHS)
+
+
 def default_workdir(config_argument: str) -> str:
   """``experiments/pairs.py:full`` -> ``workdirs/pairs_full``."""
   path, _, variant = config_argument.partition(":")
@@ -47,6 +57,7 @@ def shard_workdir(workdir: str, shard_index: int, num_shards: int) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if _MULTIHOST.value:
     jax.distributed.initialize()
   workdir = _WORKDIR.value

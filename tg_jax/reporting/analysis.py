@@ -15,18 +15,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tg_jax.selection import hoa, study
+from tg_jax.selection import hoa, study, tables
 from tg_jax.selection.tables import ResultsTable, TableError
 
 HALF_COST = 0.5
 FULL_COST = 1.0
 
 
-def _single_task_losses(table: ResultsTable, cost: float) -> np.ndarray:
-  """``[tasks]``: each task's loss in its single-task network of ``cost``; NaN where there is none."""
+def _single_task_losses(table: ResultsTable, size: float) -> np.ndarray:
+  """``[tasks]``: each task's loss in its single-task network of ``size``; NaN where there is none."""
   losses = np.full(table.num_tasks, np.nan)
   for row, tasks in enumerate(table.network_tasks):
-    if len(tasks) == 1 and np.isclose(table.costs[row], cost):
+    if len(tasks) == 1 and tables.has_size(table.costs[row], size):
       j = table.task_names.index(tasks[0])
       losses[j] = table.losses[row, j]
   return losses
@@ -94,8 +94,8 @@ def compare_methods(val: ResultsTable, test: ResultsTable, esa: Optional[Results
   """
   budgets = study.default_budgets(val) if budgets is None else list(budgets)
   runs = {}
-  has_all_groups = len({frozenset(t) for t, c in zip(val.network_tasks, val.costs) if np.isclose(c, FULL_COST)}) \
-      >= 2 ** val.num_tasks - 1
+  full_groups = {frozenset(t) for t, c in zip(val.network_tasks, val.costs) if tables.has_size(c, FULL_COST)}
+  has_all_groups = len(full_groups) >= 2 ** val.num_tasks - 1
   if has_all_groups:
     runs["optimal"] = study.run(val, test, budgets=budgets, random_samples=random_samples, seed=seed)
   try:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from tg_jax.selection.tables import ResultsTable, TableError
+from tg_jax.selection.tables import ResultsTable, TableError, has_size
 
 PAIR_COST = 1.0
 
@@ -23,7 +23,7 @@ def _pair_losses(table: ResultsTable) -> np.ndarray:
   pair = np.full((num_tasks, num_tasks), np.nan)
   column = {name: i for i, name in enumerate(table.task_names)}
   for row, tasks in enumerate(table.network_tasks):
-    if len(tasks) == 2 and np.isclose(table.costs[row], PAIR_COST):
+    if len(tasks) == 2 and has_size(table.costs[row], PAIR_COST):
       t, u = column[tasks[0]], column[tasks[1]]
       if not np.isnan(pair[t, u]):
         raise TableError(f"pair {tasks[0]}+{tasks[1]} appears twice in the table; keep one row per network")
@@ -32,7 +32,7 @@ def _pair_losses(table: ResultsTable) -> np.ndarray:
   missing = [f"{table.task_names[t]}+{table.task_names[u]}"
              for t, u in itertools.combinations(range(num_tasks), 2) if np.isnan(pair[t, u])]
   if missing:
-    raise TableError(f"the Higher Order Approximation needs every pair network at cost {PAIR_COST:g}; "
+    raise TableError(f"the Higher Order Approximation needs every pair network at size {PAIR_COST:g}; "
                      f"missing: {', '.join(missing)} (train them, e.g. with experiments/pairs.py)")
   return pair
 
@@ -98,7 +98,7 @@ def accuracy(table: ResultsTable) -> Optional[PredictionAccuracy]:
   column = {name: i for i, name in enumerate(table.task_names)}
   predicted, actual = [], []
   for row, tasks in enumerate(table.network_tasks):
-    if len(tasks) >= 3 and np.isclose(table.costs[row], PAIR_COST):
+    if len(tasks) >= 3 and has_size(table.costs[row], PAIR_COST):
       group = tuple(sorted(column[t] for t in tasks))
       prediction = predict_group(pair, group)
       predicted.extend(prediction[list(group)])

@@ -26,6 +26,16 @@ STANDLEY_HALF_COST = 0.5
 STANDLEY_FULL_COST = 1.0
 
 
+# Costs measured from FLOPs land near, not on, a network's nominal size (channels are integers): a
+# network "has size s" when its cost is within this fraction of s.
+SIZE_TOLERANCE = 0.05
+
+
+def has_size(cost: float, size: float) -> bool:
+  """Whether a network of (measured) ``cost`` is a network of nominal ``size`` in SNT."""
+  return abs(float(cost) - size) <= SIZE_TOLERANCE * size
+
+
 class TableError(ValueError):
   """A results table that cannot be used; the message names where and how to fix it."""
 
