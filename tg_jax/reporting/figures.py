@@ -42,8 +42,9 @@ def loss_against_budget(comparison: dict, path: str, title: str = "Total test lo
 
 
 def groupings(result: dict, path: str, budgets: Sequence[float] = ()) -> None:
-  """Figure 5: per budget, networks (big circle: full size, small: half size or less) joined to the
-  tasks they serve; decoders a network has but does not use are drawn in grey."""
+  """Figure 5: per budget, networks (big circle: full size, small: half size or less; hatched: a
+  predicted network not trained yet) joined to the tasks they serve; decoders a network has but does
+  not use are drawn in grey."""
   solutions = [s for s in result["solutions"]
                if not s.get("infeasible") and (not budgets or s["budget"] in budgets)]
   tasks = result["tasks"]
@@ -52,21 +53,30 @@ def groupings(result: dict, path: str, budgets: Sequence[float] = ()) -> None:
   task_x = np.linspace(0, 1, len(tasks))
   for axes_row, solution in zip(axes[:, 0], solutions):
     networks = solution["networks"]
-    network_x = np.linspace(0, 1, len(networks) + 2)[1:-1] if len(networks) > 1 else np.array([0.5])
     served = solution["assignment"]
+    untrained = set(solution.get("untrained", []))
+    # Networks left to right by where their served tasks sit, so few lines cross.
+    order = sorted(range(len(networks)), key=lambda i: (np.mean([tasks.index(t) for t, n in served.items() if n == i]
+                                                                 or [len(tasks)]), i))
+    slots = np.linspace(0, 1, len(networks) + 2)[1:-1] if len(networks) > 1 else np.array([0.5])
+    network_x = np.empty(len(networks))
+    network_x[order] = slots
     for index, network in enumerate(networks):
       for task in network["tasks"]:
         used = served[task] == index
         axes_row.plot([network_x[index], task_x[tasks.index(task)]], [1, 0],
                       color="tab:blue" if used else "0.8", linewidth=2 if used else 1, zorder=1)
-      size = 260 if network["cost"] >= 1 - 1e-9 else 120
-      axes_row.scatter([network_x[index]], [1], s=size, color="tab:blue", edgecolor="black", zorder=2)
+      size = 260 if network["cost"] >= 0.75 else 120
+      predicted = f"{'+'.join(network['tasks'])} @ {network['cost']:g} SNT" in untrained
+      axes_row.scatter([network_x[index]], [1], s=size, color="white" if predicted else "tab:blue",
+                       edgecolor="black", hatch="///" if predicted else None, zorder=2)
     axes_row.scatter(task_x, np.zeros(len(tasks)), s=90, marker="s", color="white", edgecolor="black", zorder=2)
     for x, task in zip(task_x, tasks):
       axes_row.annotate(task, (x, 0), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     test = solution["test_loss"]
     axes_row.set_title(f"budget {solution['budget']:g}: {len(networks)} network(s)"
-                       + (f", test loss {test:.4f}" if test is not None else ""), fontsize=9)
+                       + (f", test loss {test:.4f}" if test is not None else "")
+                       + (" (hatched: predicted, not trained yet)" if untrained else ""), fontsize=9)
     axes_row.set_xlim(-0.1, 1.1)
     axes_row.set_ylim(-0.45, 1.25)
     axes_row.axis("off")
