@@ -42,6 +42,16 @@ def over_networks(fn, how: str):
   raise ValueError(f"unknown way to run a cohort's networks {how!r}; use {VMAP!r} or {LOOP!r}")
 
 
+def choose_parallelism(platform: str, num_networks: int) -> str:
+  """How ``network_parallelism="auto"`` runs ``num_networks`` networks of a step on ``platform``.
+
+  ``"loop"`` on CPU, ``"vmap"`` elsewhere; ``benchmarks/train_step.py`` measures both (and one jitted
+  step per network) and reports this choice beside the fastest it measured.
+  """
+  del num_networks  # Measured so far: the choice depends on the platform only (docs/performance.md).
+  return LOOP if platform == "cpu" else VMAP
+
+
 @flax.struct.dataclass
 class CohortState:
   """Training state of a cohort's networks, every leaf with a leading ``[nets]`` axis.
