@@ -241,7 +241,8 @@ def test_errors_name_the_problem(config):
     models.build(config, (DEPTH, DEPTH))
   with pytest.raises(ValueError, match="cheapest network"):
     models.width_multiplier(config, 1e-6)
-  with pytest.raises(KeyError, match="unknown model 'resnet'; known models: xception"):
+  # Other tests may register models of their own (tests/train_fakes.py), so only xception is certain.
+  with pytest.raises(KeyError, match=r"unknown model 'resnet'; known models: (.*, )?xception"):
     models.default_config(name="resnet")
   with pytest.raises(ValueError, match="unknown model scale 'gpu'"):
     models.default_config("gpu")
