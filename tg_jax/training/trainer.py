@@ -284,10 +284,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
 
   optimizer = cohort_lib.make_optimizer(config.optimizer, schedule.steps_per_epoch)
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  how = config.network_parallelism
-  if how == "auto":
-    how = cohort_lib.LOOP if mesh.devices.flat[0].platform == "cpu" else cohort_lib.VMAP
-  runners = [_CohortRunner(spec, config.model, optimizer, dtype, how, replicated, batch_sharding)
+  platform = mesh.devices.flat[0].platform
+
+  def parallelism(spec: networks_lib.Cohort) -> str:
+    if config.network_parallelism == "auto":
+      return cohort_lib.choose_parallelism(platform, len(spec.networks))
+    return config.network_parallelism
+
+  runners = [_CohortRunner(spec, config.model, optimizer, dtype, parallelism(spec), replicated, batch_sharding)
              for spec in networks_lib.cohorts(my_networks, config.tasks)]
   costs = {size: models.encoder_cost(config.model, size, image_shape) for size in {n.size for n in my_networks}}
 
