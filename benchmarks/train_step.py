@@ -187,9 +187,9 @@ def measure(strategy: str, setup: dict[str, Any], *, dtype_name: str, scale: str
     runner.step()
     times.append(time.perf_counter() - start)
   seconds = statistics.median(times)
-  row.update({"step_s": round(seconds, 6), "steps_timed": steps,
+  row.update({"step_s": seconds, "steps_timed": steps,
               "net_images_per_s": round(num_networks * batch_size / seconds, 1),
-              "s_per_network_step": round(seconds / num_networks, 6)})
+              "s_per_network_step": seconds / num_networks})
   row.update(runner.memory_bytes())
   row["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   device = jax.devices()[0]
