@@ -1,6 +1,9 @@
 """benchmarks/train_step.py: every strategy trains the same networks to the same parameters; JSON shape."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -32,10 +35,14 @@ def test_every_strategy_matches_the_sequential_loop():
 
 
 def test_cli_writes_one_row_per_strategy_and_the_trainers_choice(tmp_path):
+  # A fresh interpreter: the benchmark parses absl's global flags, which other test modules define too.
   out = tmp_path / "train_step.json"
-  train_step.flags.FLAGS(["train_step", "--networks=1,2", "--model=toy_conv", "--image_size=8", "--batch_size=4",
-                          "--steps=1", "--noisolate", f"--json={out}"])
-  train_step.main([])
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  program = ("import sys; from absl import app; import train_fakes; from benchmarks import train_step; "
+             "app.run(train_step.main, argv=sys.argv)")
+  subprocess.run([sys.executable, "-c", program, "--networks=1,2", "--model=toy_conv", "--image_size=8",
+                  "--batch_size=4", "--steps=1", "--noisolate", f"--json={out}"], check=True, capture_output=True,
+                 env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests_dir), tests_dir])})
   report = json.loads(out.read_text())
   rows = {(r["strategy"], r["networks"]) for r in report["results"]}
   assert rows == {(s, n) for s in train_step.STRATEGIES for n in (1, 2)}
