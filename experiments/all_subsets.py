@@ -4,25 +4,19 @@
   python -m tg_jax.main --config=experiments/all_subsets.py:full   # GPUs
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from tg_jax.training import config as config_lib
 
-def _pairs():
-  # Loaded by path: config files are run by ml_collections from any directory, not imported.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pairs.py")
-  spec = importlib.util.spec_from_file_location("experiments_pairs", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant not in ("", "cpu", "full"):
     raise ValueError(f"unknown variant {variant!r} of experiments/all_subsets.py; use '' (CPU) or 'full'")
-  pairs = _pairs()
+  pairs = config_lib.load_experiment(_HERE, "pairs")
   config = pairs.full_config() if variant == "full" else pairs.cpu_config()
   config.networks.subsets = "all"
   config.networks.half_size_singles = True

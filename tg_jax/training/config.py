@@ -6,7 +6,23 @@ work starts, with errors that name the key and the fix.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import types
+
 import ml_collections
+
+
+def load_experiment(directory: str, name: str) -> types.ModuleType:
+  """Loads ``<directory>/<name>.py`` as a module, for one experiment file to build on another.
+
+  Experiment files are run by path (``--config=experiments/pairs.py``), not imported as a package.
+  """
+  path = os.path.join(directory, f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 def base_config(scale: str = "cpu") -> ml_collections.ConfigDict:
   """The paper's setting at ``scale``: ``"cpu"`` (small, minutes on 2 cores) or ``"paper"``.
