@@ -49,6 +49,9 @@ SEQUENTIAL = "sequential"
 STRATEGIES = (cohort_lib.VMAP, cohort_lib.LOOP, SEQUENTIAL)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# The paper's five tasks; the benchmark needs no dataset (and so no TensorFlow), only their shapes.
+_TASKS = flags.DEFINE_list("tasks", ["segment_semantic", "depth", "normals", "keypoints2d", "edges2d"],
+                           "Tasks whose subsets are the networks (tg_jax.tasks registry names).")
 _NETWORKS = flags.DEFINE_list("networks", ["1", "5", "15", "31"], "Numbers of networks N to train at once.")
 _STRATEGIES = flags.DEFINE_list("strategies", [SEQUENTIAL, cohort_lib.LOOP, cohort_lib.VMAP], f"Strategies, from {', '.join(STRATEGIES)}.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Computation dtypes (config.half_precision), from float32, bfloat16.")
@@ -70,23 +73,26 @@ _JSON = flags.DEFINE_string("json", "", "Also write the JSON here.")
 
 
 def make_setup(num_networks: int, scale: str = "cpu", image_size: int = 0, batch_size: int = 32,
-               dtype: Any = jnp.float32, model_name: str = "xception") -> dict[str, Any]:
-  """The first ``num_networks`` subsets of the default tasks as one cohort, its state and a batch.
+               dtype: Any = jnp.float32, model_name: str = "xception",
+               task_names: tuple[str, ...] = ("segment_semantic", "depth", "normals", "keypoints2d", "edges2d"),
+               ) -> dict[str, Any]:
+  """The first ``num_networks`` subsets of ``task_names`` as one cohort, its state and a batch.
 
   Returns a dict: ``model``, ``optimizer``, ``task_names``, ``task_mask`` ``[nets, tasks]``,
   ``state`` (``cohort.CohortState``, ``[nets, ...]``), ``batch`` (``image`` ``[b, h, w, 3]`` and one
   random label per task), ``networks`` (names).
   """
-  config = config_lib.base_config(scale)
-  config.model = models.default_config(scale, model_name)
-  subsets = networks_lib.subsets(config.tasks, "all")
+  for name in task_names:
+    tasks_lib.get(name)  # an unknown name fails here, naming the known tasks
+  model_config = models.default_config(scale, model_name)
+  subsets = networks_lib.subsets(task_names, "all")
   if not 1 <= num_networks <= len(subsets):
-    raise ValueError(f"--networks must be between 1 and {len(subsets)} (the subsets of {len(config.tasks)} "
+    raise ValueError(f"--networks must be between 1 and {len(subsets)} (the subsets of {len(task_names)} "
                      f"tasks); got {num_networks}")
-  cohort = networks_lib.cohorts([networks_lib.Network(s, 1.0) for s in subsets[:num_networks]], config.tasks)[0]
-  model = models.build(config.model, cohort.tasks, 1.0, dtype)
-  optimizer = cohort_lib.make_optimizer(config.optimizer, steps_per_epoch=100)
-  side = image_size or config.model.cost_image_size
+  cohort = networks_lib.cohorts([networks_lib.Network(s, 1.0) for s in subsets[:num_networks]], task_names)[0]
+  model = models.build(model_config, cohort.tasks, 1.0, dtype)
+  optimizer = cohort_lib.make_optimizer(config_lib.optimizer_config(), steps_per_epoch=100)
+  side = image_size or model_config.cost_image_size
   image_shape = (side, side, 3)
   # Networks are initialised one at a time and stacked, as the trainer does (same values, faster compile).
   init_one = jax.jit(functools.partial(cohort_lib.init, model, optimizer, image_shape=image_shape,
@@ -206,7 +212,7 @@ def measure(strategy: str, setup: dict[str, Any], *, dtype_name: str, scale: str
 def _measure_all(num_networks: int, dtype_name: str, strategies: list[str]):
   """Yields one row per strategy, all on one setup (one initialisation for all strategies)."""
   setup = make_setup(num_networks, _SCALE.value, _IMAGE_SIZE.value, _BATCH_SIZE.value, DTYPES[dtype_name],
-                     _MODEL.value)
+                     _MODEL.value, tuple(_TASKS.value))
   for strategy in strategies:
     yield measure(strategy, setup, dtype_name=dtype_name, scale=_SCALE.value, model_name=_MODEL.value,
                   steps=_STEPS.value, max_step_seconds=_MAX_STEP_SECONDS.value, peak_tflops=_PEAK_TFLOPS.value)
@@ -219,7 +225,7 @@ def _measure_in_subprocess(num_networks: int, dtype_name: str, strategies: list[
              f"--strategies={','.join(strategies)}", f"--dtypes={dtype_name}", f"--scale={_SCALE.value}",
              f"--model={_MODEL.value}", f"--image_size={_IMAGE_SIZE.value}", f"--batch_size={_BATCH_SIZE.value}",
              f"--steps={_STEPS.value}", f"--max_step_seconds={_MAX_STEP_SECONDS.value}",
-             f"--peak_tflops={_PEAK_TFLOPS.value}", "--worker"]
+             f"--peak_tflops={_PEAK_TFLOPS.value}", f"--tasks={','.join(_TASKS.value)}", "--worker"]
   worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   rows = []
   try:

@@ -24,6 +24,20 @@ def load_experiment(directory: str, name: str) -> types.ModuleType:
   spec.loader.exec_module(module)
   return module
 
+def optimizer_config() -> ml_collections.ConfigDict:
+  """The paper's optimiser: SGD with momentum, learning rate halved when the training loss plateaus."""
+  optimizer = ml_collections.ConfigDict()
+  optimizer.learning_rate = 0.2
+  optimizer.momentum = 0.9
+  optimizer.nesterov = False
+  optimizer.plateau_factor = 0.5     # halve the learning rate ...
+  optimizer.plateau_patience = 1     # ... after this many epochs without a lower training loss
+  optimizer.plateau_rtol = 1e-3      # "lower" means by this relative margin
+  optimizer.plateau_cooldown = 0
+  optimizer.min_learning_rate = 1e-4
+  return optimizer
+
+
 def base_config(scale: str = "cpu") -> ml_collections.ConfigDict:
   """The paper's setting at ``scale``: ``"cpu"`` (small, minutes on 2 cores) or ``"paper"``.
 
@@ -58,15 +72,7 @@ def base_config(scale: str = "cpu") -> ml_collections.ConfigDict:
   config.esa_fraction = 0.2
   config.stop_fraction = 1.0
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 0.2
-  config.optimizer.momentum = 0.9
-  config.optimizer.nesterov = False
-  config.optimizer.plateau_factor = 0.5     # halve the learning rate ...
-  config.optimizer.plateau_patience = 1     # ... after this many epochs without a lower training loss
-  config.optimizer.plateau_rtol = 1e-3      # "lower" means by this relative margin
-  config.optimizer.plateau_cooldown = 0
-  config.optimizer.min_learning_rate = 1e-4
+  config.optimizer = optimizer_config()
 
   config.half_precision = False             # bfloat16 compute (parameters stay float32)
   config.num_devices = 0                    # data-parallel devices per host; 0: all local devices
