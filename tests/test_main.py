@@ -1,10 +1,12 @@
 """The entry point's helpers, and merging an array job's shards into the tables one job would write."""
 
+import json
 import os
 
 import train_fakes
 from tg_jax import main
 from tg_jax import merge
+from tg_jax.training import retrain
 from tg_jax.training import summary
 from tg_jax.training import trainer
 
@@ -33,3 +35,16 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path, monkeypatch):
   report = (tmp_path / "sharded" / "report.md").read_text()
   assert "Improvement over the constant predictor" in report and "toy_depth+toy_segment" in report
   assert "Table 4" in report and os.path.exists(tmp_path / "sharded" / "figures" / "figure4_loss_vs_budget.png")
+
+  # Pairs only: HOA chooses groups of 3 tasks that were never trained; the retraining phase trains
+  # exactly those, and then every HOA solution is scored on test.
+  missing = retrain.missing_networks(str(tmp_path / "sharded"))
+  assert missing == ["toy_depth+toy_normals+toy_segment"]
+  assert retrain.run(config, str(tmp_path / "sharded"))["status"] == trainer.STATUS_COMPLETE
+  with open(tmp_path / "sharded" / "retrain" / "results" / "networks.json") as f:
+    assert [n["name"] for n in json.load(f)["networks"]] == missing
+  assert retrain.missing_networks(str(tmp_path / "sharded")) == []
+  summary.write(str(tmp_path / "sharded"), "hoa", config)
+  with open(tmp_path / "sharded" / summary.SELECTION_FILE) as f:
+    selection = json.load(f)
+  assert all(s["test_loss"] is not None and not s["untrained"] for s in selection["solutions"])

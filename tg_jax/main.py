@@ -18,6 +18,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from tg_jax.training import retrain
 from tg_jax.training import summary
 from tg_jax.training import trainer
 
@@ -72,13 +73,19 @@ def main(argv):
   result = trainer.train_and_evaluate(config, run_dir, shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value)
   if result["status"] == trainer.STATUS_PREEMPTED:
     sys.exit(EXIT_PREEMPTED)
+  if sharded:
+    if jax.process_index() == 0:
+      print(f"shard {_SHARD_INDEX.value} of {_NUM_SHARDS.value} done; when all are, run: "
+            f"python -m tg_jax.merge --workdir={workdir}", flush=True)
+    return
+  # The paper's second phase: networks chosen from predictions (ESA, HOA, TAG) that were not
+  # trained to convergence are trained now, so that every method is scored with what it chose.
+  retrained = retrain.run(config, workdir)
+  if retrained is not None and retrained["status"] == trainer.STATUS_PREEMPTED:
+    sys.exit(EXIT_PREEMPTED)
   if jax.process_index() != 0:
     return
-  if sharded:
-    print(f"shard {_SHARD_INDEX.value} of {_NUM_SHARDS.value} done; when all are, run: "
-          f"python -m tg_jax.merge --workdir={workdir}", flush=True)
-    return
-  print(summary.write(workdir, config.selection.predict))
+  print(summary.write(workdir, config.selection.predict, config))
   print(f"Results in {os.path.join(workdir, 'results')}; selection in "
         f"{os.path.join(workdir, summary.SELECTION_FILE)}")
 

@@ -4,22 +4,31 @@
   other task, against its half-size single-task network (the pair network spends half of one
   standard network on each task);
 - ``pair_affinity``: Table 2, the mean of the two directions;
-- ``compare_methods``: Table 4 / Figure 4, total test loss per method per budget;
+- ``compare_methods``: Table 4 / Figure 4, total test loss per method per budget, each method
+  scored with the networks it chose (trained to convergence);
+- ``untrained_choices``: the networks a predicting method (ESA, HOA, TAG) chose that have no
+  converged results yet, which the paper's procedure trains before scoring;
+- ``compute_per_method``: what each method costs to run, in network-steps;
 - ``esa_correlation``: how well early losses predict final ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from tg_jax.selection import hoa, study, tables
+from tg_jax.selection import tag as tag_selection
+from tg_jax.selection.selector import COST_TOLERANCE
 from tg_jax.selection.tables import ResultsTable, TableError
 
 HALF_COST = 0.5
 FULL_COST = 1.0
+# Methods whose selection runs on predicted losses; their chosen networks are trained to
+# convergence before they are scored.
+PREDICTING_METHODS = ("esa", "hoa", "tag")
 
 
 def _single_task_losses(table: ResultsTable, size: float) -> np.ndarray:
@@ -67,8 +76,19 @@ class EsaCorrelation:
   count: int
 
 
+def common_networks(first: ResultsTable, second: ResultsTable) -> tuple[ResultsTable, ResultsTable]:
+  """The rows of two tables (same tasks) that name the same networks, in ``first``'s order."""
+  keys = {second.network_key(r): r for r in range(second.num_networks)}
+  rows = [r for r in range(first.num_networks) if first.network_key(r) in keys]
+  return first.subset(rows), second.subset([keys[first.network_key(r)] for r in rows])
+
+
 def esa_correlation(final: ResultsTable, early: ResultsTable) -> EsaCorrelation:
-  early = early.aligned_to(final, what="ESA table")
+  """Over the networks both tables hold (an ESA-only run retrains just the chosen ones)."""
+  if early.task_names != final.task_names:
+    raise TableError(f"the ESA table's tasks {list(early.task_names)} differ from the validation table's "
+                     f"{list(final.task_names)}")
+  final, early = common_networks(final, early)
   solved = final.solves
   final_single = _single_task_losses(final, FULL_COST)
   early_single = _single_task_losses(early, FULL_COST)
@@ -84,30 +104,280 @@ def esa_correlation(final: ResultsTable, early: ResultsTable) -> EsaCorrelation:
   return EsaCorrelation(pooled=pooled, per_task=per_task, count=int(usable.sum()))
 
 
-def compare_methods(val: ResultsTable, test: ResultsTable, esa: Optional[ResultsTable] = None,
-                    budgets: Optional[Sequence[float]] = None, random_samples: int = 1000,
-                    seed: int = 0) -> dict:
+def is_selection_candidate(tasks: Sequence[str], cost: float) -> bool:
+  """Whether a network is one the selector may choose: a full-size network, or a half-size
+  single-task network (the paper's candidates). Single-task networks of other sizes (1/5 to 4/5
+  SNT) are trained only for the independent baseline."""
+  if len(tasks) > 1:
+    return True
+  return tables.has_size(cost, FULL_COST) or tables.has_size(cost, HALF_COST)
+
+
+def _candidate_rows(table: ResultsTable) -> list[int]:
+  return [r for r in range(table.num_networks) if is_selection_candidate(table.network_tasks[r], table.costs[r])]
+
+
+def selection_candidates(table: ResultsTable) -> ResultsTable:
+  return table.subset(_candidate_rows(table))
+
+
+def _not_yet_converged(run: dict) -> dict:
+  """A selection made before any network was trained to convergence: every chosen network is
+  untrained and nothing is scored on test."""
+  for solution in run["solutions"]:
+    if solution.get("infeasible"):
+      continue
+    solution["untrained"] = [f"{'+'.join(n['tasks'])} @ {n['cost']:g} SNT" for n in solution["networks"]]
+    solution["val_loss"] = solution["test_loss"] = None
+  return run
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyTables:
+  """Everything the study reads from a workdir.
+
+  Attributes:
+    val, test: validation and test losses of networks trained to convergence (the main run's when it
+      ran its whole schedule, plus the retraining phase's); None when there are none yet.
+    esa: validation losses at the early-stopping fraction of the main run, if recorded.
+    main_converged: whether the main run trained for its whole schedule (an ESA-only run does not:
+      then Optimal, HOA and the baselines, which need every candidate converged, are left out).
+    methods: ``results/methods.json``: networks trained with a balancing method or soft sharing.
+    tag: ``results/tag.json``: TAG's averaged lookahead affinities.
+    ensemble: ``ensemble.json``: ensembling gains of the selection's networks.
+    networks: ``results/networks.json`` records of the main run and the retraining phase.
+    schedule: the main run's schedule (steps), from ``networks.json``.
+    retrained: names of the networks the retraining phase trained.
+  """
+
+  val: Optional[ResultsTable]
+  test: Optional[ResultsTable]
+  esa: Optional[ResultsTable] = None
+  main_converged: bool = True
+  methods: dict = dataclasses.field(default_factory=dict)
+  tag: Optional[dict] = None
+  ensemble: Optional[dict] = None
+  networks: tuple = ()
+  schedule: Optional[dict] = None
+  retrained: tuple = ()
+
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return (self.val if self.val is not None else self.esa).task_names
+
+
+def _has_all_groups(table: ResultsTable) -> bool:
+  full_groups = {frozenset(t) for t, c in zip(table.network_tasks, table.costs) if tables.has_size(c, FULL_COST)}
+  return len(full_groups) >= 2 ** table.num_tasks - 1
+
+
+def _method_network_rows(methods: dict, task_names: Sequence[str], budgets: Sequence[float]) -> dict:
+  """Table 4 rows of ``methods.json``'s networks that serve every task: their test total where
+  their cost fits the budget."""
+  rows = {}
+  for name, entry in methods.items():
+    if set(entry["tasks"]) != set(task_names):
+      continue
+    total = float(sum(entry["test"][t] for t in task_names))
+    rows[f"{entry['method']} (all tasks)"] = [total if entry["cost"] <= b + COST_TOLERANCE else None for b in budgets]
+  return rows
+
+
+def _assigned_test_losses(run: dict, solution: dict, test: ResultsTable) -> dict:
+  """``{task: test loss of the network serving it}`` for one solution."""
+  rows = {test.network_key(r): r for r in range(test.num_networks)}
+  losses = {}
+  for task, index in solution["assignment"].items():
+    network = solution["networks"][index]
+    row = rows[(frozenset(network["tasks"]), round(float(network["cost"]), 9))]
+    losses[task] = float(test.losses[row, test.task_names.index(task)])
+  return losses
+
+
+def _ensemble_rows(ensemble: dict, runs: dict, test: ResultsTable, budgets: Sequence[float]) -> dict:
+  """Table 4 row of the ensembled selection: each task that 2+ chosen networks solve takes the
+  ensemble's test loss instead of its serving network's."""
+  method = ensemble["method"]
+  if method not in runs:
+    return {}
+  by_budget = {float(entry["budget"]): entry["tasks"] for entry in ensemble["budgets"]}
+  totals = []
+  for budget, solution in zip(budgets, runs[method]["solutions"]):
+    per_task = by_budget.get(float(budget))
+    if per_task is None or solution["test_loss"] is None:
+      totals.append(None)
+      continue
+    assigned = _assigned_test_losses(runs[method], solution, test)
+    totals.append(solution["test_loss"] + sum(v["ensemble_loss"] - assigned[t] for t, v in per_task.items()))
+  return {f"{method} + ensembling": totals}
+
+
+def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None,
+                    random_samples: int = 1000, seed: int = 0, with_baselines: bool = True) -> dict:
   """Selections by every method the tables allow, each scored on test, plus the baselines.
 
-  Returns ``{"budgets", "methods": {name: [test loss per budget]}, "runs": {name: study result}}``.
-  Optimal needs every group of tasks measured; HOA needs the pairs; ESA needs the early table.
+  Optimal needs every group of tasks converged; HOA the pairs; ESA the early table; TAG
+  ``tag.json``. Each selection is scored on test with the networks it chose, looked up among the
+  converged networks (a chosen network without converged results has no test loss: see
+  ``untrained_choices``).
+
+  Returns:
+    ``{"budgets", "methods": {name: [test loss per budget]}, "runs": {name: study result},
+    "baselines": study.baselines_for's result or None}``.
   """
-  budgets = study.default_budgets(val) if budgets is None else list(budgets)
+  val, test, esa = study_tables.val, study_tables.test, study_tables.esa
+  if val is None and esa is None:
+    raise TableError("no results tables to compare methods on; train first")
+  reference = val if val is not None else esa
+  budgets = study.default_budgets(reference) if budgets is None else [float(b) for b in budgets]
+  candidates = None if val is None else selection_candidates(val)
+  options = dict(budgets=budgets, random_samples=random_samples, seed=seed, with_baselines=False)
   runs = {}
-  full_groups = {frozenset(t) for t, c in zip(val.network_tasks, val.costs) if tables.has_size(c, FULL_COST)}
-  has_all_groups = len(full_groups) >= 2 ** val.num_tasks - 1
-  if has_all_groups:
-    runs["optimal"] = study.run(val, test, budgets=budgets, random_samples=random_samples, seed=seed)
-  try:
-    runs["hoa"] = study.run(val, test, predict="hoa", budgets=budgets, random_samples=random_samples, seed=seed)
-  except TableError:
-    pass
+  if study_tables.main_converged and candidates is not None:
+    if _has_all_groups(candidates):
+      runs["optimal"] = study.run(candidates, test, converged=val, **options)
   if esa is not None:
-    runs["esa"] = study.run(esa, test, converged=val, budgets=budgets, random_samples=random_samples, seed=seed)
-  if not runs:
-    runs["selected"] = study.run(val, test, budgets=budgets, random_samples=random_samples, seed=seed)
+    if val is None:  # an ESA-only run before its retraining phase
+      runs["esa"] = _not_yet_converged(study.run(selection_candidates(esa), **options))
+    else:
+      runs["esa"] = study.run(selection_candidates(esa), test, converged=val, **options)
+  if study_tables.main_converged and candidates is not None:
+    try:
+      runs["hoa"] = study.run(candidates, test, predict="hoa", converged=val, **options)
+    except TableError:
+      pass  # no pair networks: HOA is not part of this study
+  if study_tables.tag is not None and val is not None:
+    tag_table = tag_selection.table(study_tables.tag["tasks"], study_tables.tag["affinity"])
+    if tag_table.task_names == val.task_names:
+      runs["tag"] = study.run(tag_table, test, converged=val, **options)
+  if not runs and val is not None:
+    runs["selected"] = study.run(val, test, **options)
   methods = {name: [s["test_loss"] for s in result["solutions"]] for name, result in runs.items()}
-  baselines = next(iter(runs.values()))["baselines"]
-  for name, entries in baselines.items():
-    methods[name] = [None if e is None else e["test_loss"] for e in entries]
-  return {"budgets": budgets, "methods": methods, "runs": runs}
+  comparison = {"budgets": budgets, "methods": methods, "runs": runs, "baselines": None}
+  if with_baselines and study_tables.main_converged and candidates is not None:
+    aligned_test = test.aligned_to(val)
+    baselines = study.baselines_for(candidates, aligned_test.subset(_candidate_rows(val)), budgets, random_samples,
+                                    seed, independent=(val, aligned_test))
+    comparison["baselines"] = baselines
+    for name, entries in baselines.items():
+      methods[name] = [None if e is None else e["test_loss"] for e in entries]
+  methods.update(_method_network_rows(study_tables.methods, reference.task_names, budgets))
+  if study_tables.ensemble and test is not None:
+    methods.update(_ensemble_rows(study_tables.ensemble, runs, test, budgets))
+  return comparison
+
+
+NetworkKey = tuple[frozenset, float]
+
+
+def _chosen_networks(run: dict, measured_only: bool = False) -> list[tuple[tuple[str, ...], float]]:
+  """Distinct ``(tasks, cost)`` of the networks a run chose over all its budgets, in first-chosen order."""
+  seen, chosen = set(), []
+  for solution in run["solutions"]:
+    untrained = set(solution.get("untrained") or [])
+    for network in solution["networks"]:
+      tasks, cost = tuple(network["tasks"]), float(network["cost"])
+      label = f"{'+'.join(tasks)} @ {cost:g} SNT"
+      if measured_only and label in untrained:
+        continue
+      key = (frozenset(tasks), round(cost, 9))
+      if key not in seen:
+        seen.add(key)
+        chosen.append((tasks, cost))
+  return chosen
+
+
+def untrained_choices(comparison: dict) -> list[tuple[tuple[str, ...], float]]:
+  """``(tasks, cost)`` of every network a predicting method chose at some budget that has no
+  converged results: what the paper trains to convergence before scoring the method."""
+  seen, missing = set(), []
+  for method in PREDICTING_METHODS:
+    run = comparison["runs"].get(method)
+    if run is None:
+      continue
+    for solution in run["solutions"]:
+      untrained = set(solution.get("untrained") or [])
+      for network in solution["networks"]:
+        tasks, cost = tuple(network["tasks"]), float(network["cost"])
+        key = (frozenset(tasks), round(cost, 9))
+        if f"{'+'.join(tasks)} @ {cost:g} SNT" in untrained and key not in seen:
+          seen.add(key)
+          missing.append((tasks, cost))
+  return missing
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+  """Training a method needs, in network-steps (one network trained one step, any size) and in
+  SNT-steps (weighted by each network's cost), with what it counts."""
+
+  network_steps: float
+  snt_steps: float
+  counted: str
+
+
+def compute_per_method(study_tables: StudyTables, comparison: dict) -> dict[str, Compute]:
+  """What each selection method costs to run under the paper's procedure.
+
+  Optimal trains every candidate to convergence; ESA trains every candidate for the early fraction,
+  then its chosen networks (over all budgets) to convergence; HOA trains the singles, half-size
+  singles and pairs, then its chosen groups of 3+ tasks; TAG trains one all-task network while
+  measuring affinities (plus the lookahead passes), then its chosen groups. Networks trained with a
+  balancing method count their own steps (``methods.json``).
+  """
+  schedule = study_tables.schedule
+  if schedule is None or study_tables.val is None and study_tables.esa is None:
+    return {}
+  total, early = schedule["total_steps"], schedule["esa_step"]
+  # The main run's candidates (the converged table may hold retrained networks too).
+  candidates = selection_candidates(study_tables.esa if study_tables.esa is not None else study_tables.val)
+  costs = [float(c) for c in candidates.costs]
+  result = {}
+
+  def chosen_cost(method: str, keep=lambda tasks: True) -> tuple[int, float]:
+    chosen = [(t, c) for t, c in _chosen_networks(comparison["runs"][method]) if keep(t)]
+    return len(chosen), float(sum(c for _, c in chosen))
+
+  if "optimal" in comparison["runs"]:
+    result["optimal"] = Compute(len(costs) * total, sum(costs) * total,
+                                f"{len(costs)} candidate networks x {total} steps")
+  if "esa" in comparison["runs"]:
+    count, snt = chosen_cost("esa")
+    result["esa"] = Compute(len(costs) * early + count * total, sum(costs) * early + snt * total,
+                            f"{len(costs)} candidates x {early} early steps + {count} chosen networks x {total} steps")
+  if "hoa" in comparison["runs"]:
+    small = [c for t, c in zip(candidates.network_tasks, candidates.costs) if len(t) <= 2]
+    count, snt = chosen_cost("hoa", keep=lambda tasks: len(tasks) >= 3)
+    result["hoa"] = Compute(len(small) * total + count * total, float(sum(small)) * total + snt * total,
+                            f"{len(small)} singles and pairs x {total} steps + {count} chosen groups of 3+ tasks "
+                            f"x {total} steps")
+  if "tag" in comparison["runs"] and study_tables.tag is not None:
+    tag = study_tables.tag
+    all_tasks = frozenset(tag["tasks"])
+    count, snt = chosen_cost("tag", keep=lambda tasks: frozenset(tasks) != all_tasks)
+    measured = tag["network_steps"] + tag["lookahead_network_steps"]
+    result["tag"] = Compute(measured + count * total, measured + snt * total,
+                            f"all-task run {tag['network_steps']} steps + lookahead "
+                            f"{tag['lookahead_network_steps']} network-step equivalents + {count} chosen groups "
+                            f"x {total} steps")
+  for name, entry in study_tables.methods.items():
+    steps = entry.get("network_steps")
+    if steps is not None:
+      result[name] = Compute(steps, steps * float(entry["cost"]), f"{name}: its own training")
+  return result
+
+
+def network_names(keys: Iterable[tuple[Sequence[str], float]], records: Sequence[dict[str, Any]],
+                  task_order: Sequence[str]) -> list[str]:
+  """Trainer names (``depth+normals``, ``depth@0.5``) of ``(tasks, cost)`` networks.
+
+  A measured cost is mapped to its nominal size through the runs' ``networks.json`` records; a
+  predicted network (HOA, TAG) carries its nominal cost already.
+  """
+  size_of = {(frozenset(r["tasks"]), round(float(r["cost"]), 6)): float(r["size"]) for r in records}
+  names = []
+  for tasks, cost in keys:
+    size = size_of.get((frozenset(tasks), round(float(cost), 6)), float(cost))
+    joined = tables.TASK_SEPARATOR.join(t for t in task_order if t in tasks)
+    names.append(joined if size == FULL_COST else f"{joined}@{size:g}")
+  return names

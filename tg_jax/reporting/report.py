@@ -1,7 +1,11 @@
-"""Writes ``WORKDIR/report.md`` and its figures from ``WORKDIR/results/{val,test,esa}.csv``.
+"""Writes ``WORKDIR/report.md`` and its figures from the workdir's results files.
 
-Every number in the report is recomputed from those tables, so a report can always be regenerated
-(``python -m tg_jax.report --workdir=DIR``) and traced back to them.
+Read (``load_study``): ``results/{val,test,esa}.csv`` and ``results/networks.json`` of the main run;
+``retrain/results/{val,test}.csv`` and ``networks.json`` of the retraining phase (networks a predicting
+method chose, trained to convergence afterwards); and where present ``results/methods.json``
+(networks trained with a balancing method), ``results/tag.json`` (TAG affinities) and
+``ensemble.json`` (ensembling gains). Every number in the report is recomputed from those files, so a
+report can always be regenerated (``python -m tg_jax.report --workdir=DIR``) and traced back to them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ RESULTS_DIR = "results"
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
 NETWORKS_FILE = "networks.json"  # the trainer's per-network record, with the constant predictor's losses
+METHODS_FILE = "methods.json"    # networks trained with a balancing method or soft sharing
+TAG_FILE = "tag.json"            # TAG's averaged lookahead affinities
+ENSEMBLE_FILE = "ensemble.json"  # in the workdir: ensembling gains of the selection's networks
+STUDY_FILE = "study.json"        # in the workdir: Table 4's numbers, for other tools
+# The retraining phase's workdir (inside the study's): networks chosen from predictions, trained to
+# convergence; laid out like any workdir.
+RETRAIN_DIR = "retrain"
 
 
 def _format(value: Optional[float], digits: int = 4) -> str:
@@ -69,89 +80,254 @@ def _improvement_section(networks_json: dict) -> list[str]:
           + ["", improvement_summary(networks_json), ""])
 
 
-def load_tables(workdir: str) -> dict:
-  """The workdir's results tables: val and test (required), esa (optional)."""
-  loaded = {}
-  for split in ("val", "test", "esa"):
-    path = os.path.join(workdir, RESULTS_DIR, f"{split}.csv")
-    if os.path.exists(path):
-      loaded[split] = tables.read_csv(path)
-  missing = [s for s in ("val", "test") if s not in loaded]
-  if missing:
-    raise TableError(f"{workdir!r} has no {' or '.join(f'{RESULTS_DIR}/{s}.csv' for s in missing)}; point --workdir "
-                     f"at a workdir of python -m tg_jax.main (training writes them as it goes)")
-  return loaded
+def _read_json(path: str) -> Optional[dict]:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _read_table(directory: str, name: str) -> Optional[tables.ResultsTable]:
+  path = os.path.join(directory, RESULTS_DIR, name)
+  return tables.read_csv(path) if os.path.exists(path) else None
+
+
+def _concat(first: Optional[tables.ResultsTable], second: Optional[tables.ResultsTable]):
+  if first is None or second is None:
+    return first if second is None else second
+  return first.concat(second)
+
+
+def load_study(workdir: str) -> analysis.StudyTables:
+  """Everything the report reads from ``workdir`` (see the module docstring)."""
+  val, test, esa = (_read_table(workdir, f"{split}.csv") for split in ("val", "test", "esa"))
+  if val is None or test is None:
+    missing = [f"{RESULTS_DIR}/{s}.csv" for s, t in (("val", val), ("test", test)) if t is None]
+    raise TableError(f"{workdir!r} has no {' or '.join(missing)}; point --workdir at a workdir of "
+                     f"python -m tg_jax.main (training writes them as it goes)")
+  networks_json = _read_json(os.path.join(workdir, RESULTS_DIR, NETWORKS_FILE))
+  schedule = networks_json.get("schedule") if networks_json else None
+  # Tables written by other code carry no schedule: they are taken as trained to convergence.
+  main_converged = schedule is None or schedule["stop_step"] >= schedule["total_steps"]
+  retrain_dir = os.path.join(workdir, RETRAIN_DIR)
+  retrained_val, retrained_test = _read_table(retrain_dir, "val.csv"), _read_table(retrain_dir, "test.csv")
+  retrained_json = _read_json(os.path.join(retrain_dir, RESULTS_DIR, NETWORKS_FILE))
+  if retrained_json is None:  # an unfinished retraining phase: its tables are not final yet
+    retrained_val = retrained_test = None
+  records = [n for source in (networks_json, retrained_json) if source for n in source["networks"]]
+  return analysis.StudyTables(
+      val=_concat(val if main_converged else None, retrained_val),
+      test=_concat(test if main_converged else None, retrained_test),
+      esa=esa, main_converged=main_converged,
+      methods=_read_json(os.path.join(workdir, RESULTS_DIR, METHODS_FILE)) or {},
+      tag=_read_json(os.path.join(workdir, RESULTS_DIR, TAG_FILE)),
+      ensemble=_read_json(os.path.join(workdir, ENSEMBLE_FILE)),
+      networks=tuple(records), schedule=schedule,
+      retrained=tuple(n["name"] for n in retrained_json["networks"]) if retrained_json else ())
+
+
+def _groups_text(solution: dict) -> str:
+  """``a+b, c@0.5`` for a solution's networks (only the tasks each serves: decoders unused are dropped)."""
+  if solution.get("infeasible"):
+    return "infeasible"
+  served: dict = {}
+  for task, index in solution["assignment"].items():
+    served.setdefault(index, []).append(task)
+  parts = []
+  for index, network in enumerate(solution["networks"]):
+    tasks = [t for t in network["tasks"] if t in served.get(index, [])]
+    unused = [t for t in network["tasks"] if t not in tasks]
+    name = "+".join(tasks) + (f" (+{'+'.join(unused)} unused)" if unused else "")
+    parts.append(name + ("" if tables.has_size(network["cost"], 1.0) else f" @{network['cost']:.2g}"))
+  return "; ".join(parts)
+
+
+def _sources(study_tables: analysis.StudyTables) -> list[str]:
+  lines = ["Where the numbers come from (all paths relative to the workdir):", "",
+           f"- `{RESULTS_DIR}/val.csv`, `{RESULTS_DIR}/test.csv`: best validation loss of each network of the main "
+           "run on each of its tasks, and the test loss of those best-validation parameters"
+           + ("" if study_tables.main_converged else " (this run stopped early: they are not converged and "
+              "are used only through the ESA table)") + ";"]
+  if study_tables.esa is not None:
+    lines.append(f"- `{RESULTS_DIR}/esa.csv`: validation losses at step {study_tables.schedule['esa_step'] if study_tables.schedule else '?'}"
+                 " (the early stopping approximation);")
+  if study_tables.retrained:
+    lines.append(f"- `{RETRAIN_DIR}/{RESULTS_DIR}/val.csv`, `test.csv`: the retraining phase, networks chosen from "
+                 f"predictions trained to convergence: {', '.join(study_tables.retrained)};")
+  if study_tables.methods:
+    lines.append(f"- `{RESULTS_DIR}/{METHODS_FILE}`: networks trained with a balancing method or soft sharing: "
+                 f"{', '.join(study_tables.methods)};")
+  if study_tables.tag is not None:
+    lines.append(f"- `{RESULTS_DIR}/{TAG_FILE}`: TAG's inter-task affinities measured while training "
+                 f"{study_tables.tag['network']};")
+  if study_tables.ensemble is not None:
+    lines.append(f"- `{ENSEMBLE_FILE}`: test losses of ensembles of the chosen networks;")
+  lines.append(f"- `{RESULTS_DIR}/{NETWORKS_FILE}`: schedule, sizes and the constant predictor's losses.")
+  return lines + [""]
+
+
+def _table4_notes(comparison: dict) -> list[str]:
+  notes = {
+      "optimal": "the exact selection on the converged validation losses of every candidate network",
+      "esa": "selection on the early (ESA) validation losses; chosen networks scored converged",
+      "hoa": "selection on HOA predictions from the pairs; chosen networks scored converged",
+      "tag": "selection on TAG affinity scores; chosen groups scored converged",
+      "all_task": "the largest all-task network that fits",
+      "independent": "one single-task network per task, the largest size that fits (1/5 to 1 SNT)",
+      "random": "mean of random fills of the budget that serve every task",
+      "pessimal": "the worst such fill",
+  }
+  lines = []
+  for name in comparison["methods"]:
+    if name in notes:
+      lines.append(f"- {name}: {notes[name]}")
+    elif name.endswith("(all tasks)"):
+      lines.append(f"- {name}: one all-task network trained with that method (`{RESULTS_DIR}/{METHODS_FILE}`), "
+                   "where its cost fits")
+    elif name.endswith("ensembling"):
+      lines.append(f"- {name}: that selection with each task solved by 2+ chosen networks served by their "
+                   f"ensemble (`{ENSEMBLE_FILE}`)")
+  return lines
+
+
+def _approximation_lines(study_tables: analysis.StudyTables) -> list[str]:
+  lines = ["## How good are the approximations", ""]
+  val, esa = study_tables.val, study_tables.esa
+  accuracy = hoa.accuracy(val) if val is not None and study_tables.main_converged else None
+  if accuracy is None:
+    lines.append("- HOA prediction error: no converged groups of 3+ tasks to compare with.")
+  else:
+    lines.append(f"- HOA prediction error over {accuracy.count} measured higher-order losses "
+                 f"(`{RESULTS_DIR}/val.csv`): average max-ratio error {100 * accuracy.max_ratio_error:.1f}%, "
+                 f"average overestimate {100 * accuracy.overestimate:.1f}% (paper: 5.2% and 1.4%).")
+  if esa is not None and val is not None:
+    correlation = analysis.esa_correlation(val, esa)
+    per_task = ", ".join(f"{t} {r:.2f}" for t, r in correlation.per_task.items())
+    lines.append(f"- ESA: Pearson r between early (`{RESULTS_DIR}/esa.csv`) and final validation losses "
+                 f"{correlation.pooled:.2f} over {correlation.count} (network, task) losses relative to each task's "
+                 f"single-task network (paper: 0.49); within each task: {per_task or 'too few networks'}.")
+  return lines + [""]
+
+
+def _compute_lines(study_tables: analysis.StudyTables, comparison: dict) -> list[str]:
+  compute = analysis.compute_per_method(study_tables, comparison)
+  if not compute:
+    return []
+  rows = [[name, f"{c.network_steps:,.0f}", f"{c.snt_steps:,.1f}", c.counted] for name, c in compute.items()]
+  return (["## Training compute per method", "",
+           "Network-steps: one network trained for one step, whatever its size; SNT-steps weight each network by "
+           "its cost in standard networks. Under the paper's procedure a predicting method trains its chosen "
+           "networks (over all budgets) to convergence after predicting, whether or not this study had them "
+           f"already. Schedule from `{RESULTS_DIR}/{NETWORKS_FILE}`.", ""]
+          + _markdown_table(["method", "network-steps", "SNT-steps", "what is counted"], rows) + [""])
+
+
+def _groupings_lines(comparison: dict) -> list[str]:
+  runs = comparison["runs"]
+  rows = [[f"{budget:g}"] + [_groups_text(run["solutions"][i]) for run in runs.values()]
+          for i, budget in enumerate(comparison["budgets"])]
+  return (["## Networks each method chose", "",
+           "Per budget, the networks chosen and the tasks each serves (decoders it has but does not use in "
+           "brackets; sizes other than 1 SNT after @).", ""]
+          + _markdown_table(["budget"] + list(runs), rows) + [""])
+
+
+def _tag_lines(tag: dict) -> list[str]:
+  names = tag["tasks"]
+  rows = [[source] + [f"{tag['affinity'][i][j]:+.4f}" for j in range(len(names))] for i, source in enumerate(names)]
+  return (["## TAG inter-task affinity", "",
+           f"Z(row -> column), averaged over {tag['measurements']} measurements every {tag['every_steps']} steps "
+           f"while training {tag['network']} (`{RESULTS_DIR}/{TAG_FILE}`); positive: a step on the row task "
+           "lowers the column task's loss.", ""]
+          + _markdown_table(["source \\ target"] + list(names), rows) + [""])
+
+
+def _ensemble_lines(ensemble: dict) -> list[str]:
+  rows = []
+  for entry in ensemble["budgets"]:
+    for task, value in entry["tasks"].items():
+      rows.append([f"{entry['budget']:g}", task, ", ".join(value["networks"]), f"{value['best_single_loss']:.4f}",
+                   f"{value['ensemble_loss']:.4f}",
+                   f"{100 * (1 - value['ensemble_loss'] / value['best_single_loss']):+.1f}%"])
+  if not rows:
+    return ["## Ensembling", "", f"No chosen networks share a task at any budget (`{ENSEMBLE_FILE}`).", ""]
+  return (["## Ensembling", "",
+           f"Where several networks of the {ensemble['method']} selection solve a task, their predictions averaged "
+           f"(`{ENSEMBLE_FILE}`); gain against the best single network's test loss.", ""]
+          + _markdown_table(["budget", "task", "networks", "best single", "ensemble", "gain"], rows) + [""])
 
 
 def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random_samples: int = 1000,
                  seed: int = 0) -> str:
   """Writes the report and figures; returns the report's path."""
-  loaded = load_tables(workdir)
-  val, test, esa = loaded["val"], loaded["test"], loaded.get("esa")
+  study_tables = load_study(workdir)
+  val, test, esa = study_tables.val, study_tables.test, study_tables.esa
   figure_dir = os.path.join(workdir, FIGURES_DIR)
   os.makedirs(figure_dir, exist_ok=True)
-  comparison = analysis.compare_methods(val, test, esa, budgets, random_samples=random_samples, seed=seed)
+  comparison = analysis.compare_methods(study_tables, budgets, random_samples=random_samples, seed=seed)
   lines = ["# Task grouping study", "",
-           f"Tasks: {', '.join(val.task_names)}. Networks: {val.num_networks} in `{RESULTS_DIR}/val.csv` "
-           f"(validation) and `{RESULTS_DIR}/test.csv` (test)"
-           + (f", early losses in `{RESULTS_DIR}/esa.csv`." if esa is not None else ".")
-           + " Losses: lower is better; totals sum over tasks. Regenerate with "
-           f"`python -m tg_jax.report --workdir={workdir}`.", ""]
+           f"Tasks: {', '.join(study_tables.task_names)}. Losses: lower is better; totals sum over tasks. "
+           f"Regenerate with `python -m tg_jax.report --workdir={workdir}`.", ""]
+  lines += _sources(study_tables)
 
   try:
+    if test is None:
+      raise TableError("no converged networks yet")
     relative = analysis.pair_relative_performance(test)
   except TableError as error:
     lines += ["## Pairwise relationships", "", f"Not available: {error}", ""]
   else:
     affinity = analysis.pair_affinity(relative)
-    figures.heatmap(relative, val.task_names, os.path.join(figure_dir, "table1_pairs.png"),
+    figures.heatmap(relative, test.task_names, os.path.join(figure_dir, "table1_pairs.png"),
                     "Row task trained with column task (test)")
     lines += ["## Table 1: each task trained with another, against its half-size single-task network (test)", "",
               "Entry (row, column): how much lower the row task's test loss is in the pair network with the "
               "column task than in the row task's half-size single-task network (positive: the column task "
-              "helps).", ""]
-    lines += _matrix_table(relative, val.task_names)
+              f"helps). From `{RESULTS_DIR}/test.csv`.", ""]
+    lines += _matrix_table(relative, test.task_names)
     lines += ["", f"![Table 1]({FIGURES_DIR}/table1_pairs.png)", "",
               "## Table 2: pairwise affinity (mean of both directions)", ""]
-    lines += _matrix_table(affinity, val.task_names) + [""]
+    lines += _matrix_table(affinity, test.task_names) + [""]
 
   budgets_used = comparison["budgets"]
   lines += ["## Table 4: total test loss per method and inference budget", "",
-            "Selection uses validation losses (or their ESA / HOA predictions); every method is scored on test "
-            "with the networks it chose, each task served by its best chosen network on validation.", ""]
+            "Selection uses validation losses (or their ESA / HOA / TAG predictions); every method is scored on "
+            "test with the networks it chose, each task served by its best chosen network on validation "
+            f"(`{RESULTS_DIR}/val.csv`, `{RESULTS_DIR}/test.csv`"
+            + (f", `{RETRAIN_DIR}/{RESULTS_DIR}/*.csv`" if study_tables.retrained else "") + "). "
+            "'-': the method has no answer within that budget.", ""]
   rows = [[name] + [_format(v, 3) for v in losses] for name, losses in comparison["methods"].items()]
   lines += _markdown_table(["method"] + [f"{b:g}" for b in budgets_used], rows)
+  lines += [""] + _table4_notes(comparison)
+  unscored = analysis.untrained_choices(comparison)
+  if unscored:
+    lines += ["", "Chosen but not trained to convergence yet (no test loss; `python -m tg_jax.main` with the same "
+              "config trains them): " + ", ".join(f"{'+'.join(t)} @ {c:g} SNT" for t, c in unscored) + "."]
   figures.loss_against_budget(comparison, os.path.join(figure_dir, "figure4_loss_vs_budget.png"))
   lines += ["", f"![Figure 4]({FIGURES_DIR}/figure4_loss_vs_budget.png)", ""]
 
-  main_method = next(iter(comparison["runs"]))
+  # The grouping worth drawing: the optimum where known, else the best-informed approximation.
+  main_method = next(m for m in ("optimal", "hoa", "esa", "tag", "selected", *comparison["runs"])
+                     if m in comparison["runs"])
   main_result = comparison["runs"][main_method]
   figures.groupings(main_result, os.path.join(figure_dir, "figure5_groupings.png"))
   lines += [f"## Figure 5: the {main_method} grouping at each budget", "",
             "Networks (large: full size, small: half size) joined to the tasks they serve; grey: decoders a "
-            "network has but does not use.", "", f"![Figure 5]({FIGURES_DIR}/figure5_groupings.png)", "",
-            "```", study.format_text(main_result), "```", ""]
-
-  lines += ["## How good are the approximations", ""]
-  accuracy = hoa.accuracy(val)
-  if accuracy is None:
-    lines.append("- HOA prediction error: no measured groups of 3+ tasks to compare with (pairs only).")
-  else:
-    lines.append(f"- HOA prediction error over {accuracy.count} measured higher-order losses: average max-ratio "
-                 f"error {100 * accuracy.max_ratio_error:.1f}%, average overestimate "
-                 f"{100 * accuracy.overestimate:.1f}% (paper: 5.2% and 1.4%).")
-  if esa is not None:
-    correlation = analysis.esa_correlation(val, esa)
-    per_task = ", ".join(f"{t} {r:.2f}" for t, r in correlation.per_task.items())
-    lines.append(f"- ESA: Pearson r between early and final validation losses {correlation.pooled:.2f} over "
-                 f"{correlation.count} (network, task) losses relative to each task's single-task network "
-                 f"(paper: 0.49); within each task: {per_task}.")
-  lines.append("")
-  networks_path = os.path.join(workdir, RESULTS_DIR, NETWORKS_FILE)
-  if os.path.exists(networks_path):
-    with open(networks_path, encoding="utf-8") as f:
-      lines += _improvement_section(json.load(f))
-  with open(os.path.join(workdir, "study.json"), "w", encoding="utf-8") as f:
+            "network has but does not use.", "", f"![Figure 5]({FIGURES_DIR}/figure5_groupings.png)", ""]
+  lines += _groupings_lines(comparison)
+  lines += _compute_lines(study_tables, comparison)
+  lines += _approximation_lines(study_tables)
+  if study_tables.tag is not None:
+    lines += _tag_lines(study_tables.tag)
+  if study_tables.ensemble is not None:
+    lines += _ensemble_lines(study_tables.ensemble)
+  networks_json = _read_json(os.path.join(workdir, RESULTS_DIR, NETWORKS_FILE))
+  if networks_json is not None:
+    retrained_json = _read_json(os.path.join(workdir, RETRAIN_DIR, RESULTS_DIR, NETWORKS_FILE))
+    if retrained_json is not None:
+      networks_json = dict(networks_json, networks=networks_json["networks"] + retrained_json["networks"])
+    lines += _improvement_section(networks_json)
+  with open(os.path.join(workdir, STUDY_FILE), "w", encoding="utf-8") as f:
     json.dump({"budgets": budgets_used, "methods": comparison["methods"]}, f, indent=2)
   path = os.path.join(workdir, REPORT_FILE)
   temporary = f"{path}.tmp-{os.getpid()}"

@@ -49,11 +49,14 @@ def _baseline_json(table: ResultsTable, scored: Optional[baselines.Scored], budg
 
 def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "none",
         budgets: Optional[Sequence[float]] = None, objective: Optional[selector.Objective] = None,
-        converged: Optional[ResultsTable] = None, random_samples: int = 1000, seed: int = 0) -> dict:
+        converged: Optional[ResultsTable] = None, random_samples: int = 1000, seed: int = 0,
+        with_baselines: bool = True) -> dict:
   """Selects networks for every budget and scores them and the baselines; returns a JSON-able dict.
 
   A budget within which no set of networks serves every task gets a solution with no networks and
-  an ``infeasible`` message naming the cheapest set that would.
+  an ``infeasible`` message naming the cheapest set that would. ``with_baselines=False`` leaves the
+  baselines out (a study comparing several methods on one set of networks computes them once,
+  with ``baselines``).
   """
   if predict not in PREDICTIONS:
     raise ValueError(f"unknown prediction {predict!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -102,20 +105,28 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         "cost": solution.cost,
     })
 
-  result = {"tasks": list(val.task_names), "predict": predict, "budgets": budgets, "solutions": solutions,
-            "baselines": _baselines(converged, test, budgets, random_samples, seed)}
+  result = {"tasks": list(val.task_names), "predict": predict, "budgets": budgets, "solutions": solutions}
+  if with_baselines:
+    result["baselines"] = baselines_for(converged, test, budgets, random_samples, seed)
   if predict == "hoa":
     accuracy = hoa.accuracy(converged)
     result["hoa_accuracy"] = None if accuracy is None else dataclasses.asdict(accuracy)
   return result
 
 
-def _baselines(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequence[float], random_samples: int,
-               seed: int) -> dict:
-  all_task, independent, random, pessimal = [], [], [], []
+def baselines_for(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequence[float], random_samples: int,
+                  seed: int, independent: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None) -> dict:
+  """The baselines of paper section 4.3 at each budget, drawn from ``val``'s networks.
+
+  ``independent``: ``(val, test)`` tables the independent baseline draws from instead, when it has
+  single-task networks of sizes that are not selection candidates (the paper's 1/5 to 4/5 SNT).
+  """
+  independent_val, independent_test = (val, test) if independent is None else independent
+  all_task, independent_entries, random, pessimal = [], [], [], []
   for budget in budgets:
     all_task.append(_baseline_json(val, baselines.all_task_network(val, test, budget), budget))
-    independent.append(_baseline_json(val, baselines.independent_networks(val, test, budget), budget))
+    independent_entries.append(_baseline_json(
+        independent_val, baselines.independent_networks(independent_val, independent_test, budget), budget))
     sampled = baselines.random_solutions(val, test, budget, samples=random_samples, seed=seed)
     random.append({"budget": budget, "val_loss": sampled.val_loss, "test_loss": sampled.test_loss,
                    "samples": sampled.samples})
@@ -124,7 +135,7 @@ def _baselines(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequenc
     if entry is not None:
       entry["exact"] = worst.exact
     pessimal.append(entry)
-  return {"all_task": all_task, "independent": independent, "random": random, "pessimal": pessimal}
+  return {"all_task": all_task, "independent": independent_entries, "random": random, "pessimal": pessimal}
 
 
 def _number(value: Optional[float]) -> str:
@@ -156,7 +167,7 @@ def format_text(result: dict) -> str:
   lines.append("Total loss by budget (validation / test):")
   header = ["method"] + [f"{b:g}" for b in result["budgets"]]
   rows = [["selected"] + [f"{_number(s['val_loss'])}/{_number(s['test_loss'])}" for s in result["solutions"]]]
-  for name, entries in result["baselines"].items():
+  for name, entries in (result.get("baselines") or {}).items():
     rows.append([name] + [f"{_number(e['val_loss'])}/{_number(e['test_loss'])}" if e and e["val_loss"] is not None
                           else "-" for e in entries])
   widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]

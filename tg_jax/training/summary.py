@@ -1,10 +1,12 @@
-"""After training: the selection on the results tables, and a short report.
+"""After training: the selection on the results tables, and the study report.
 
-Reads only files (``WORKDIR/results/*.csv`` and ``networks.json``), so it runs the same after one
-run, after ``tg_jax.merge`` joined the shards of an array job, or on a copied workdir.
+Reads the workdir's files (``results/*.csv``, ``networks.json``, the retraining phase's tables under
+``retrain/``; see ``tg_jax.reporting.report.load_study``), so it runs the same after one run, after
+``tg_jax.merge`` joined the shards of an array job, or on a copied workdir.
 
-Writes ``WORKDIR/selection.json`` (``tg_jax.selection.study.run``'s result) and the study report
-(``tg_jax.reporting.report``: ``WORKDIR/report.md`` and ``WORKDIR/figures/``).
+Writes ``WORKDIR/selection.json`` (the selection ``config.selection.predict`` names, with the
+baselines), ``WORKDIR/ensemble.json`` when ``config.evaluation.ensemble`` asks for it, and the study
+report (``tg_jax.reporting.report``: ``WORKDIR/report.md`` and ``WORKDIR/figures/``).
 """
 
 from __future__ import annotations
@@ -13,41 +15,77 @@ import json
 import os
 from typing import Any, Optional
 
+import ml_collections
+
+from tg_jax.reporting import analysis
 from tg_jax.reporting import report
 from tg_jax.selection import study
-from tg_jax.selection import tables
+from tg_jax.selection.tables import TableError
 from tg_jax.training import results
 
 SELECTION_FILE = "selection.json"
+# config.selection.predict -> the report's name of that selection.
+METHOD_OF_PREDICTION = {"none": "optimal", "hoa": "hoa", "esa": "esa"}
 
 
-def _table(workdir: str, name: str) -> Optional[tables.ResultsTable]:
-  path = os.path.join(workdir, results.RESULTS_DIR, name)
-  return tables.read_csv(path) if os.path.exists(path) else None
+def select(workdir: str, predict: str, random_samples: int = 1000) -> dict[str, Any]:
+  """The selection that ``predict`` names on the workdir's tables, scored on test, with the baselines.
 
-
-def select(workdir: str, predict: str) -> dict[str, Any]:
-  """Runs the selection that ``predict`` names on the workdir's tables.
-
-  ``"hoa"``: on the Higher Order Approximation from the pair networks' validation losses.
-  ``"esa"``: on the early-stopping-approximation table, assigning tasks by validation losses.
-  ``"none"``: on the validation losses of the networks as trained (all subsets: the optimum).
+  ``"none"``: on the converged validation losses of the networks as trained (all subsets: the
+  optimum). ``"hoa"``: on the Higher Order Approximation from the pair networks. ``"esa"``: on the
+  early-stopping-approximation table. Chosen networks are looked up among the converged ones (the
+  main run's, or the retraining phase's; see ``tg_jax.training.retrain``).
   """
-  val, test = _table(workdir, "val.csv"), _table(workdir, "test.csv")
-  if val is None:
+  if predict not in METHOD_OF_PREDICTION:
+    raise ValueError(f"unknown selection.predict {predict!r}; choose one of {', '.join(METHOD_OF_PREDICTION)}")
+  if not os.path.exists(os.path.join(workdir, results.RESULTS_DIR, "val.csv")):
     raise FileNotFoundError(f"no {results.RESULTS_DIR}/val.csv in {workdir}; train (or merge the shards) first")
-  if predict == "esa":
-    esa = _table(workdir, "esa.csv")
-    if esa is None:
-      raise FileNotFoundError(f"no {results.RESULTS_DIR}/esa.csv in {workdir}")
-    return study.run(esa, test, predict="none", converged=val.aligned_to(esa, "validation table"))
-  return study.run(val, test, predict=predict)
+  study_tables = report.load_study(workdir)
+  comparison = analysis.compare_methods(study_tables, random_samples=random_samples)
+  method = METHOD_OF_PREDICTION[predict]
+  if method in comparison["runs"]:
+    selection = dict(comparison["runs"][method])
+  elif predict == "none" and study_tables.val is not None:
+    # Not every subset was trained: the best selection among the networks that were.
+    selection = study.run(analysis.selection_candidates(study_tables.val), study_tables.test,
+                          converged=study_tables.val, random_samples=random_samples, with_baselines=False)
+  else:
+    raise TableError(f"selection.predict={predict!r} needs tables {workdir} does not have: "
+                     + {"hoa": "every pair network trained to convergence (experiments/pairs.py)",
+                        "esa": f"{results.RESULTS_DIR}/esa.csv", "none": "converged networks"}[predict])
+  selection["method"] = method
+  selection["baselines"] = comparison["baselines"] or {}
+  return selection
 
 
-def write(workdir: str, predict: str) -> str:
-  """Selection and the study report for ``workdir``; returns the text to print."""
+def _ensembles(config: ml_collections.ConfigDict, workdir: str, selection: dict) -> dict[str, Any]:
+  """Ensembling gains at each budget where 2+ chosen networks of the main run solve a task."""
+  from tg_jax.training import ensemble  # pylint: disable=g-import-not-at-top  (loads checkpoints: jax)
+  with open(os.path.join(workdir, results.RESULTS_DIR, "networks.json"), encoding="utf-8") as f:
+    records = json.load(f)["networks"]
+  trained_here = {r["name"] for r in records}
+  entries = []
+  for solution in selection["solutions"]:
+    if solution.get("infeasible") or solution.get("untrained"):
+      continue
+    names = analysis.network_names([(n["tasks"], n["cost"]) for n in solution["networks"]], records,
+                                   selection["tasks"])
+    # Retrained networks live in another workdir's checkpoint; ensembles use the main run's.
+    if len(names) < 2 or not set(names) <= trained_here:
+      continue
+    per_task = ensemble.evaluate(config, workdir, names, split="test")
+    entries.append({"budget": solution["budget"], "networks": names, "tasks": per_task})
+  return {"method": selection["method"], "split": "test", "budgets": entries}
+
+
+def write(workdir: str, predict: str, config: Optional[ml_collections.ConfigDict] = None) -> str:
+  """Selection, ensembling (if ``config.evaluation.ensemble``) and the study report for ``workdir``;
+  returns the text to print."""
   selection = select(workdir, predict)
   results.write_json(os.path.join(workdir, SELECTION_FILE), selection)
+  evaluation = config.get("evaluation") if config is not None else None
+  if evaluation is not None and evaluation.get("ensemble", False):
+    results.write_json(os.path.join(workdir, report.ENSEMBLE_FILE), _ensembles(config, workdir, selection))
   report_path = report.write_report(workdir)
   with open(os.path.join(workdir, results.RESULTS_DIR, "networks.json")) as f:
     networks_json = json.load(f)

@@ -1,0 +1,38 @@
+"""The paper's whole study: every task subset, the baselines' networks, and the report.
+
+  python -m tg_jax.main --config=experiments/study.py --workdir=/tmp/study        # 2-core CPU, ~25 min
+  python -m tg_jax.main --config=experiments/study.py:full --workdir=/scratch/study   # GPUs, paper scale
+
+Networks (for 5 tasks, 56 in all):
+- all 2^k - 1 task subsets at full size and one half-size network per task: the candidates of the
+  selector (Optimal), the pairs HOA needs, and the early (ESA) table recorded at
+  ``config.esa_fraction`` of the same runs;
+- independent single-task networks at the paper's other sizes (1/5, 3/10, 2/5 and 4/5 of a standard
+  network; 1/2 and 1 are above): the independent baseline at every budget. They are not selection
+  candidates (the report sets single-task networks of these sizes aside).
+
+The report (``WORKDIR/report.md``) compares Optimal, ESA and HOA with the all-task network,
+independent networks, Random and Pessimal at every budget from 1 to k in steps of 0.5.
+"""
+
+import os
+
+import ml_collections
+
+from tg_jax.training import config as config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Sizes (SNT) of the independent single-task baseline besides the half- and full-size networks the
+# subsets already give: the paper's 1/5, 3/10, 2/5 and 4/5.
+INDEPENDENT_SIZES = (0.2, 0.3, 0.4, 0.8)
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  if variant not in ("", "cpu", "full"):
+    raise ValueError(f"unknown variant {variant!r} of experiments/study.py; use '' (CPU) or 'full'")
+  config = config_lib.load_experiment(_HERE, "all_subsets").get_config(variant)
+  config.networks.extra = tuple(f"{task}@{size:g}" for size in INDEPENDENT_SIZES for task in config.tasks)
+  # Every method of the report runs from the same tables; selection.json holds the optimal one.
+  config.selection.predict = "none"
+  return config

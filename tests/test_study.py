@@ -1,0 +1,194 @@
+"""The study: its config, the retraining phase of predicted choices, and the report's method sections."""
+
+import json
+import os
+
+import pytest
+
+from tg_jax.reporting import analysis, report
+from tg_jax.selection import study, tables
+from tg_jax.training import config as config_lib
+from tg_jax.training import networks
+from tg_jax.training import retrain
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = ("a", "b", "c")
+HALF = 0.4987  # a measured half-size cost: nominal 0.5
+SCHEDULE = {"steps_per_epoch": 25, "total_steps": 125, "stop_step": 125, "eval_steps": [25, 50, 75, 100, 125],
+            "esa_step": 25}
+
+# Validation losses: pairs help (a+b most), so HOA predicts a+b+c = (0.65, 0.70, 0.75) and, alone able to
+# serve every task at budget 1, chooses it there; at budget 2 the pairs a+b and a+c are best.
+VAL_ROWS = [
+    (("a",), HALF, {"a": 1.0}), (("b",), HALF, {"b": 1.0}), (("c",), HALF, {"c": 1.0}),
+    (("a",), 1.0, {"a": 0.9}), (("b",), 1.0, {"b": 0.9}), (("c",), 1.0, {"c": 0.9}),
+    (("a", "b"), 1.0, {"a": 0.6, "b": 0.6}), (("a", "c"), 1.0, {"a": 0.7, "c": 0.7}),
+    (("b", "c"), 1.0, {"b": 0.8, "c": 0.8}),
+]
+TRIPLE_ROW = (("a", "b", "c"), 1.0, {"a": 0.62, "b": 0.66, "c": 0.74})
+INDEPENDENT_ROWS = [((t,), 0.2, {t: 1.5}) for t in TASKS]
+
+
+def _table(rows, scale=1.0):
+  return tables.ResultsTable.from_rows(TASKS, [(t, c, {k: v * scale for k, v in l.items()}) for t, c, l in rows])
+
+
+def _name(tasks, cost):
+  size = 0.5 if cost == HALF else cost
+  return "+".join(tasks) + ("" if size == 1.0 else f"@{size:g}")
+
+
+def _networks_json(rows, schedule):
+  records = [{"name": _name(t, c), "tasks": list(t), "size": 0.5 if c == HALF else c, "cost": c, "status": "trained",
+              "improvement_over_constant": {"test": {k: 1 - v / 2.0 for k, v in l.items()}}} for t, c, l in rows]
+  return {"networks": records, "constant_predictor": {"validation": dict.fromkeys(TASKS, 2.0),
+                                                      "test": dict.fromkeys(TASKS, 2.0)}, "schedule": schedule}
+
+
+def _write_run(directory, rows, schedule=SCHEDULE, test_scale=1.05, esa_scale=1.2):
+  os.makedirs(os.path.join(directory, "results"), exist_ok=True)
+  tables.write_csv(_table(rows), os.path.join(directory, "results", "val.csv"))
+  tables.write_csv(_table(rows, test_scale), os.path.join(directory, "results", "test.csv"))
+  if esa_scale:
+    tables.write_csv(_table(rows, esa_scale), os.path.join(directory, "results", "esa.csv"))
+  with open(os.path.join(directory, "results", "networks.json"), "w") as f:
+    json.dump(_networks_json(rows, schedule), f)
+
+
+class FakeTrainer:
+  """Stands in for trainer.train_and_evaluate: writes converged tables for the networks it is asked
+  to train (the triple's losses from TRIPLE_ROW, others from VAL_ROWS x 0.95)."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, config, workdir):
+    self.calls.append((config, workdir))
+    known = {frozenset(t): (t, c, l) for t, c, l in VAL_ROWS + [TRIPLE_ROW] if c != HALF}
+    known.update({(frozenset(t), "half"): (t, c, l) for t, c, l in VAL_ROWS if c == HALF})
+    rows = []
+    for name in config.networks.extra:
+      network = networks.parse(name, TASKS)
+      tasks, cost, losses = known[(frozenset(network.tasks), "half") if network.size == 0.5 else frozenset(network.tasks)]
+      rows.append((tasks, cost, {k: v * (1 if len(tasks) == 3 else 0.95) for k, v in losses.items()}))
+    _write_run(workdir, rows, test_scale=1.1, esa_scale=None)
+    return {"status": "complete", "workdir": workdir}
+
+
+def _load(name, variant):
+  return config_lib.load_experiment(os.path.join(REPO_ROOT, "experiments"), name).get_config(variant)
+
+
+@pytest.mark.parametrize("variant", ["", "full"])
+def test_study_config_lists_subsets_halves_and_independent_sizes(variant):
+  config = _load("study", variant)
+  config_lib.validate(config)
+  listed = networks.from_config(config)
+  names = [n.name for n in listed]
+  tasks = tuple(config.tasks)
+  assert len(tasks) == 5 and config.stop_fraction == 1.0 and config.selection.predict == "none"
+  assert sum(n.size == 1.0 for n in listed) == 31  # every subset (Optimal, HOA's pairs, ESA's early table)
+  for task in tasks:
+    assert [f"{task}@{s:g}" in names for s in (0.2, 0.3, 0.4, 0.5, 0.8)] == [True] * 5
+  assert len(listed) == 31 + 5 * 5
+  assert {n.size for n in listed} == {1.0, 0.8, 0.5, 0.4, 0.3, 0.2}
+
+
+def test_independent_sizes_are_not_selection_candidates():
+  table = _table(VAL_ROWS + INDEPENDENT_ROWS)
+  candidates = analysis.selection_candidates(table)
+  assert candidates.num_networks == len(VAL_ROWS)
+  result = analysis.compare_methods(analysis.StudyTables(val=_table(VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS),
+                                                         test=_table(VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS)),
+                                    budgets=[1.0], random_samples=20)
+  # Budget 1 fits five 0.2 networks: the independent baseline uses them, the selector may not.
+  assert result["methods"]["independent"] == [pytest.approx(4.5)]
+  assert result["runs"]["optimal"]["solutions"][0]["networks"] == [{"tasks": list(TASKS), "cost": 1.0}]
+
+
+def test_retraining_trains_exactly_the_predicted_choices_without_converged_results(tmp_path):
+  workdir = str(tmp_path / "pairs")
+  _write_run(workdir, VAL_ROWS)
+  # HOA's choice at budgets 1 and 1.5 is the untrained triple; ESA chooses among trained networks.
+  assert retrain.missing_networks(workdir) == ["a+b+c"]
+  trainer = FakeTrainer()
+  config = _load("pairs", "")
+  config.tasks = TASKS
+  outcome = retrain.run(config, workdir, train=trainer)
+  assert outcome["status"] == "complete" and len(trainer.calls) == 1
+  derived, directory = trainer.calls[0]
+  assert directory == os.path.join(workdir, "retrain")
+  assert list(derived.networks.extra) == ["a+b+c"] and derived.networks.subsets == ""
+  assert not derived.networks.half_size_singles and derived.stop_fraction == 1.0
+  # Resumable: once converged, nothing is missing and nothing is trained again.
+  assert retrain.missing_networks(workdir) == [] and retrain.run(config, workdir, train=trainer) is None
+  text = open(report.write_report(workdir, budgets=[1, 2], random_samples=20)).read()
+  hoa_budget1 = 1.1 * (0.62 + 0.66 + 0.74)  # the retrained triple's test losses
+  assert f"| hoa | {hoa_budget1:.3f} | " in text
+  assert "retrain/results/val.csv" in text and "a+b+c" in text
+  assert "2 chosen groups of 3+ tasks" not in text and "1 chosen groups of 3+ tasks" in text
+
+
+def test_esa_only_run_retrains_every_esa_choice(tmp_path):
+  workdir = str(tmp_path / "esa")
+  _write_run(workdir, VAL_ROWS, schedule=dict(SCHEDULE, stop_step=25, eval_steps=[25]))
+  # ESA on pairs and halves, budgets 1..3: infeasible, a+b & c@0.5, then a+b & a+c.
+  assert sorted(retrain.missing_networks(workdir)) == ["a+b", "a+c", "c@0.5"]
+  config = _load("esa", "")
+  config.tasks = TASKS
+  retrain.run(config, workdir, train=FakeTrainer())
+  assert retrain.missing_networks(workdir) == []
+  text = open(report.write_report(workdir, random_samples=20)).read()
+  esa_row = next(line for line in text.splitlines() if line.startswith("| esa |")).split("|")[2:-1]
+  assert esa_row[0].strip() == "-"  # budget 1: no candidate serves every task
+  # Budget 2: a+b and a+c, scored with their retrained (converged) test losses.
+  assert float(esa_row[2]) == pytest.approx(1.1 * 0.95 * (0.6 + 0.6 + 0.7), abs=1e-3)
+  assert "| optimal |" not in text and "| random |" not in text  # nothing else converged
+
+
+@pytest.fixture()
+def method_workdir(tmp_path):
+  workdir = str(tmp_path / "methods")
+  _write_run(workdir, VAL_ROWS + [TRIPLE_ROW])
+  results = os.path.join(workdir, "results")
+  with open(os.path.join(results, "methods.json"), "w") as f:
+    json.dump({"a+b+c:mgda": {"method": "mgda", "tasks": list(TASKS), "size": 1.0, "cost": 1.0,
+                              "val": {"a": 0.5, "b": 0.5, "c": 0.5}, "test": {"a": 0.5, "b": 0.6, "c": 0.7},
+                              "network_steps": 125}}, f)
+  with open(os.path.join(results, "tag.json"), "w") as f:
+    # a and b help each other; c hurts and is hurt by both.
+    json.dump({"tasks": list(TASKS), "affinity": [[0, 1.0, -1.0], [1.0, 0, -1.0], [-1.0, -1.0, 0]],
+               "measurements": 12, "every_steps": 10, "network": "a+b+c", "network_steps": 125,
+               "lookahead_network_steps": 40}, f)
+  with open(os.path.join(workdir, "ensemble.json"), "w") as f:
+    json.dump({"method": "optimal", "split": "test", "budgets": [
+        {"budget": 2.0, "networks": ["a+b", "a+c"],
+         "tasks": {"a": {"networks": ["a+b", "a+c"], "ensemble_loss": 0.5, "best_single_loss": 0.63}}}]}, f)
+  return workdir
+
+
+def test_report_sections_for_methods_tag_and_ensembles(method_workdir):
+  text = open(report.write_report(method_workdir, budgets=[1, 2], random_samples=20)).read()
+  test = _table(VAL_ROWS + [TRIPLE_ROW], 1.05)
+  full = {tasks: row for row, tasks in enumerate(test.network_tasks) if test.costs[row] == 1.0}
+  loss = lambda tasks, task: test.losses[full[tasks], TASKS.index(task)]
+  # TAG: budget 1 only the triple serves every task; budget 2 a+b and c alone (full size: TAG's groups
+  # are standard networks).
+  tag_budget2 = loss(("a", "b"), "a") + loss(("a", "b"), "b") + loss(("c",), "c")
+  assert f"| tag | {1.05 * 2.02:.3f} | {tag_budget2:.3f} |" in text
+  assert "| mgda (all tasks) | 1.800 | 1.800 |" in text
+  # Optimal at budget 2: a+b (serves a, b) and a+c (serves c); ensembling a's two networks gives 0.5.
+  optimal = study.run(_table(VAL_ROWS + [TRIPLE_ROW]), test, budgets=[2.0], random_samples=5)
+  optimal_total = optimal["solutions"][0]["test_loss"]
+  assert f"| optimal + ensembling | - | {optimal_total - (loss(('a', 'b'), 'a') - 0.5):.3f} |" in text
+  assert "## TAG inter-task affinity" in text and "## Ensembling" in text and "+20.6%" in text
+  # Compute: 10 candidates x 125 steps; TAG: 125 + 40 + the one group it chose besides the all-task one.
+  assert "| optimal | 1,250 |" in text and "| tag | 415 |" in text and "| a+b+c:mgda | 125 |" in text
+
+
+def test_report_without_method_files_has_no_method_sections(tmp_path):
+  workdir = str(tmp_path / "plain")
+  _write_run(workdir, VAL_ROWS + [TRIPLE_ROW])
+  text = open(report.write_report(workdir, budgets=[1, 2], random_samples=20)).read()
+  assert "| tag |" not in text and "mgda" not in text and "ensembling" not in text
+  assert "| optimal |" in text and "| hoa |" in text and "| esa |" in text
