@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -192,3 +194,10 @@ def test_report_without_method_files_has_no_method_sections(tmp_path):
   text = open(report.write_report(workdir, budgets=[1, 2], random_samples=20)).read()
   assert "| tag |" not in text and "mgda" not in text and "ensembling" not in text
   assert "| optimal |" in text and "| hoa |" in text and "| esa |" in text
+
+
+def test_report_never_imports_jax_or_tensorflow():
+  code = ("import sys, tg_jax.report, tg_jax.reporting.report; "
+          "print([m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules])")
+  run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert run.stdout.strip() == "[]", run.stdout + run.stderr

@@ -2,6 +2,11 @@ r"""Trains an experiment's networks, then selects which to use under each infere
 
   python -m tg_jax.main --config=experiments/pairs.py --workdir=workdirs/pairs
   python -m tg_jax.main --config=experiments/pairs.py:full --workdir=/scratch/pairs   # GPUs
+  python -m tg_jax.main --config=experiments/study.py --workdir=workdirs/study        # the whole study
+
+After the main run, networks that ESA, HOA or TAG chose from predictions but that were not trained
+to convergence are trained in ``WORKDIR/retrain`` (the paper's second phase, ``training.retrain``);
+then the selection (``selection.json``) and the report (``report.md``, ``figures/``) are written.
 
 Rerunning the same command resumes from the workdir's last checkpoint. With --num_shards > 1
 (array jobs) each shard trains a slice of the network list into WORKDIR/shards/; run

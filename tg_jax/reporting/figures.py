@@ -20,17 +20,31 @@ METHOD_STYLES = {
     "random": dict(color="tab:red", linestyle=":"),
     "pessimal": dict(color="tab:brown", linestyle=":"),
 }
+# Rows beyond the paper's: networks trained with a balancing method (``"<method> (all tasks)"``) and
+# a selection with ensembling (``"<selection> + ensembling"``), in colours no method above uses.
+EXTRA_COLORS = ("tab:olive", "tab:cyan", "tab:pink", "gold", "navy", "lime")
+
+
+def _style(name: str, extra_index: int) -> dict:
+  if name in METHOD_STYLES:
+    return METHOD_STYLES[name]
+  color = EXTRA_COLORS[extra_index % len(EXTRA_COLORS)]
+  if name.endswith("ensembling"):
+    return dict(color=color, linestyle="--", marker="o", markerfacecolor="white")
+  return dict(color=color, linestyle="-.", marker="x")
 
 
 def loss_against_budget(comparison: dict, path: str, title: str = "Total test loss against inference budget") -> None:
   """Figure 4: one line per method; budgets where a method has no answer are gaps."""
   figure, axes = plt.subplots(figsize=(7.6, 4.2), dpi=110)
   budgets = comparison["budgets"]
+  extra = 0
   for name, losses in comparison["methods"].items():
     values = np.array([np.nan if v is None else v for v in losses], dtype=float)
     if np.all(np.isnan(values)):
       continue
-    axes.plot(budgets, values, label=name, **METHOD_STYLES.get(name, {}))
+    axes.plot(budgets, values, label=name, **_style(name, extra))
+    extra += name not in METHOD_STYLES
   axes.set_xlabel("inference budget (standard networks)")
   axes.set_ylabel("total test loss (sum over tasks)")
   axes.set_title(title)
@@ -41,7 +55,7 @@ def loss_against_budget(comparison: dict, path: str, title: str = "Total test lo
   plt.close(figure)
 
 
-def groupings(result: dict, path: str, budgets: Sequence[float] = ()) -> None:
+def groupings(result: dict, path: str, budgets: Sequence[float] = (), title: str = "") -> None:
   """Figure 5: per budget, networks (big circle: full size, small: half size or less; hatched: a
   predicted network not trained yet) joined to the tasks they serve; decoders a network has but does
   not use are drawn in grey."""
@@ -80,6 +94,8 @@ def groupings(result: dict, path: str, budgets: Sequence[float] = ()) -> None:
     axes_row.set_xlim(-0.1, 1.1)
     axes_row.set_ylim(-0.45, 1.25)
     axes_row.axis("off")
+  if title:
+    figure.suptitle(title, fontsize=10)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

@@ -310,7 +310,8 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   main_method = next(m for m in ("optimal", "hoa", "esa", "tag", "selected", *comparison["runs"])
                      if m in comparison["runs"])
   main_result = comparison["runs"][main_method]
-  figures.groupings(main_result, os.path.join(figure_dir, "figure5_groupings.png"))
+  figures.groupings(main_result, os.path.join(figure_dir, "figure5_groupings.png"),
+                    title=f"{main_method} grouping per budget")
   lines += [f"## Figure 5: the {main_method} grouping at each budget", "",
             "Networks (large: full size, small: half size) joined to the tasks they serve; grey: decoders a "
             "network has but does not use.", "", f"![Figure 5]({FIGURES_DIR}/figure5_groupings.png)", ""]
