@@ -201,3 +201,12 @@ def test_report_never_imports_jax_or_tensorflow():
           "print([m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules])")
   run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_independent_networks_count_at_their_nominal_size():
+  # Measured costs sit a little off the nominal sizes; five 0.8018-SNT networks are the budget-4 row.
+  rows = [((t,), cost, {t: loss}) for t in TASKS for cost, loss in ((0.8018, 1.0), (HALF, 2.0), (1.0, 0.5))]
+  table = _table(rows)
+  result = study.baselines_for(table, table, [2.4, 3.0], random_samples=5, seed=0)
+  # 3 x 0.8018 = 2.405 SNT: the three 4/5-size networks at budget 2.4 (not the half-size ones, 6.0).
+  assert [e["test_loss"] for e in result["independent"]] == [pytest.approx(3.0), pytest.approx(1.5)]
