@@ -45,6 +45,7 @@ import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -94,6 +95,9 @@ _TIMEOUT = flags.DEFINE_float(
     "(sequential_own: this per distinct compiled step); the rest of that worker's strategies are then stopped; a "
     "strategy skipped as too slow at some N is not tried at larger N.")
 _ISOLATE = flags.DEFINE_bool("isolate", True, "Measure in subprocesses, so a slow strategy can be stopped.")
+_NETWORKS_PER_STEP = flags.DEFINE_integer(
+    "networks_per_step", 0, "loop and vmap: at most this many networks per jitted step, in chunks (the "
+    "trainer's max_networks_per_chunk, for cohorts larger than device memory); 0: all N in one step.")
 _WORKER = flags.DEFINE_bool("worker", False, "Internal: measure one (N, dtype, batch size); print one JSON row a line.")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s: adds model TFLOP/s and FLOPs "
                                   "utilisation (mfu) to each row; 0: neither (saves lowering every network's step).")
@@ -182,32 +186,46 @@ def _memory_bytes(compiled) -> dict[str, int]:
           "step_temp_bytes": int(analysis.temp_size_in_bytes)}
 
 
+def chunk_sizes(num_networks: int, networks_per_step: int) -> list[int]:
+  """Sizes of the fewest chunks of at most ``networks_per_step`` networks (0: all), as even as possible."""
+  count = -(-num_networks // (networks_per_step or num_networks))
+  base, extra = divmod(num_networks, count)
+  return [base + 1] * extra + [base] * (count - extra)
+
+
 class CohortRunner:
   """``sequential_masked``, ``loop`` or ``vmap`` on the setup's cohort model; ``step()`` advances every
-  network once."""
+  network once.
 
-  def __init__(self, strategy: str, setup: dict[str, Any]):
+  ``loop`` and ``vmap`` step chunks of at most ``networks_per_step`` networks (0: all in one step), as
+  the trainer does where a cohort does not fit in device memory (``max_networks_per_chunk``).
+  """
+
+  def __init__(self, strategy: str, setup: dict[str, Any], networks_per_step: int = 0):
     if strategy not in COHORT_STRATEGIES:
       raise ValueError(f"unknown cohort strategy {strategy!r}; known: {', '.join(COHORT_STRATEGIES)}")
     self.batch = setup["batch"]
     how = cohort_lib.VMAP if strategy == SEQUENTIAL_MASKED else strategy
     jitted = _jitted_step(setup["model"], setup["optimizer"], setup["task_names"], how)
-    num_networks = setup["task_mask"].shape[0]
-    if strategy == SEQUENTIAL_MASKED:  # one state and mask per network, each with a network axis of 1
-      self.states = cohort_lib.split(setup["state"], [1] * num_networks)
-      self.masks = [setup["task_mask"][i:i + 1] for i in range(num_networks)]
-    else:
-      self.states, self.masks = [setup["state"]], [setup["task_mask"]]
+    # sequential_masked: one state and mask per network, each with a network axis of 1.
+    sizes = chunk_sizes(setup["task_mask"].shape[0], 1 if strategy == SEQUENTIAL_MASKED else networks_per_step)
+    starts = np.cumsum([0, *sizes[:-1]])
     # The copy keeps the setup's state alive for other strategies (donation would delete it).
-    self.states = [jax.tree.map(jnp.copy, s) for s in self.states]
+    self.states = [jax.tree.map(jnp.copy, s) for s in cohort_lib.split(setup["state"], sizes)]
+    self.masks = [setup["task_mask"][start:start + size] for start, size in zip(starts, sizes)]
     start = time.perf_counter()
-    self.compiled = jitted.lower(self.states[0], self.batch, jnp.int32(0), self.masks[0]).compile()
+    self.compiled = {}  # chunk size -> compiled step
+    for state, mask in zip(self.states, self.masks):
+      if mask.shape[0] not in self.compiled:
+        self.compiled[mask.shape[0]] = jitted.lower(state, self.batch, jnp.int32(0), mask).compile()
     self.compile_seconds = time.perf_counter() - start
+    self.networks_per_step = max(sizes)
     self.step_count = 0
 
   def step(self) -> None:
     step = jnp.int32(self.step_count)
-    self.states = [self.compiled(state, self.batch, step, mask)[0] for state, mask in zip(self.states, self.masks)]
+    self.states = [self.compiled[mask.shape[0]](state, self.batch, step, mask)[0]
+                   for state, mask in zip(self.states, self.masks)]
     jax.block_until_ready(self.states)
     self.step_count += 1
 
@@ -216,8 +234,8 @@ class CohortRunner:
     return cohort_lib.concatenate(self.states)
 
   def memory_bytes(self) -> dict[str, int]:
-    """XLA's memory analysis of the compiled step (for ``sequential_masked``, the one-network step)."""
-    return _memory_bytes(self.compiled)
+    """XLA's memory analysis of the step of the largest chunk (for ``sequential_masked``, one network)."""
+    return _memory_bytes(self.compiled[self.networks_per_step])
 
 
 def program_key(task_names) -> tuple[tuple[str, int], ...]:
@@ -398,15 +416,16 @@ def torch_skip_reason(model_name: str) -> str | None:
   return None
 
 
-def make_runner(strategy: str, setup: dict[str, Any]):
+def make_runner(strategy: str, setup: dict[str, Any], networks_per_step: int = 0):
   """The runner of ``strategy`` on ``setup`` (``make_setup``'s; for ``torch_sequential``, ``make_spec``'s
-  is enough): ``compile_seconds``, ``step()``, ``memory_bytes()``."""
+  is enough): ``compile_seconds``, ``step()``, ``memory_bytes()``. ``networks_per_step``: see
+  ``CohortRunner``."""
   if strategy == SEQUENTIAL_OWN:
     return OwnDecodersRunner(setup)
   if strategy == TORCH_SEQUENTIAL:
     return TorchRunner(setup)
   if strategy in COHORT_STRATEGIES:
-    return CohortRunner(strategy, setup)
+    return CohortRunner(strategy, setup, networks_per_step)
   raise ValueError(f"unknown strategy {strategy!r}; known strategies: {', '.join(STRATEGIES)}")
 
 
@@ -416,13 +435,15 @@ def _row_key(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(strategy: str, setup: dict[str, Any], *, steps: int, max_step_seconds: float,
-            peak_tflops: float) -> dict[str, Any]:
+            peak_tflops: float, networks_per_step: int = 0) -> dict[str, Any]:
   """One result row: speed, compile time, memory (and FLOPs utilisation) of ``strategy`` on a setup."""
   row = {"strategy": strategy, **_row_key(setup)}
-  runner = make_runner(strategy, setup)
+  runner = make_runner(strategy, setup, networks_per_step)
   row["compile_s"] = round(runner.compile_seconds, 3)
   if strategy == SEQUENTIAL_OWN:
     row["compiled_steps"] = runner.num_programs
+  if strategy in (cohort_lib.LOOP, cohort_lib.VMAP):
+    row["networks_per_step"] = runner.networks_per_step
   start = time.perf_counter()
   runner.step()
   warmup = time.perf_counter() - start
@@ -472,8 +493,12 @@ def _measure_all(num_networks: int, dtype_name: str, batch_size: int, strategies
   setup = make(num_networks, _SCALE.value, _IMAGE_SIZE.value, batch_size, dtype_name, _MODEL.value,
                tuple(_TASKS.value))
   for strategy in strategies:
-    yield measure(strategy, setup, steps=_STEPS.value, max_step_seconds=_MAX_STEP_SECONDS.value,
-                  peak_tflops=_PEAK_TFLOPS.value)
+    try:
+      yield measure(strategy, setup, steps=_STEPS.value, max_step_seconds=_MAX_STEP_SECONDS.value,
+                    peak_tflops=_PEAK_TFLOPS.value, networks_per_step=_NETWORKS_PER_STEP.value)
+    except Exception as error:  # pylint: disable=broad-except  # e.g. out of device memory: record, go on
+      yield {**_skipped(strategy, num_networks, dtype_name, batch_size,
+                        f"failed: {type(error).__name__}: {str(error)[:300]}")}
 
 
 def _skipped(strategy: str, num_networks: int, dtype_name: str, batch_size: int, reason: str) -> dict[str, Any]:
@@ -496,7 +521,8 @@ def _measure_in_subprocess(num_networks: int, dtype_name: str, batch_size: int, 
              f"--strategies={','.join(strategies)}", f"--dtypes={dtype_name}", f"--scale={_SCALE.value}",
              f"--model={_MODEL.value}", f"--image_size={_IMAGE_SIZE.value}", f"--batch_size={batch_size}",
              f"--steps={_STEPS.value}", f"--max_step_seconds={_MAX_STEP_SECONDS.value}",
-             f"--peak_tflops={_PEAK_TFLOPS.value}", f"--tasks={','.join(_TASKS.value)}", "--worker"]
+             f"--peak_tflops={_PEAK_TFLOPS.value}", f"--tasks={','.join(_TASKS.value)}",
+             f"--networks_per_step={_NETWORKS_PER_STEP.value}", "--worker"]
   worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
   rows = []
   try:
@@ -569,7 +595,16 @@ def main(argv):
     for row in _measure_all(int(_NETWORKS.value[0]), _DTYPES.value[0], batch_sizes[0], _STRATEGIES.value):
       print(json.dumps(row), flush=True)
     return
-  worker_env = dict(os.environ)
+  with tempfile.TemporaryDirectory(prefix="train_step_compilation_cache_") as cache_dir:
+    # Workers share compiled programs through a cache for this run only: the one-network steps recur at
+    # every N, and on CPU compiling is most of the run. compile_s then counts loading a cached step.
+    worker_env = {"JAX_COMPILATION_CACHE_DIR": cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                  **os.environ}
+    _run(worker_env)
+
+
+def _run(worker_env: dict[str, str]) -> None:
+  batch_sizes = [int(b) for b in _BATCH_SIZE.value]
   # This process only asks JAX which backend it has; without this it would hold 75% of a GPU's memory
   # (JAX's preallocation) while the workers measure. The workers keep the caller's setting.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

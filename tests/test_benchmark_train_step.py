@@ -32,11 +32,22 @@ def test_every_cohort_strategy_matches_the_sequential_loop():
   reference = _trained(train_step.SEQUENTIAL_MASKED, setup, steps=2).state()
   initial = jax.tree.leaves(setup["state"].params)
   assert any(not np.allclose(a, b) for a, b in zip(initial, jax.tree.leaves(reference.params))), "nothing trained"
-  for strategy in (cohort_lib.VMAP, cohort_lib.LOOP):
-    state = _trained(strategy, setup, steps=2).state()
+  for strategy, networks_per_step in ((cohort_lib.VMAP, 0), (cohort_lib.LOOP, 0), (cohort_lib.VMAP, 2)):
+    runner = train_step.make_runner(strategy, setup, networks_per_step)
+    assert [m.shape[0] for m in runner.masks] == ([3] if networks_per_step == 0 else [2, 1])
+    for _ in range(2):
+      runner.step()
+    state = runner.state()
     for field in ("params", "batch_stats", "opt_state"):
       jax.tree.map(lambda got, want, f=field, s=strategy: np.testing.assert_allclose(
           got, want, rtol=1e-5, atol=1e-6, err_msg=f"{s} {f}"), getattr(state, field), getattr(reference, field))
+
+
+def test_chunk_sizes_are_as_even_as_possible():
+  assert train_step.chunk_sizes(31, 0) == [31]
+  assert train_step.chunk_sizes(31, 8) == [8, 8, 8, 7]
+  assert train_step.chunk_sizes(5, 2) == [2, 2, 1]
+  assert train_step.chunk_sizes(4, 1) == [1, 1, 1, 1]
 
 
 def test_own_decoder_networks_train_like_their_part_of_the_cohort_model():
