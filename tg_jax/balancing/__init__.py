@@ -34,8 +34,20 @@ _REGISTRY: dict[str, Callable[..., Balancer]] = {
 }
 
 
+# Methods whose weights depend on the task losses and their own state only, never on the task
+# gradients: a trainer may back-propagate their weighted loss once instead of once per task.
+_LOSS_ONLY = frozenset({"equal", "uncertainty", "dwa"})
+
+
 def names() -> list[str]:
   return sorted(_REGISTRY)
+
+
+def needs_task_gradients(name: str) -> bool:
+  """Whether method ``name``'s weights depend on the task gradients (else only on the losses)."""
+  if name not in _REGISTRY:
+    raise KeyError(f"unknown balancing method {name!r}; known methods: {', '.join(names())}")
+  return name not in _LOSS_ONLY
 
 
 def get(name: str, **options) -> Balancer:
@@ -51,4 +63,4 @@ def get(name: str, **options) -> Balancer:
   return factory(**options)
 
 
-__all__ = ["Balancer", "combine", "get", "gram_matrix", "min_norm_weights", "names"]
+__all__ = ["Balancer", "combine", "get", "gram_matrix", "min_norm_weights", "names", "needs_task_gradients"]

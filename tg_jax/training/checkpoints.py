@@ -108,5 +108,10 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
     return flax.serialization.from_state_dict(target, restored.state), dict(restored.progress)
 
+  def progress(self, step: int) -> dict[str, Any]:
+    """The ``progress`` saved with step ``step`` (the step and the network names), without the state."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    return dict(restored.progress)
+
   def close(self) -> None:
     self._manager.close()

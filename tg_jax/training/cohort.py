@@ -6,12 +6,17 @@ its own tasks' losses; the other decoders are masked out with ``jnp.where`` so t
 zero gradient (and, with SGD, never move). Arrays carry the network axis first:
 ``[nets, ...]`` for parameters and optimiser state, ``[nets, tasks]`` for per-task numbers.
 
+How a network's gradient is formed is the step's ``gradient_fn`` (``Gradients``): the paper's equal
+weights (``equal_weight_gradients``), a ``tg_jax.balancing`` method (``balanced_gradients``), or
+soft parameter sharing (``soft_sharing_gradients`` on a ``SoftSharedNetworks`` model).
+
 Nothing here has side effects; ``trainer`` jits these functions and runs the loop around them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -20,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from tg_jax import balancing
 from tg_jax import tasks as tasks_lib
 
 Batch = Mapping[str, jax.Array]
@@ -67,6 +73,8 @@ class CohortState:
     esa_loss: ``[nets, tasks]`` validation losses at the early-stopping-approximation step.
     diverged_step: ``[nets]`` step at which the network's loss became NaN or infinite; from then
       on the network is frozen. ``NOT_YET`` for healthy networks.
+    balancer_state: the ``tg_jax.balancing`` state of each network (``[nets, ...]`` leaves); ``()``
+      for cohorts without a balancer.
   """
 
   params: Any
@@ -80,6 +88,7 @@ class CohortState:
   task_best_step: jax.Array
   esa_loss: jax.Array
   diverged_step: jax.Array
+  balancer_state: Any = ()
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
@@ -104,7 +113,8 @@ def learning_rate_scale(opt_state: Any) -> jax.Array:
 
 
 def init(model: nn.Module, optimizer: optax.GradientTransformation, rngs: jax.Array,
-         image_shape: Sequence[int], num_tasks: int) -> CohortState:
+         image_shape: Sequence[int], num_tasks: int,
+         balancer: Optional[balancing.Balancer] = None) -> CohortState:
   """Initial state of ``len(rngs)`` networks; network ``i`` is initialised from ``rngs[i]``.
 
   Flax derives each submodule's initialiser from the rng and the submodule's name, so a network's
@@ -129,6 +139,7 @@ def init(model: nn.Module, optimizer: optax.GradientTransformation, rngs: jax.Ar
       task_best_step=jnp.full((num_networks, num_tasks), NOT_YET, jnp.int32),
       esa_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
       diverged_step=jnp.full((num_networks,), NOT_YET, jnp.int32),
+      balancer_state=jax.vmap(lambda _: balancer.init(num_tasks))(rngs) if balancer is not None else (),
   )
 
 
@@ -164,9 +175,171 @@ def network_loss(params: Any, batch_stats: Any, mask: jax.Array, batch: Batch, *
   return masked_mean(per_task, mask), (per_task, updates.get("batch_stats", batch_stats))
 
 
+class Gradients(NamedTuple):
+  """What a ``GradientFn`` returns for one network.
+
+  Attributes:
+    grads: the gradient the optimiser applies (the params' structure).
+    loss: ``[]`` the network's training loss as logged and as the learning-rate schedule sees it:
+      the mean of its tasks' losses (plus, for soft sharing, its penalty per task).
+    per_task: ``[tasks]`` batch-mean loss of every task of the model.
+    batch_stats: updated batch statistics.
+    balancer_state: the balancer's new state (``()`` without one).
+    weights: ``[tasks]`` each task loss's weight in ``grads`` (``grads`` = gradient of
+      ``sum_t weights[t] * per_task[t]``, plus the soft-sharing penalty's).
+  """
+
+  grads: Any
+  loss: jax.Array
+  per_task: jax.Array
+  batch_stats: Any
+  balancer_state: Any
+  weights: jax.Array
+
+
+# (params, batch_stats, task_mask [tasks], balancer_state, batch) -> Gradients, for one network.
+GradientFn = Callable[[Any, Any, jax.Array, Any, Batch], Gradients]
+
+
+def _per_task_losses(model: nn.Module, task_names: Sequence[str], batch: Batch):
+  """``params, batch_stats -> ([tasks] batch-mean losses, new batch_stats)`` in training mode."""
+  def losses(params, batch_stats):
+    outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                                   train=True, mutable=["batch_stats"])
+    return jnp.mean(task_losses(outputs, batch, task_names), axis=1), updates.get("batch_stats", batch_stats)
+  return losses
+
+
+def equal_weight_gradients(*, model: nn.Module, task_names: Sequence[str]) -> GradientFn:
+  """The paper's training: the gradient of the mean of the network's own tasks' losses."""
+  def gradients(params, batch_stats, mask, balancer_state, batch):
+    grad_fn = jax.value_and_grad(network_loss, has_aux=True)
+    (loss, (per_task, new_batch_stats)), grads = grad_fn(params, batch_stats, mask, batch, model=model,
+                                                         task_names=task_names)
+    weights = jnp.where(mask, 1.0, 0.0) / jnp.sum(mask)
+    return Gradients(grads, loss, per_task, new_batch_stats, balancer_state, weights)
+  return gradients
+
+
+def shared_parameter_names(model: nn.Module, image_shape: Sequence[int]) -> tuple[str, ...]:
+  """Top-level parameter collections the model's ``encode`` uses: the encoder every task shares.
+
+  Found by initialising ``encode`` alone (shapes only, nothing is computed), so any registered
+  model family whose decoders are separate submodules works.
+  """
+  images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, method=model.encode, train=False),
+                             jax.random.PRNGKey(0), images)
+  return tuple(sorted(variables["params"]))
+
+
+def balanced_gradients(*, model: nn.Module, task_names: Sequence[str], balancer: balancing.Balancer,
+                       shared_names: Sequence[str], needs_task_gradients: bool = True) -> GradientFn:
+  """A ``tg_jax.balancing`` method's gradient for a network that trains every task of ``task_names``.
+
+  The balancer weighs the tasks from their losses and their gradients of the shared parameters
+  (``shared_names``; per-task gradients from one forward pass and a ``vmap`` of its VJP over the
+  tasks). Every method combines linearly (``balancing.base``), so the network's gradient is
+  ``sum_t w_t g_t`` over *all* parameters: the gradient of ``sum_t w_t L_t`` with the weights held
+  fixed. The shared parameters thus get the balancer's combined gradient, and each decoder its own
+  task's gradient times that task's weight, as back-propagating MGDA-UB's or Kendall et al.'s
+  weighted loss does; the balancer ``equal`` reproduces ``equal_weight_gradients`` exactly. Methods
+  whose weights ignore the gradients (``needs_task_gradients=False``) take one backward pass.
+
+  The task mask is not read: a balancer weighs every task it sees (``networks.cohorts`` gives such
+  networks a model of exactly their tasks).
+  """
+  num_tasks = len(task_names)
+
+  def gradients(params, batch_stats, mask, balancer_state, batch):
+    del mask
+    losses = _per_task_losses(model, task_names, batch)
+    per_task, vjp_fn, new_batch_stats = jax.vjp(lambda p: losses(p, batch_stats), params, has_aux=True)
+    if needs_task_gradients:
+      # Row t of every leaf: task t's gradient of the parameters.
+      (task_grads,) = jax.vmap(vjp_fn)(jnp.eye(num_tasks, dtype=per_task.dtype))
+      _, new_balancer_state, info = balancer.update(per_task, {k: task_grads[k] for k in shared_names},
+                                                    balancer_state)
+      weights = info["weights"]
+      grads = balancing.combine(weights, task_grads)
+    else:
+      placeholder = jnp.zeros((num_tasks, 1), jnp.float32)  # read by nothing but the final combine
+      _, new_balancer_state, info = balancer.update(per_task, placeholder, balancer_state)
+      weights = info["weights"]
+      (grads,) = vjp_fn(weights.astype(per_task.dtype))
+    return Gradients(grads, jnp.mean(per_task), per_task, new_batch_stats, new_balancer_state, weights)
+
+  return gradients
+
+
+class SoftSharedNetworks(nn.Module):
+  """Soft parameter sharing: one single-task network per task, side by side.
+
+  ``members[i]`` is a network built for task ``i`` alone (its own encoder, batch statistics and
+  decoder); ``__call__`` returns every member's output, ``{task: output}``, like a multi-task
+  network's. The members are coupled only through ``soft_sharing_penalty`` on their encoders.
+  Parameters: ``members_<i>/<the member network's tree>``.
+  """
+
+  members: tuple[nn.Module, ...]
+
+  def __call__(self, images, train: bool):
+    outputs = {}
+    for member in self.members:
+      outputs.update(member(images, train=train))
+    return outputs
+
+
+def soft_sharing_penalty(params: Any, shared_names: Sequence[str], num_members: int) -> jax.Array:
+  """``sum_layers sum_i ||W_i - mean_j W_j||^2`` over the members' corresponding encoder weights.
+
+  Args:
+    params: a ``SoftSharedNetworks`` parameter tree.
+    shared_names: a member network's encoder collections (``shared_parameter_names`` of a member).
+    num_members: how many members.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for name in shared_names:
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                           *[params[f"members_{i}"][name] for i in range(num_members)])
+    for leaf in jax.tree.leaves(stacked):
+      leaf = leaf.astype(jnp.float32)
+      total = total + jnp.sum((leaf - jnp.mean(leaf, axis=0, keepdims=True)) ** 2)
+  return total
+
+
+def soft_sharing_gradients(*, model: SoftSharedNetworks, task_names: Sequence[str], weight: float,
+                           shared_names: Sequence[str]) -> GradientFn:
+  """The gradient of ``sum_t L_t + weight * soft_sharing_penalty`` for a ``SoftSharedNetworks``.
+
+  Each member's loss depends on its own parameters only, so with ``weight = 0`` every member
+  follows exactly the gradient it would get trained alone (the *sum* of the task losses, not their
+  mean, keeps that true); the penalty's gradient ``2 weight (W_i - mean_j W_j)`` pulls corresponding
+  encoder weights towards their mean. The members share one optimiser state, so one learning-rate
+  schedule, driven by the mean over tasks of ``L_t`` plus the penalty per task.
+  """
+  num_members = len(model.members)
+
+  def objective(params, batch_stats, batch):
+    per_task, new_batch_stats = _per_task_losses(model, task_names, batch)(params, batch_stats)
+    penalty = weight * soft_sharing_penalty(params, shared_names, num_members)
+    return jnp.sum(per_task) + penalty, (per_task, penalty, new_batch_stats)
+
+  def gradients(params, batch_stats, mask, balancer_state, batch):
+    del mask
+    (total, (per_task, penalty, new_batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+        params, batch_stats, batch)
+    del penalty
+    return Gradients(grads, total / num_members, per_task, new_batch_stats, balancer_state,
+                     jnp.ones((num_members,), jnp.float32))
+
+  return gradients
+
+
 def train_step(state: CohortState, batch: Batch, step: jax.Array, *, model: nn.Module,
                optimizer: optax.GradientTransformationExtraArgs, task_names: Sequence[str],
-               task_mask: jax.Array, how: str = VMAP) -> tuple[CohortState, dict[str, jax.Array]]:
+               task_mask: jax.Array, how: str = VMAP,
+               gradient_fn: Optional[GradientFn] = None) -> tuple[CohortState, dict[str, jax.Array]]:
   """One SGD step of every network of the cohort on the same ``batch``.
 
   Args:
@@ -176,15 +349,18 @@ def train_step(state: CohortState, batch: Batch, step: jax.Array, *, model: nn.M
     step: the number of steps taken before this one (for ``diverged_step``).
     task_mask: ``[nets, tasks]`` bool.
     how: ``"vmap"`` or ``"loop"`` (see ``over_networks``).
+    gradient_fn: how a network's gradient is formed; default ``equal_weight_gradients``.
 
   Returns:
     The new state and metrics ``loss`` ``[nets]`` (NaN for frozen networks), ``task_loss``
-    ``[nets, tasks]``, ``learning_rate_scale`` ``[nets]``.
+    ``[nets, tasks]``, ``task_weight`` ``[nets, tasks]`` (each task loss's weight in the gradient),
+    ``learning_rate_scale`` ``[nets]``.
   """
-  def step_one(params, batch_stats, opt_state, diverged_step, mask):
-    grad_fn = jax.value_and_grad(network_loss, has_aux=True)
-    (loss, (per_task, new_batch_stats)), grads = grad_fn(params, batch_stats, mask, batch, model=model,
-                                                         task_names=task_names)
+  gradient_fn = gradient_fn or equal_weight_gradients(model=model, task_names=task_names)
+
+  def step_one(params, batch_stats, opt_state, diverged_step, balancer_state, mask):
+    grads, loss, per_task, new_batch_stats, new_balancer_state, weights = gradient_fn(
+        params, batch_stats, mask, balancer_state, batch)
     updates, new_opt_state = optimizer.update(grads, opt_state, params, value=loss)
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
@@ -194,15 +370,39 @@ def train_step(state: CohortState, batch: Batch, step: jax.Array, *, model: nn.M
     choose = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
     new_diverged_step = jnp.where(healthy & ~finite, step, diverged_step)
     return (choose(new_params, params), choose(new_batch_stats, batch_stats),
-            choose(new_opt_state, opt_state), new_diverged_step,
-            jnp.where(keep, loss, jnp.nan), per_task)
+            choose(new_opt_state, opt_state), new_diverged_step, choose(new_balancer_state, balancer_state),
+            jnp.where(keep, loss, jnp.nan), per_task, weights)
 
-  params, batch_stats, opt_state, diverged_step, loss, per_task = over_networks(step_one, how)(
-      state.params, state.batch_stats, state.opt_state, state.diverged_step, task_mask)
+  params, batch_stats, opt_state, diverged_step, balancer_state, loss, per_task, weights = over_networks(
+      step_one, how)(state.params, state.batch_stats, state.opt_state, state.diverged_step, state.balancer_state,
+                     task_mask)
   new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
-                            diverged_step=diverged_step)
-  metrics = {"loss": loss, "task_loss": per_task, "learning_rate_scale": learning_rate_scale(opt_state)}
+                            diverged_step=diverged_step, balancer_state=balancer_state)
+  metrics = {"loss": loss, "task_loss": per_task, "task_weight": weights,
+             "learning_rate_scale": learning_rate_scale(opt_state)}
   return new_state, metrics
+
+
+def lookahead_loss_fn(model: nn.Module, task_names: Sequence[str]):
+  """The ``loss_fn(shared, rest, batch) -> [tasks]`` of ``tg_jax.affinity.tag.lookahead_affinity``.
+
+  ``shared`` is the encoder's parameter collections (``split_shared``), ``rest`` is
+  ``{"params": the decoders, "batch_stats": ...}``: the lookahead step moves the encoder only. The
+  losses are the training step's (training mode, batch statistics of the batch). Make it once per
+  model: ``lookahead_affinity`` compiles once per function object.
+  """
+  def loss_fn(shared, rest, batch):
+    params = {**rest["params"], **shared}
+    outputs = model.apply({"params": params, "batch_stats": rest["batch_stats"]}, batch["image"], train=True,
+                          mutable=["batch_stats"])[0]
+    return jnp.mean(task_losses(outputs, batch, task_names), axis=1)
+  return loss_fn
+
+
+def split_shared(params: Any, shared_names: Sequence[str]) -> tuple[dict, dict]:
+  """``(encoder collections, everything else)`` of one network's ``params``."""
+  return ({k: v for k, v in params.items() if k in shared_names},
+          {k: v for k, v in params.items() if k not in shared_names})
 
 
 def eval_loss_sums(params: Any, batch_stats: Any, batch: Batch, *, model: nn.Module,

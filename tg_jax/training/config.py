@@ -89,6 +89,25 @@ def base_config(scale: str = "cpu") -> ml_collections.ConfigDict:
 
   config.selection = ml_collections.ConfigDict()
   config.selection.predict = "hoa"          # how main predicts unseen groups: "hoa", "esa", "none"
+
+  # Networks named "<tasks>[@size]:<method>" (in networks.extra) train with a tg_jax.balancing
+  # method or with soft parameter sharing instead of equal task weights; they go to
+  # results/methods.json, not to the selector's tables. Options per method, passed to
+  # balancing.get, e.g. config.balancing_options.cagrad = {"c": 0.4}; dwa's period defaults to one
+  # validation period (steps_per_epoch).
+  config.balancing_options = ml_collections.ConfigDict()
+  config.soft_sharing = ml_collections.ConfigDict()
+  config.soft_sharing.weight = 1e-2         # L2 penalty between corresponding encoder weights
+
+  # TAG (Fifty et al. 2021): lookahead inter-task affinities measured while one network trains,
+  # written to results/tag.json.
+  config.tag = ml_collections.ConfigDict()
+  config.tag.enabled = False
+  config.tag.every_steps = 10
+  config.tag.network = ""                   # "": the equal-weight network of all config.tasks, size 1
+
+  config.evaluation = ml_collections.ConfigDict()
+  config.evaluation.ensemble = False        # after selection, ensemble chosen networks sharing a task
   return config
 
 
@@ -119,3 +138,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
   need(config.selection.predict in ("hoa", "esa", "none"),
        f"selection.predict must be 'hoa', 'esa' or 'none', got {config.selection.predict!r}")
+  from tg_jax import balancing  # pylint: disable=g-import-not-at-top
+  for method, options in config.get("balancing_options", {}).items():
+    need(method in balancing.names(),
+         f"balancing_options.{method}: unknown balancing method; known methods: {', '.join(balancing.names())}")
+    try:
+      balancing.get(method, **dict(options))
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"invalid config: balancing_options.{method}: {error}") from None
+  if "soft_sharing" in config:
+    need(config.soft_sharing.weight >= 0, f"soft_sharing.weight must be >= 0, got {config.soft_sharing.weight}")
+  if "tag" in config:
+    need(config.tag.every_steps >= 1, f"tag.every_steps must be >= 1, got {config.tag.every_steps}")

@@ -1,11 +1,17 @@
 """The list of networks an experiment trains, and how they are grouped for training.
 
-A network is a task subset and a size (its encoder's cost in standard networks, SNT). An experiment
-names its networks with a few switches (``config.networks``): every single task, every pair, every
-subset, half-size single-task networks, or an explicit list. Networks of one size form a *cohort*:
-one model is built over the cohort's task union and its networks are stacked on a leading axis and
-trained by one vmapped step, each network masked to its own tasks (see ``trainer``). A cohort too
-large for device memory is split into *chunks* of at most ``chunk_size`` networks.
+A network is a task subset, a size (its encoder's cost in standard networks, SNT) and a training
+method: ``""``, the paper's equal task weights, or a balancing method of ``tg_jax.balancing``
+(``mgda``, ``uncertainty``, ``pcgrad``, ...), or ``soft`` (soft parameter sharing: one network per
+task, their encoders pulled together by an L2 penalty). Names read ``<tasks>[@size][:method]``, e.g.
+``depth+normals@0.5`` or ``depth+normals+edges2d:mgda``. An experiment names its networks with a
+few switches (``config.networks``): every single task, every pair, every subset, half-size
+single-task networks, or an explicit list. Equal-weight networks of one size form a *cohort*: one
+model is built over the cohort's task union and its networks are stacked on a leading axis and
+trained by one vmapped step, each network masked to its own tasks (see ``trainer``). A network with
+a method is a cohort of its own (same size, method and tasks): balancers assume every task they see
+is trained, so such a cohort's model carries exactly the network's tasks and nothing is masked. A
+cohort too large for device memory is split into *chunks* of at most ``chunk_size`` networks.
 
 Everything here is plain Python: the list is fixed by the config, so a resumed run, a shard of an
 array job and the merge of the shards all agree on which network is which.
@@ -19,37 +25,60 @@ from typing import Iterable, Sequence
 
 import ml_collections
 
+from tg_jax import balancing
 from tg_jax.selection import tables
 
 SUBSET_CHOICES = ("singles", "pairs", "all")
 SIZE_SEPARATOR = "@"
+METHOD_SEPARATOR = ":"
+EQUAL_WEIGHTS = ""  # the paper's training: the unweighted mean of the task losses
+SOFT_SHARING = "soft"
+
+
+def methods() -> list[str]:
+  """Every method a network name may carry after ``:``."""
+  return balancing.names() + [SOFT_SHARING]
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Network:
-  """One network: the tasks it is trained on and its size in SNT.
+  """One network: the tasks it is trained on, its size in SNT and its training method.
 
   Attributes:
     tasks: task names, in the experiment's task order.
-    size: intended inference cost in standard networks (1.0 full, 0.5 half).
+    size: intended inference cost in standard networks (1.0 full, 0.5 half) of its encoder; a
+      ``soft`` network has one encoder per task, so its inference cost is ``len(tasks) * size``.
+    method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, or ``"soft"``.
   """
 
   tasks: tuple[str, ...]
   size: float
+  method: str = EQUAL_WEIGHTS
 
   @property
   def name(self) -> str:
-    """``depth+normals`` for size 1, ``depth@0.5`` otherwise; unique within an experiment."""
+    """``depth+normals`` for size 1, ``depth@0.5`` otherwise, ``...:mgda`` with a method; unique
+    within an experiment."""
     joined = tables.TASK_SEPARATOR.join(self.tasks)
-    return joined if self.size == 1.0 else f"{joined}{SIZE_SEPARATOR}{self.size:g}"
+    name = joined if self.size == 1.0 else f"{joined}{SIZE_SEPARATOR}{self.size:g}"
+    return f"{name}{METHOD_SEPARATOR}{self.method}" if self.method else name
+
+  @property
+  def encoders(self) -> int:
+    """How many encoders inference runs: one per task for soft sharing, else one."""
+    return len(self.tasks) if self.method == SOFT_SHARING else 1
 
 
 def parse(name: str, known_tasks: Sequence[str]) -> Network:
-  """The inverse of ``Network.name``: ``"depth+normals"`` or ``"depth@0.5"``.
+  """The inverse of ``Network.name``: ``"depth+normals"``, ``"depth@0.5"``, ``"depth+normals:mgda"``.
 
   Tasks are put in the order of ``known_tasks`` so one subset has one name.
   """
-  subset, _, size_text = name.partition(SIZE_SEPARATOR)
+  name_and_size, _, method = name.partition(METHOD_SEPARATOR)
+  if method not in (EQUAL_WEIGHTS, *methods()) or (METHOD_SEPARATOR in name and not method):
+    raise ValueError(f"network {name!r}: unknown method {method!r}; write <tasks>[@size][:method] with method "
+                     f"one of {', '.join(methods())} (or no ':method' for the paper's equal weights)")
+  subset, _, size_text = name_and_size.partition(SIZE_SEPARATOR)
   try:
     size = float(size_text) if size_text else 1.0
   except ValueError:
@@ -63,7 +92,10 @@ def parse(name: str, known_tasks: Sequence[str]) -> Network:
                      f"train; config.tasks: {', '.join(known_tasks)}")
   if len(set(names)) != len(names):
     raise ValueError(f"network {name!r} names a task twice")
-  return Network(tuple(t for t in known_tasks if t in names), size)
+  if method and len(names) < 2:
+    raise ValueError(f"network {name!r}: method {method!r} balances or shares between tasks and needs at "
+                     f"least two; drop ':{method}' for a single-task network")
+  return Network(tuple(t for t in known_tasks if t in names), size, method)
 
 
 def subsets(tasks: Sequence[str], which: str) -> list[tuple[str, ...]]:
@@ -84,7 +116,7 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
 
   Reads ``config.tasks`` and ``config.networks``: ``subsets`` (see ``subsets``; ``""`` for none),
   ``size`` (of those networks), ``half_size_singles`` (add one size-``half_size`` network per task),
-  ``extra`` (explicit names such as ``"depth+normals@0.8"``).
+  ``extra`` (explicit names such as ``"depth+normals@0.8"`` or ``"depth+normals:pcgrad"``).
   """
   tasks = tuple(config.tasks)
   if not tasks:
@@ -124,21 +156,25 @@ def shard(networks: Sequence[Network], shard_index: int, num_shards: int) -> lis
 
 @dataclasses.dataclass(frozen=True)
 class Cohort:
-  """Networks of one size, trained together by one vmapped step.
+  """Networks of one size and method, trained together by one vmapped step.
 
   Attributes:
     size: the networks' size (SNT).
     tasks: the union of the networks' tasks, in experiment order: the model's decoders.
     networks: the networks, in list order.
+    method: the networks' method (``Network.method``); with a method, ``tasks`` are every network's.
   """
 
   size: float
   tasks: tuple[str, ...]
   networks: tuple[Network, ...]
+  method: str = EQUAL_WEIGHTS
 
   @property
   def name(self) -> str:
-    return f"size_{self.size:g}"
+    """``size_1`` for equal weights; ``size_1_mgda_depth-normals`` with a method (checkpoint keys)."""
+    name = f"size_{self.size:g}"
+    return f"{name}_{self.method}_{'-'.join(self.tasks)}" if self.method else name
 
   def task_mask(self) -> list[list[bool]]:
     """``[networks, tasks]``: whether each network trains each of the cohort's tasks."""
@@ -153,13 +189,22 @@ class Cohort:
 
 
 def cohorts(networks: Iterable[Network], task_order: Sequence[str]) -> list[Cohort]:
-  """Groups networks by size, largest size first."""
+  """Equal-weight networks grouped by size, largest first; then one cohort per network with a method.
+
+  A method network's balancer (or soft-sharing penalty) sees every task of its cohort as trained,
+  so it never shares a model with networks of other tasks.
+  """
   by_size: dict[float, list[Network]] = {}
+  with_method = []
   for network in networks:
-    by_size.setdefault(network.size, []).append(network)
+    if network.method:
+      with_method.append(network)
+    else:
+      by_size.setdefault(network.size, []).append(network)
   result = []
   for size in sorted(by_size, reverse=True):
     members = by_size[size]
     union = {t for n in members for t in n.tasks}
     result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members)))
+  result += [Cohort(n.size, n.tasks, (n,), n.method) for n in with_method]
   return result

@@ -13,6 +13,12 @@
    loss and step. The first validation at ``config.esa_fraction`` of training is the ESA table.
 4. Checkpoints (orbax) follow every validation and every SIGTERM; the same command resumes.
 5. At the end, each network's best-validation checkpoint is scored on the test split.
+
+Networks named with a method (``<tasks>:mgda``, ``:uncertainty``, ``:pcgrad``, ``:soft``, ...; see
+``networks``) train in cohorts of their own with that method's gradient (``cohort.GradientFn``) and
+are reported in ``results/methods.json`` instead of the selector's tables. With ``config.tag.enabled``
+the TAG network's lookahead affinities are accumulated in the checkpointed state and written to
+``results/tag.json``.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tg_jax import balancing
 from tg_jax import data
 from tg_jax import models
+from tg_jax.affinity import tag as tag_lib
 from tg_jax.training import baseline
 from tg_jax.training import checkpoints
 from tg_jax.training import cohort as cohort_lib
@@ -45,6 +53,8 @@ from tg_jax.training import networks as networks_lib
 from tg_jax.training import results
 
 CHECKPOINT_DIR = "checkpoints"
+METHODS_FILE = "methods.json"  # networks trained with a balancing method or soft sharing
+TAG_FILE = "tag.json"          # TAG's lookahead affinities
 STATUS_COMPLETE = "complete"
 STATUS_PREEMPTED = "preempted"
 VALIDATION = "validation"  # the data pipeline's name of the validation split
@@ -87,20 +97,50 @@ class _Chunk:
   state: cohort_lib.CohortState
 
 
+def build_model(spec: networks_lib.Cohort, model_config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
+  """The model a cohort's networks share: decoders for its tasks; for soft sharing, one
+  single-task network per task (``cohort.SoftSharedNetworks``)."""
+  if spec.method == networks_lib.SOFT_SHARING:
+    return cohort_lib.SoftSharedNetworks(tuple(models.build(model_config, (t,), spec.size, dtype) for t in spec.tasks))
+  return models.build(model_config, spec.tasks, spec.size, dtype)
+
+
+def make_balancer(method: str, config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """``balancing.get(method, **config.balancing_options[method])``; DWA's period defaults to one
+  validation period, the paper's epoch."""
+  options = dict(config.balancing_options.get(method, {}))
+  if method == "dwa":
+    options.setdefault("period", steps_per_epoch)
+  return balancing.get(method, **options)
+
+
 class _CohortRunner:
   """One cohort: its model, its jitted functions and its chunks."""
 
-  def __init__(self, spec: networks_lib.Cohort, model_config: ml_collections.ConfigDict,
-               optimizer, dtype: Any, how: str, replicated: NamedSharding, batch_sharding: NamedSharding):
+  def __init__(self, spec: networks_lib.Cohort, config: ml_collections.ConfigDict, steps_per_epoch: int,
+               image_shape: Sequence[int], optimizer, dtype: Any, how: str, replicated: NamedSharding,
+               batch_sharding: NamedSharding):
     self.spec = spec
-    self.model = models.build(model_config, spec.tasks, spec.size, dtype)
+    self.model = build_model(spec, config.model, dtype)
     self.optimizer = optimizer
     self._replicated = replicated
     task_names = spec.tasks
+    self.balancer = None
+    gradient_fn = None  # the paper's equal weights
+    if spec.method == networks_lib.SOFT_SHARING:
+      gradient_fn = cohort_lib.soft_sharing_gradients(
+          model=self.model, task_names=task_names, weight=config.soft_sharing.weight,
+          shared_names=cohort_lib.shared_parameter_names(self.model.members[0], image_shape))
+    elif spec.method:
+      self.balancer = make_balancer(spec.method, config, steps_per_epoch)
+      gradient_fn = cohort_lib.balanced_gradients(
+          model=self.model, task_names=task_names, balancer=self.balancer,
+          shared_names=cohort_lib.shared_parameter_names(self.model, image_shape),
+          needs_task_gradients=balancing.needs_task_gradients(spec.method))
 
     def train_step(state, batch, step, task_mask):
       return cohort_lib.train_step(state, batch, step, model=self.model, optimizer=optimizer,
-                                   task_names=task_names, task_mask=task_mask, how=how)
+                                   task_names=task_names, task_mask=task_mask, how=how, gradient_fn=gradient_fn)
 
     def eval_sums(params, batch_stats, batch):
       return (cohort_lib.eval_loss_sums(params, batch_stats, batch, model=self.model, task_names=task_names,
@@ -122,14 +162,15 @@ class _CohortRunner:
     the vmapped initialiser costs several times more on CPU, and the values are the same.
     """
     init_one = jax.jit(functools.partial(cohort_lib.init, self.model, self.optimizer, image_shape=tuple(image_shape),
-                                         num_tasks=len(self.spec.tasks)))
+                                         num_tasks=len(self.spec.tasks), balancer=self.balancer))
     states = [init_one(jax.random.fold_in(jax.random.PRNGKey(seed), i)[None]) for i in indices]
     return jax.device_put(cohort_lib.concatenate(states), self._replicated)
 
   def abstract_state(self, num_networks: int, image_shape: Sequence[int]) -> cohort_lib.CohortState:
     rngs = jax.ShapeDtypeStruct((num_networks, 2), jnp.uint32)
     shapes = jax.eval_shape(functools.partial(cohort_lib.init, self.model, self.optimizer,
-                                              image_shape=tuple(image_shape), num_tasks=len(self.spec.tasks)), rngs)
+                                              image_shape=tuple(image_shape), num_tasks=len(self.spec.tasks),
+                                              balancer=self.balancer), rngs)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self._replicated), shapes)
 
   def compiled_step(self, num_networks: int, abstract_batch: Any, image_shape: Sequence[int]):
@@ -150,6 +191,68 @@ class _CohortRunner:
     return metrics
 
 
+TAG_STATE = "tag_affinity"  # the checkpoint key of the TAG affinity sum
+
+
+def tag_network(config: ml_collections.ConfigDict) -> networks_lib.Network:
+  """The network ``config.tag`` measures affinities on (default: all tasks, equal weights, size 1)."""
+  name = config.tag.network or networks_lib.Network(tuple(config.tasks), 1.0).name
+  network = networks_lib.parse(name, config.tasks)
+  if network.method or len(network.tasks) < 2:
+    raise ValueError(f"tag.network {name!r}: TAG measures affinities between the tasks of an equal-weight "
+                     f"network with at least two tasks; name one without ':method', e.g. "
+                     f"{networks_lib.Network(tuple(config.tasks), 1.0).name!r}")
+  return network
+
+
+class _TagMeter:
+  """TAG's lookahead affinities (``tg_jax.affinity.tag``) on one network while it trains.
+
+  Every ``every_steps`` steps (from step 0), before the step's update, ``lookahead_affinity`` on
+  the step's batch with the network's current parameters and learning rate; the sum
+  (``AffinitySum``) is part of the checkpoint, so a resumed run measures the same.
+  """
+
+  def __init__(self, network: networks_lib.Network, runner: _CohortRunner, image_shape: Sequence[int],
+               every_steps: int, base_learning_rate: float, replicated: NamedSharding):
+    self.network = network
+    self.every_steps = every_steps
+    self._base_learning_rate = base_learning_rate
+    (self._chunk, self._row), = [(chunk, chunk.networks.index(network)) for chunk in runner.chunks
+                                 if network in chunk.networks]
+    self._shared_names = cohort_lib.shared_parameter_names(runner.model, image_shape)
+    self._loss_fn = cohort_lib.lookahead_loss_fn(runner.model, network.tasks)
+    self.affinity = jax.device_put(tag_lib.AffinitySum.zeros(len(network.tasks)), replicated)
+
+  def measure(self, step: int, batch: Mapping[str, jax.Array]) -> None:
+    if step % self.every_steps:
+      return
+    state = self._chunk.state
+    if int(state.diverged_step[self._row]) != cohort_lib.NOT_YET:
+      return  # frozen at its last finite parameters: nothing more to learn from it
+    row = lambda tree: jax.tree.map(lambda leaf: leaf[self._row], tree)
+    shared, decoders = cohort_lib.split_shared(row(state.params), self._shared_names)
+    learning_rate = self._base_learning_rate * cohort_lib.learning_rate_scale(state.opt_state)[self._row]
+    affinity = tag_lib.lookahead_affinity(self._loss_fn, shared,
+                                          {"params": decoders, "batch_stats": row(state.batch_stats)},
+                                          batch, learning_rate)
+    self.affinity = self.affinity.add(affinity)
+
+  def summary(self, network_steps: int) -> dict[str, Any]:
+    """What ``results/tag.json`` holds.
+
+    ``lookahead_network_steps`` counts a forward pass as 1 and a backward pass as 2 units, so a
+    training step is 3; a lookahead is one forward pass, one backward pass per task (the per-task
+    gradients) and one forward pass per task (the losses after each step): ``(1 + 3 tasks) / 3``
+    training steps.
+    """
+    count = int(self.affinity.count)
+    num_tasks = len(self.network.tasks)
+    return {"tasks": list(self.network.tasks), "affinity": np.asarray(self.affinity.mean()).tolist(),
+            "measurements": count, "every_steps": self.every_steps, "network": self.network.name,
+            "network_steps": network_steps, "lookahead_network_steps": count * (1 + 3 * num_tasks) / 3}
+
+
 def _balanced_sizes(total: int, limit: int) -> list[int]:
   """``total`` split into ``ceil(total / limit)`` parts differing by at most one (at most 2 compiles)."""
   parts = math.ceil(total / limit)
@@ -157,7 +260,8 @@ def _balanced_sizes(total: int, limit: int) -> list[int]:
 
 
 def _tree_bytes(tree: Any) -> int:
-  return sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree))
+  # ``leaf.dtype.itemsize`` rather than ``jnp.dtype``: PRNG key dtypes (PCGrad's state) have no numpy dtype.
+  return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 def _memory_budget(device: jax.Device, fraction: float) -> Optional[int]:
@@ -262,6 +366,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   config_lib.validate(config)
   all_networks = networks_lib.from_config(config)
   my_networks = networks_lib.shard(all_networks, shard_index, num_shards)
+  measured_by_tag = tag_network(config) if config.tag.enabled else None
+  if measured_by_tag and measured_by_tag not in all_networks:
+    raise ValueError(f"tag.network {measured_by_tag.name!r} is not trained by this experiment; add it to "
+                     f"config.networks.extra or name a listed network in tag.network")
   position = {network: i for i, network in enumerate(all_networks)}
   is_writer = jax.process_index() == 0
   checkpoints.check_or_write_config(config, workdir)
@@ -291,9 +399,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
       return cohort_lib.choose_parallelism(platform, len(spec.networks))
     return config.network_parallelism
 
-  runners = [_CohortRunner(spec, config.model, optimizer, dtype, parallelism(spec), replicated, batch_sharding)
+  runners = [_CohortRunner(spec, config, schedule.steps_per_epoch, image_shape, optimizer, dtype, parallelism(spec),
+                           replicated, batch_sharding)
              for spec in networks_lib.cohorts(my_networks, config.tasks)]
-  costs = {size: models.encoder_cost(config.model, size, image_shape) for size in {n.size for n in my_networks}}
+  size_costs = {size: models.encoder_cost(config.model, size, image_shape) for size in {n.size for n in my_networks}}
+  # Inference cost in SNT: a soft-sharing network runs one encoder per task.
+  costs = {n: n.encoders * size_costs[n.size] for n in my_networks}
 
   checkpointer = checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   start_step = checkpointer.latest_step() or 0
@@ -323,14 +434,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
     logging.info("cohort %s: %d networks over tasks %s, %s per step", runner.spec.name, len(members),
                  "+".join(runner.spec.tasks), "/".join(map(str, plan[runner.spec.name])))
 
-  def full_states() -> dict[str, cohort_lib.CohortState]:
-    return {r.spec.name: cohort_lib.concatenate([c.state for c in r.chunks]) for r in runners}
+  tag_meter = None
+  if measured_by_tag in my_networks:  # in an array job, only the shard that trains it measures
+    runner, = [r for r in runners if measured_by_tag in r.spec.networks]
+    tag_meter = _TagMeter(measured_by_tag, runner, image_shape, config.tag.every_steps,
+                          config.optimizer.learning_rate, replicated)
 
-  def set_full_states(states: Mapping[str, cohort_lib.CohortState]) -> None:
+  def full_states() -> dict[str, Any]:
+    """Everything the checkpoint holds: every cohort's state, and TAG's affinity sum."""
+    states: dict[str, Any] = {r.spec.name: cohort_lib.concatenate([c.state for c in r.chunks]) for r in runners}
+    if tag_meter:
+      states[TAG_STATE] = tag_meter.affinity
+    return states
+
+  def set_full_states(states: Mapping[str, Any]) -> None:
     for runner in runners:
       sizes = [len(c.networks) for c in runner.chunks]
       for chunk, state in zip(runner.chunks, cohort_lib.split(states[runner.spec.name], sizes)):
         chunk.state = jax.device_put(state, replicated)
+    if tag_meter:
+      tag_meter.affinity = jax.device_put(states[TAG_STATE], replicated)
 
   names = [n.name for n in my_networks]
   if start_step:
@@ -401,14 +524,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
                                                jnp.int32(step), jnp.bool_(step == schedule.esa_step), chunk.task_mask)
     return losses
 
+  # The selector's tables hold the paper's candidates, equal-weight networks; networks with a
+  # method go to results/methods.json.
+  table_networks = [n for n in my_networks if not n.method]
+  method_networks = [n for n in my_networks if n.method]
+
   def rows(field: str) -> list[tuple[tuple[str, ...], float, dict[str, float]]]:
-    """Table rows of a ``[nets, tasks]`` tracker, healthy networks only."""
+    """Table rows of a ``[nets, tasks]`` tracker, healthy equal-weight networks only."""
     diverged, values = tracker("diverged_step"), tracker(field)
     table_rows = []
-    for network in my_networks:
+    for network in table_networks:
       if diverged[network.name][1] == cohort_lib.NOT_YET:
         tasks, row = values[network.name]
-        table_rows.append((network.tasks, costs[network.size],
+        table_rows.append((network.tasks, costs[network],
                            {t: float(v) for t, v in zip(tasks, row) if t in network.tasks}))
     return table_rows
 
@@ -427,15 +555,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   all_chunks = [chunk for runner in runners for chunk in runner.chunks]
   loss_sums: list[Any] = [None] * len(all_chunks)  # per chunk, [nets] summed since the last log line
   scales: list[Any] = [None] * len(all_chunks)      # per chunk, [nets] learning-rate multipliers
+  task_weights: list[Any] = [None] * len(all_chunks)  # per chunk, [nets, tasks] this step's loss weights
   loss_count = 0
   try:
     while step < schedule.stop_step:
       batch = next(train_batches)
+      if tag_meter:
+        tag_meter.measure(step, batch)
       step_array = jax.device_put(jnp.int32(step), replicated)
       metrics = [m for runner in runners for m in runner.train(batch, step_array, abstract_batch, image_shape)]
       for i, chunk_metrics in enumerate(metrics):
         loss_sums[i] = chunk_metrics["loss"] if loss_sums[i] is None else loss_sums[i] + chunk_metrics["loss"]
         scales[i] = chunk_metrics["learning_rate_scale"]
+        task_weights[i] = chunk_metrics["task_weight"]
       loss_count += 1
       step += 1
       if step == start_step + 1:
@@ -443,18 +575,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
         progress.start_timing(step)
 
       if step % config.log_every_steps == 0 or step == schedule.stop_step:
-        train_losses, learning_rates = {}, {}
-        for chunk, chunk_sum, chunk_scale in zip(all_chunks, jax.device_get(loss_sums), jax.device_get(scales)):
-          for network, value, scale in zip(chunk.networks, chunk_sum / loss_count, chunk_scale):
+        train_losses, learning_rates, method_weights = {}, {}, {}
+        for chunk, chunk_sum, chunk_scale, chunk_weights in zip(all_chunks, jax.device_get(loss_sums),
+                                                                jax.device_get(scales), jax.device_get(task_weights)):
+          for network, value, scale, weights in zip(chunk.networks, chunk_sum / loss_count, chunk_scale, chunk_weights):
             train_losses[network.name] = float(value)
             learning_rates[network.name] = float(scale) * config.optimizer.learning_rate
+            if network.method and network.method != networks_lib.SOFT_SHARING:
+              method_weights[network.name] = {t: float(w) for t, w in zip(network.tasks, weights)}
         loss_sums, loss_count = [None] * len(all_chunks), 0
         report_divergence(step)
         finite = [v for v in train_losses.values() if math.isfinite(v)]
         logging.info(progress.line(step, f"train loss (mean of {len(finite)} networks) "
                                          f"{np.mean(finite) if finite else float('nan'):.4f}"))
         if run_log:
-          run_log.write("train", step, loss=train_losses, learning_rate=learning_rates)
+          run_log.write("train", step, loss=train_losses, learning_rate=learning_rates,
+                        **({"task_weight": method_weights} if method_weights else {}))
           scalars.write(step, {**{f"train/{n}/loss": v for n, v in train_losses.items()},
                                **{f"learning_rate/{n}": v for n, v in learning_rates.items()}})
 
@@ -486,7 +622,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   if status == STATUS_COMPLETE:
     test_losses = evaluate("test", use_best=True)
     diverged = tracker("diverged_step")
-    write_table("test.csv", [(n.tasks, costs[n.size], test_losses[n.name]) for n in my_networks
+    write_table("test.csv", [(n.tasks, costs[n], test_losses[n.name]) for n in table_networks
                              if diverged[n.name][1] == cohort_lib.NOT_YET], "test")
     summary["results"] = _network_summaries(my_networks, costs, tracker, test_losses, constant_losses)
     summary["constant_predictor"] = constant_losses
@@ -494,6 +630,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
       results.write_json(os.path.join(workdir, results.RESULTS_DIR, "networks.json"),
                          {"networks": summary["results"], "constant_predictor": constant_losses,
                           "schedule": dataclasses.asdict(schedule)})
+      if method_networks:
+        results.write_json(os.path.join(workdir, results.RESULTS_DIR, METHODS_FILE),
+                           _method_summaries(summary["results"], schedule.stop_step))
+      if tag_meter:
+        summary["tag"] = tag_meter.summary(schedule.stop_step)
+        results.write_json(os.path.join(workdir, results.RESULTS_DIR, TAG_FILE), summary["tag"])
       run_log.write("done", step)
   checkpointer.close()
   if run_log:
@@ -502,7 +644,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   return summary
 
 
-def _network_summaries(networks: Sequence[networks_lib.Network], costs: Mapping[float, float], tracker,
+def _method_summaries(summaries: Sequence[Mapping[str, Any]], network_steps: int) -> dict[str, Any]:
+  """``results/methods.json``: per trained network with a method, its best validation loss per task
+  and the test losses of its best-validation parameters (the tables' conventions)."""
+  methods = {}
+  for entry in summaries:
+    if not entry["method"]:
+      continue
+    if entry["status"] != "trained":
+      logging.warning("network %s diverged; it is left out of %s", entry["name"], METHODS_FILE)
+      continue
+    methods[entry["name"]] = {"method": entry["method"], "tasks": entry["tasks"], "size": entry["size"],
+                              "cost": entry["cost"], "val": entry["val"], "test": entry["test"],
+                              "network_steps": network_steps}
+  return methods
+
+
+def _network_summaries(networks: Sequence[networks_lib.Network], costs: Mapping[networks_lib.Network, float], tracker,
                        test_losses: Mapping[str, Mapping[str, float]],
                        constant_losses: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
   """Per network: what it is, whether it diverged, its losses and its improvement over the constant."""
@@ -514,7 +672,8 @@ def _network_summaries(networks: Sequence[networks_lib.Network], costs: Mapping[
     per_task = lambda field: {t: v.item() for t, v in zip(tasks, fields[field][network.name][1]) if t in network.tasks}
     diverged_step = int(fields["diverged_step"][network.name][1])
     entry = {
-        "name": network.name, "tasks": list(network.tasks), "size": network.size, "cost": costs[network.size],
+        "name": network.name, "tasks": list(network.tasks), "size": network.size, "method": network.method,
+        "cost": costs[network],
         "status": "diverged" if diverged_step != cohort_lib.NOT_YET else "trained",
         "diverged_step": diverged_step if diverged_step != cohort_lib.NOT_YET else None,
         "best_step": int(fields["best_step"][network.name][1]),
