@@ -3,16 +3,20 @@
   python -m tg_jax.main --config=experiments/study.py --workdir=/tmp/study        # 2-core CPU, ~25 min
   python -m tg_jax.main --config=experiments/study.py:full --workdir=/scratch/study   # GPUs, paper scale
 
-Networks (for 5 tasks, 56 in all):
+Networks (for 5 tasks, 57 in all):
 - all 2^k - 1 task subsets at full size and one half-size network per task: the candidates of the
   selector (Optimal), the pairs HOA needs, and the early (ESA) table recorded at
   ``config.esa_fraction`` of the same runs;
 - independent single-task networks at the paper's other sizes (1/5, 3/10, 2/5 and 4/5 of a standard
   network; 1/2 and 1 are above): the independent baseline at every budget. They are not selection
-  candidates (the report sets single-task networks of these sizes aside).
+  candidates (the report sets single-task networks of these sizes aside);
+- the all-task network trained with MGDA-UB (the paper's "Sener et al." row; ``results/methods.json``).
 
-The report (``WORKDIR/report.md``) compares Optimal, ESA and HOA with the all-task network,
-independent networks, Random and Pessimal at every budget from 1 to k in steps of 0.5.
+TAG's lookahead affinities are measured while the all-task network trains (``results/tag.json``),
+and the chosen networks that share a task are ensembled on test (``ensemble.json``).
+
+The report (``WORKDIR/report.md``) compares Optimal, ESA, HOA and TAG with the all-task network,
+independent networks, Random, Pessimal and MGDA-UB at every budget from 1 to k in steps of 0.5.
 """
 
 import os
@@ -33,6 +37,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r} of experiments/study.py; use '' (CPU) or 'full'")
   config = config_lib.load_experiment(_HERE, "all_subsets").get_config(variant)
   config.networks.extra = tuple(f"{task}@{size:g}" for size in INDEPENDENT_SIZES for task in config.tasks)
+  config.networks.extra += (f"{'+'.join(config.tasks)}:mgda",)
+  config.tag.enabled = True  # on the all-task network of equal weights (config.tag.network "")
+  config.evaluation.ensemble = True
   # Every method of the report runs from the same tables; selection.json holds the optimal one.
   config.selection.predict = "none"
   return config

@@ -89,11 +89,13 @@ def test_study_config_lists_subsets_halves_and_independent_sizes(variant):
   names = [n.name for n in listed]
   tasks = tuple(config.tasks)
   assert len(tasks) == 5 and config.stop_fraction == 1.0 and config.selection.predict == "none"
-  assert sum(n.size == 1.0 for n in listed) == 31  # every subset (Optimal, HOA's pairs, ESA's early table)
+  assert sum(n.size == 1.0 and not n.method for n in listed) == 31  # every subset (Optimal, HOA's pairs, ESA's early table)
   for task in tasks:
     assert [f"{task}@{s:g}" in names for s in (0.2, 0.3, 0.4, 0.5, 0.8)] == [True] * 5
-  assert len(listed) == 31 + 5 * 5
+  assert [n.name for n in listed if n.method] == ["+".join(tasks) + ":mgda"]  # the paper's Sener et al. row
+  assert len(listed) == 31 + 5 * 5 + 1
   assert {n.size for n in listed} == {1.0, 0.8, 0.5, 0.4, 0.3, 0.2}
+  assert config.tag.enabled and config.evaluation.ensemble
 
 
 def test_independent_sizes_are_not_selection_candidates():
@@ -185,7 +187,7 @@ def test_report_sections_for_methods_tag_and_ensembles(method_workdir):
   assert f"| optimal + ensembling | - | {optimal_total - (loss(('a', 'b'), 'a') - 0.5):.3f} |" in text
   assert "## TAG inter-task affinity" in text and "## Ensembling" in text and "+20.6%" in text
   # Compute: 10 candidates x 125 steps; TAG: 125 + 40 + the one group it chose besides the all-task one.
-  assert "| optimal | 1,250 |" in text and "| tag | 415 |" in text and "| a+b+c:mgda | 125 |" in text
+  assert "| optimal | 1,250 |" in text and "| tag | 415 |" in text and "| mgda (all tasks) | 125 |" in text
 
 
 def test_report_without_method_files_has_no_method_sections(tmp_path):

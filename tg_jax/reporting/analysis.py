@@ -360,10 +360,12 @@ def compute_per_method(study_tables: StudyTables, comparison: dict) -> dict[str,
                             f"all-task run {tag['network_steps']} steps + lookahead "
                             f"{tag['lookahead_network_steps']} network-step equivalents + {count} chosen groups "
                             f"x {total} steps")
+  task_names = set(study_tables.task_names)
   for name, entry in study_tables.methods.items():
     steps = entry.get("network_steps")
     if steps is not None:
-      result[name] = Compute(steps, steps * float(entry["cost"]), f"{name}: its own training")
+      label = f"{entry['method']} (all tasks)" if set(entry["tasks"]) == task_names else name
+      result[label] = Compute(steps, steps * float(entry["cost"]), f"{name}: its own training")
   return result
 
 

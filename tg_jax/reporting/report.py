@@ -193,15 +193,23 @@ def _table4_notes(comparison: dict) -> list[str]:
 def _approximation_lines(study_tables: analysis.StudyTables) -> list[str]:
   lines = ["## How good are the approximations", ""]
   val, esa = study_tables.val, study_tables.esa
-  accuracy = hoa.accuracy(val) if val is not None and study_tables.main_converged else None
+  try:
+    accuracy = hoa.accuracy(val) if val is not None and study_tables.main_converged else None
+  except TableError as error:  # no pair networks
+    lines.append(f"- HOA prediction error: not available: {error}")
+    accuracy = False
   if accuracy is None:
     lines.append("- HOA prediction error: no converged groups of 3+ tasks to compare with.")
-  else:
+  elif accuracy:
     lines.append(f"- HOA prediction error over {accuracy.count} measured higher-order losses "
                  f"(`{RESULTS_DIR}/val.csv`): average max-ratio error {100 * accuracy.max_ratio_error:.1f}%, "
                  f"average overestimate {100 * accuracy.overestimate:.1f}% (paper: 5.2% and 1.4%).")
   if esa is not None and val is not None:
     correlation = analysis.esa_correlation(val, esa)
+    if correlation.count < 3:
+      lines.append("- ESA correlation: not available: fewer than 3 losses relative to a full single-task network "
+                   "(train the single-task networks too).")
+      return lines + [""]
     per_task = ", ".join(f"{t} {r:.2f}" for t, r in correlation.per_task.items())
     lines.append(f"- ESA: Pearson r between early (`{RESULTS_DIR}/esa.csv`) and final validation losses "
                  f"{correlation.pooled:.2f} over {correlation.count} (network, task) losses relative to each task's "
