@@ -6,6 +6,7 @@ import os
 import train_fakes
 from tg_jax import main
 from tg_jax import merge
+from tg_jax.training import ensemble
 from tg_jax.training import retrain
 from tg_jax.training import summary
 from tg_jax.training import trainer
@@ -44,7 +45,17 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path, monkeypatch):
   with open(tmp_path / "sharded" / "retrain" / "results" / "networks.json") as f:
     assert [n["name"] for n in json.load(f)["networks"]] == missing
   assert retrain.missing_networks(str(tmp_path / "sharded")) == []
+  config.evaluation.ensemble = True
+  monkeypatch.setattr(ensemble, "_load_split", lambda config, split: train_fakes.datasets(config)[split])
   summary.write(str(tmp_path / "sharded"), "hoa", config)
   with open(tmp_path / "sharded" / summary.SELECTION_FILE) as f:
     selection = json.load(f)
   assert all(s["test_loss"] is not None and not s["untrained"] for s in selection["solutions"])
+  # Ensembles: every budget whose chosen networks (all from the main run) share a task.
+  with open(tmp_path / "sharded" / "ensemble.json") as f:
+    ensembles = json.load(f)
+  shared = [s["budget"] for s in selection["solutions"] if len(s["networks"]) >= 2
+            and not any(len(n["tasks"]) == 3 for n in s["networks"])
+            and len({t for n in s["networks"] for t in n["tasks"]}) < sum(len(n["tasks"]) for n in s["networks"])]
+  assert [e["budget"] for e in ensembles["budgets"] if e["tasks"]] == shared and ensembles["method"] == "hoa"
+  assert "## Ensembling" in (tmp_path / "sharded" / "report.md").read_text()
