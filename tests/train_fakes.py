@@ -100,9 +100,13 @@ class ToyNet(nn.Module):
   def encode(self, images, train: bool):
     return nn.relu(self.encoder_norm(self.encoder_conv(images), use_running_average=not train))
 
+  def decode(self, task, representation, train: bool):
+    del train  # no batch statistics in the toy decoders
+    return self.decoders[task](representation).astype(jnp.float32)
+
   def __call__(self, images, train: bool):
     representation = self.encode(images, train)
-    return {t: decoder(representation).astype(jnp.float32) for t, decoder in self.decoders.items()}
+    return {t: self.decode(t, representation, train) for t in self.tasks}
 
 
 def _toy_config(scale: str) -> ml_collections.ConfigDict:

@@ -17,8 +17,9 @@ class ModelFamily:
     default_config: ``(scale) -> ConfigDict`` for the size-1.0 network; ``scale`` is ``"cpu"`` or
       ``"paper"``, and the config's ``name`` is the family's registry name.
     make: ``(config, tasks, width_multiplier, dtype) -> module`` whose ``__call__(images, train)``
-      returns ``{task: output}`` and whose ``encode(images, train)`` returns the representation the
-      tasks share; the multiplier scales the shared encoder's widths (1.0: one standard network).
+      returns ``{task: output}``, whose ``encode(images, train)`` returns the representation the
+      tasks share and whose ``decode(task, representation, train)`` returns one task's output from it
+      (``__call__`` = ``encode`` then every ``decode``); the multiplier scales the shared encoder's widths (1.0: one standard network).
   """
 
   default_config: Callable[[str], ml_collections.ConfigDict]

@@ -313,10 +313,14 @@ class XceptionNet(nn.Module):
     """Images ``[b, h, w, c]`` -> shared representation ``[b, h/16, w/16, representation_width]``."""
     return self.encoder(images, train)
 
+  def decode(self, task: str, representation: jax.Array, train: bool) -> jax.Array:
+    """Task ``task``'s output from the representation (``encode``'s), as in ``__call__``."""
+    return self.decoders[task](representation, train)
+
   def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
     """Images ``[b, h, w, c]`` -> ``{task: [b, h, w, channels]}`` (dense) or ``[b, channels]``."""
     representation = self.encode(images, train)
-    return {name: decoder(representation, train) for name, decoder in self.decoders.items()}
+    return {name: self.decode(name, representation, train) for name in self.tasks}
 
 
 def make(config: ml_collections.ConfigDict, tasks: Sequence[str], width_multiplier: float,
