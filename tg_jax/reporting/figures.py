@@ -111,7 +111,9 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str) ->
   axes.set_yticks(range(len(labels)), labels, fontsize=8)
   for (i, j), value in np.ndenumerate(matrix):
     if np.isfinite(value):
-      axes.text(j, i, f"{100 * value:+.1f}", ha="center", va="center", fontsize=7)
+      # White on the darkest cells, where black would not read.
+      axes.text(j, i, f"{100 * value:+.1f}", ha="center", va="center", fontsize=7,
+                color="white" if abs(value) > 0.6 * limit else "black")
   figure.colorbar(image, ax=axes, label="% better than half-size single-task")
   axes.set_title(title, fontsize=9)
   figure.tight_layout()
