@@ -267,19 +267,12 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
   return comparison
 
 
-NetworkKey = tuple[frozenset, float]
-
-
-def _chosen_networks(run: dict, measured_only: bool = False) -> list[tuple[tuple[str, ...], float]]:
+def _chosen_networks(run: dict) -> list[tuple[tuple[str, ...], float]]:
   """Distinct ``(tasks, cost)`` of the networks a run chose over all its budgets, in first-chosen order."""
   seen, chosen = set(), []
   for solution in run["solutions"]:
-    untrained = set(solution.get("untrained") or [])
     for network in solution["networks"]:
       tasks, cost = tuple(network["tasks"]), float(network["cost"])
-      label = f"{'+'.join(tasks)} @ {cost:g} SNT"
-      if measured_only and label in untrained:
-        continue
       key = (frozenset(tasks), round(cost, 9))
       if key not in seen:
         seen.add(key)
