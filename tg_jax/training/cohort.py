@@ -157,22 +157,54 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(mask, values, 0.0), axis=-1) / jnp.sum(mask, axis=-1)
 
 
+def _decode_if_trained(model: nn.Module, params: Any, batch_stats: Any, representation: jax.Array, train: bool,
+                       task: str, trained: jax.Array) -> tuple[jax.Array, Any]:
+  """``model.decode(task, ...)`` when ``trained``, else zeros and unchanged batch statistics.
+
+  ``lax.cond`` runs one branch where the predicate is a plain scalar (networks one after another,
+  ``"loop"``), so a network pays for its own decoders only; under ``vmap`` both run, as before.
+  """
+  variables = {"params": params, "batch_stats": batch_stats}
+
+  def decode(_):
+    output, updates = model.apply(variables, task, representation, train, method=model.decode,
+                                  mutable=["batch_stats"])
+    return output, updates.get("batch_stats", batch_stats)
+
+  output_shape = jax.eval_shape(decode, None)[0]
+  skip = lambda _: (jnp.zeros(output_shape.shape, output_shape.dtype), batch_stats)
+  return jax.lax.cond(trained, decode, skip, None)
+
+
 def network_loss(params: Any, batch_stats: Any, mask: jax.Array, batch: Batch, *, model: nn.Module,
-                 task_names: Sequence[str]) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+                 task_names: Sequence[str], skip_untrained: bool = False) -> tuple[jax.Array, tuple[jax.Array, Any]]:
   """One network's training loss on ``batch``: the mean of its own tasks' batch-mean losses.
 
   Args:
     params, batch_stats: one network's variables (no leading axis).
     mask: ``[tasks]`` bool, which of the model's decoders this network trains.
     batch: ``image`` ``[b, h, w, 3]`` and one label per task.
+    skip_untrained: run the decoders of tasks outside ``mask`` under a ``lax.cond`` that skips them
+      (their losses, masked out anyway, are then those of a zero output). Pays where networks run one
+      after another (``"loop"``); the loss and gradients are the same either way.
 
   Returns:
     ``(loss, (per_task [tasks], new_batch_stats))``.
   """
-  outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
-                                 train=True, mutable=["batch_stats"])
+  variables = {"params": params, "batch_stats": batch_stats}
+  if skip_untrained:
+    representation, updates = model.apply(variables, batch["image"], True, method=model.encode,
+                                          mutable=["batch_stats"])
+    new_batch_stats = updates.get("batch_stats", batch_stats)
+    outputs = {}
+    for index, task in enumerate(task_names):
+      outputs[task], new_batch_stats = _decode_if_trained(model, params, new_batch_stats, representation, True,
+                                                          task, mask[index])
+  else:
+    outputs, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    new_batch_stats = updates.get("batch_stats", batch_stats)
   per_task = jnp.mean(task_losses(outputs, batch, task_names), axis=1)
-  return masked_mean(per_task, mask), (per_task, updates.get("batch_stats", batch_stats))
+  return masked_mean(per_task, mask), (per_task, new_batch_stats)
 
 
 class Gradients(NamedTuple):
@@ -210,12 +242,16 @@ def _per_task_losses(model: nn.Module, task_names: Sequence[str], batch: Batch):
   return losses
 
 
-def equal_weight_gradients(*, model: nn.Module, task_names: Sequence[str]) -> GradientFn:
-  """The paper's training: the gradient of the mean of the network's own tasks' losses."""
+def equal_weight_gradients(*, model: nn.Module, task_names: Sequence[str],
+                           skip_untrained: bool = False) -> GradientFn:
+  """The paper's training: the gradient of the mean of the network's own tasks' losses.
+
+  ``skip_untrained``: see ``network_loss`` (``train_step`` sets it for ``"loop"``).
+  """
   def gradients(params, batch_stats, mask, balancer_state, batch):
     grad_fn = jax.value_and_grad(network_loss, has_aux=True)
     (loss, (per_task, new_batch_stats)), grads = grad_fn(params, batch_stats, mask, batch, model=model,
-                                                         task_names=task_names)
+                                                         task_names=task_names, skip_untrained=skip_untrained)
     weights = jnp.where(mask, 1.0, 0.0) / jnp.sum(mask)
     return Gradients(grads, loss, per_task, new_batch_stats, balancer_state, weights)
   return gradients
@@ -349,14 +385,15 @@ def train_step(state: CohortState, batch: Batch, step: jax.Array, *, model: nn.M
     step: the number of steps taken before this one (for ``diverged_step``).
     task_mask: ``[nets, tasks]`` bool.
     how: ``"vmap"`` or ``"loop"`` (see ``over_networks``).
-    gradient_fn: how a network's gradient is formed; default ``equal_weight_gradients``.
+    gradient_fn: how a network's gradient is formed; default ``equal_weight_gradients`` (under
+      ``"loop"`` skipping each network's untrained decoders).
 
   Returns:
     The new state and metrics ``loss`` ``[nets]`` (NaN for frozen networks), ``task_loss``
     ``[nets, tasks]``, ``task_weight`` ``[nets, tasks]`` (each task loss's weight in the gradient),
     ``learning_rate_scale`` ``[nets]``.
   """
-  gradient_fn = gradient_fn or equal_weight_gradients(model=model, task_names=task_names)
+  gradient_fn = gradient_fn or equal_weight_gradients(model=model, task_names=task_names, skip_untrained=how == LOOP)
 
   def step_one(params, batch_stats, opt_state, diverged_step, balancer_state, mask):
     grads, loss, per_task, new_batch_stats, new_balancer_state, weights = gradient_fn(
