@@ -1,10 +1,12 @@
-r"""Joins the results of an array job's shards, then selects and reports as ``tg_jax.main`` does.
+r"""Joins the results of an array job's shards, then retrains, selects and reports as ``tg_jax.main`` does.
 
   python -m tg_jax.merge --workdir=WORKDIR
 
 Each shard (``tg_jax.main --shard_index=i --num_shards=n``) trained a slice of the network list
 into ``WORKDIR/shards/shard_<i>_of_<n>/``. The merged tables list the networks in the order of the
-unsharded list, so they equal what one job training everything would write.
+unsharded list, so they equal what one job training everything would write; ``methods.json`` (the
+networks trained with a balancing method or soft sharing) is joined the same way and ``tag.json``
+comes from the shard that trained TAG's network.
 """
 
 import glob
@@ -19,7 +21,9 @@ from tg_jax.selection import tables
 from tg_jax.training import checkpoints
 from tg_jax.training import networks as networks_lib
 from tg_jax.training import results
+from tg_jax.training import retrain
 from tg_jax.training import summary
+from tg_jax.training import trainer
 
 TABLES = ("val.csv", "test.csv", "esa.csv")
 
@@ -45,13 +49,21 @@ def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDic
     raise RuntimeError(f"shards not finished: {', '.join(sorted(expected - finished))}; rerun them (they resume) "
                        f"or pass --allow_missing to merge the others")
   order = {n.name: i for i, n in enumerate(networks_lib.from_config(config))}
-  reports, constant, merged = [], None, {}
+  reports, constant, merged, methods, tag = [], None, {}, {}, None
   for name in sorted(finished):
     shard_results = os.path.join(workdir, "shards", name, results.RESULTS_DIR)
     with open(os.path.join(shard_results, "networks.json")) as f:
       shard_json = json.load(f)
     reports += shard_json["networks"]
     constant = shard_json["constant_predictor"]
+    methods_path = os.path.join(shard_results, trainer.METHODS_FILE)
+    if os.path.exists(methods_path):
+      with open(methods_path) as f:
+        methods.update(json.load(f))
+    tag_path = os.path.join(shard_results, trainer.TAG_FILE)
+    if os.path.exists(tag_path):
+      with open(tag_path) as f:
+        tag = json.load(f)
     for file in TABLES:
       path = os.path.join(shard_results, file)
       if os.path.exists(path):
@@ -67,6 +79,11 @@ def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDic
     table = results.results_table(tuple(config.tasks), sorted(rows, key=rank), file)
     tables.write_csv(table, os.path.join(workdir, results.RESULTS_DIR, file))
   reports.sort(key=lambda n: order[n["name"]])
+  if methods:
+    results.write_json(os.path.join(workdir, results.RESULTS_DIR, trainer.METHODS_FILE),
+                       {name: methods[name] for name in sorted(methods, key=order.__getitem__)})
+  if tag is not None:
+    results.write_json(os.path.join(workdir, results.RESULTS_DIR, trainer.TAG_FILE), tag)
   results.write_json(os.path.join(workdir, results.RESULTS_DIR, "networks.json"),
                      {"networks": reports, "constant_predictor": constant, "shards": sorted(finished)})
   return config
@@ -77,7 +94,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   workdir = flags.FLAGS.workdir
   config = merge(workdir, flags.FLAGS.allow_missing)
-  print(summary.write(workdir, config.selection.predict))
+  # As in tg_jax.main: networks chosen from predictions but not trained to convergence are trained now.
+  retrained = retrain.run(config, workdir)
+  if retrained is not None and retrained["status"] == trainer.STATUS_PREEMPTED:
+    raise SystemExit(f"retraining was preempted; run python -m tg_jax.merge --workdir={workdir} again (it resumes)")
+  print(summary.write(workdir, config.selection.predict, config))
 
 
 if __name__ == "__main__":
