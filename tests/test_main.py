@@ -58,4 +58,7 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path, monkeypatch):
             and not any(len(n["tasks"]) == 3 for n in s["networks"])
             and len({t for n in s["networks"] for t in n["tasks"]}) < sum(len(n["tasks"]) for n in s["networks"])]
   assert [e["budget"] for e in ensembles["budgets"] if e["tasks"]] == shared and ensembles["method"] == "hoa"
+  # Every budget whose networks are all the main run's has an entry (budget 1.5 uses the retrained triple).
+  assert [e["budget"] for e in ensembles["budgets"]] == [s["budget"] for s in selection["solutions"]
+                                                        if not any(len(n["tasks"]) == 3 for n in s["networks"])]
   assert "## Ensembling" in (tmp_path / "sharded" / "report.md").read_text()

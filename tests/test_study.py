@@ -130,6 +130,7 @@ def test_retraining_trains_exactly_the_predicted_choices_without_converged_resul
   hoa_budget1 = 1.1 * (0.62 + 0.66 + 0.74)  # the retrained triple's test losses
   assert f"| hoa | {hoa_budget1:.3f} | " in text
   assert "retrain/results/val.csv" in text and "a+b+c" in text
+  assert "| selected |" in text and "| optimal |" not in text  # not every subset: no optimum to claim
   assert "2 chosen groups of 3+ tasks" not in text and "1 chosen groups of 3+ tasks" in text
 
 

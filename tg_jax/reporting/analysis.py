@@ -250,8 +250,9 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
     tag_table = tag_selection.table(study_tables.tag["tasks"], study_tables.tag["affinity"])
     if tag_table.task_names == val.task_names:
       runs["tag"] = study.run(tag_table, test, converged=val, **options)
-  if not runs and val is not None:
-    runs["selected"] = study.run(val, test, **options)
+  if "optimal" not in runs and study_tables.main_converged and candidates is not None:
+    # Not every subset converged: the best selection among the networks that did (not the optimum).
+    runs["selected"] = study.run(candidates, test, converged=val, **options)
   methods = {name: [s["test_loss"] for s in result["solutions"]] for name, result in runs.items()}
   comparison = {"budgets": budgets, "methods": methods, "runs": runs, "baselines": None}
   if with_baselines and study_tables.main_converged and candidates is not None:
@@ -351,7 +352,7 @@ def compute_per_method(study_tables: StudyTables, comparison: dict) -> dict[str,
     measured = tag["network_steps"] + tag["lookahead_network_steps"]
     result["tag"] = Compute(measured + count * total, measured + snt * total,
                             f"all-task run {tag['network_steps']} steps + lookahead "
-                            f"{tag['lookahead_network_steps']} network-step equivalents + {count} chosen groups "
+                            f"{tag['lookahead_network_steps']:.0f} network-step equivalents + {count} chosen groups "
                             f"x {total} steps")
   task_names = set(study_tables.task_names)
   for name, entry in study_tables.methods.items():

@@ -43,12 +43,10 @@ def select(workdir: str, predict: str, random_samples: int = 1000) -> dict[str, 
   study_tables = report.load_study(workdir)
   comparison = analysis.compare_methods(study_tables, random_samples=random_samples)
   method = METHOD_OF_PREDICTION[predict]
+  if predict == "none" and method not in comparison["runs"]:
+    method = "selected"  # not every subset was trained: the best selection among those that were
   if method in comparison["runs"]:
     selection = dict(comparison["runs"][method])
-  elif predict == "none" and study_tables.val is not None:
-    # Not every subset was trained: the best selection among the networks that were.
-    selection = study.run(analysis.selection_candidates(study_tables.val), study_tables.test,
-                          converged=study_tables.val, random_samples=random_samples, with_baselines=False)
   else:
     raise TableError(f"selection.predict={predict!r} needs tables {workdir} does not have: "
                      + {"hoa": "every pair network trained to convergence (experiments/pairs.py)",
@@ -59,7 +57,8 @@ def select(workdir: str, predict: str, random_samples: int = 1000) -> dict[str, 
 
 
 def _ensembles(config: ml_collections.ConfigDict, workdir: str, selection: dict) -> dict[str, Any]:
-  """Ensembling gains at each budget where 2+ chosen networks of the main run solve a task."""
+  """Ensembling gains at each budget whose chosen networks are all the main run's (``tasks``: those
+  that 2+ of them solve; none for a single network)."""
   from tg_jax.training import ensemble  # pylint: disable=g-import-not-at-top  (loads checkpoints: jax)
   with open(os.path.join(workdir, results.RESULTS_DIR, "networks.json"), encoding="utf-8") as f:
     records = json.load(f)["networks"]
@@ -71,9 +70,9 @@ def _ensembles(config: ml_collections.ConfigDict, workdir: str, selection: dict)
     names = analysis.network_names([(n["tasks"], n["cost"]) for n in solution["networks"]], records,
                                    selection["tasks"])
     # Retrained networks live in another workdir's checkpoint; ensembles use the main run's.
-    if len(names) < 2 or not set(names) <= trained_here:
+    if not set(names) <= trained_here:
       continue
-    per_task = ensemble.evaluate(config, workdir, names, split="test")
+    per_task = ensemble.evaluate(config, workdir, names, split="test") if len(names) >= 2 else {}
     entries.append({"budget": solution["budget"], "networks": names, "tasks": per_task})
   return {"method": selection["method"], "split": "test", "budgets": entries}
 
