@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tg_jax.reporting import analysis, figures
-from tg_jax.selection import hoa, study, tables
+from tg_jax.selection import hoa, tables
 from tg_jax.selection.tables import TableError
 
 RESULTS_DIR = "results"
@@ -270,7 +270,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
                  seed: int = 0) -> str:
   """Writes the report and figures; returns the report's path."""
   study_tables = load_study(workdir)
-  val, test, esa = study_tables.val, study_tables.test, study_tables.esa
+  test = study_tables.test
   figure_dir = os.path.join(workdir, FIGURES_DIR)
   os.makedirs(figure_dir, exist_ok=True)
   comparison = analysis.compare_methods(study_tables, budgets, random_samples=random_samples, seed=seed)

@@ -68,7 +68,7 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
     test = test.aligned_to(converged)
   budgets = default_budgets(val) if budgets is None else [float(b) for b in budgets]
   table = hoa.predict(val) if predict == "hoa" else val
-  converged_rows, test_rows = _rows_by_key(converged), _rows_by_key(test)
+  converged_rows = _rows_by_key(converged)
 
   solutions = []
   for budget, solution in zip(budgets, selector.select_many(table, budgets, objective, infeasible="explain")):

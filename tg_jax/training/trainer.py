@@ -30,7 +30,6 @@ import math
 import os
 import signal
 import threading
-import time
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from absl import logging
