@@ -64,6 +64,8 @@ def _ensembles(config: ml_collections.ConfigDict, workdir: str, selection: dict)
     records = json.load(f)["networks"]
   trained_here = {r["name"] for r in records}
   entries = []
+  # Budgets often choose the same networks; each set's checkpoints and test pass are needed once.
+  evaluated: dict[tuple[str, ...], dict] = {}
   for solution in selection["solutions"]:
     if solution.get("infeasible") or solution.get("untrained"):
       continue
@@ -72,7 +74,10 @@ def _ensembles(config: ml_collections.ConfigDict, workdir: str, selection: dict)
     # Retrained networks live in another workdir's checkpoint; ensembles use the main run's.
     if not set(names) <= trained_here:
       continue
-    per_task = ensemble.evaluate(config, workdir, names, split="test") if len(names) >= 2 else {}
+    key = tuple(sorted(names))
+    if len(names) >= 2 and key not in evaluated:
+      evaluated[key] = ensemble.evaluate(config, workdir, names, split="test")
+    per_task = evaluated.get(key, {})
     entries.append({"budget": solution["budget"], "networks": names, "tasks": per_task})
   return {"method": selection["method"], "split": "test", "budgets": entries}
 
