@@ -154,8 +154,9 @@ def test_soft_sharing_without_penalty_is_independent_training():
     state = cohort.CohortState(
         params=jax.tree.map(lambda x: x[None], start), batch_stats=jax.tree.map(lambda x: x[None], stats),
         opt_state=jax.vmap(optimizer.init)(jax.tree.map(lambda x: x[None], start)),
-        best_params=None, best_batch_stats=None, best_loss=None, best_step=None, task_best_loss=None,
-        task_best_step=None, esa_loss=None, diverged_step=jnp.full((1,), cohort.NOT_YET, jnp.int32))
+        best_params=None, best_batch_stats=None, best_loss=None, best_step=None, best_task_loss=None,
+        task_peak_loss=None, task_peak_step=None, esa_loss=None,
+        diverged_step=jnp.full((1,), cohort.NOT_YET, jnp.int32))
     step = jax.jit(functools.partial(cohort.train_step, model=alone, optimizer=optimizer, task_names=(task,),
                                      task_mask=jnp.ones((1, 1), bool)))
     for j, batch in enumerate(batches):
@@ -224,7 +225,7 @@ def test_method_networks_go_to_methods_json_not_the_tables(trained):
   assert [line.split(",")[0] for line in _results(workdir, "test.csv").splitlines()[1:]] == rows
   methods = json.loads(_results(workdir, "methods.json"))
   assert list(methods) == [f"{ALL}:mgda", f"{ALL}:uncertainty", f"{ALL}:soft"]
-  by_name = {n["name"]: n for n in summary["results"]}
+  by_name = {n.name: n.to_json() for n in summary["run"].networks}
   for name, entry in methods.items():
     assert entry["method"] == name.split(":")[1] and entry["tasks"] == list(TASKS) and entry["size"] == 1.0
     assert entry["network_steps"] == 8

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
+from tg_jax import finish
+from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis, report
 from tg_jax.selection import study, tables
 from tg_jax.training import config as config_lib
 from tg_jax.training import networks
-from tg_jax.training import retrain
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("a", "b", "c")
@@ -41,10 +42,19 @@ def _name(tasks, cost):
 
 
 def _networks_json(rows, schedule):
-  records = [{"name": _name(t, c), "tasks": list(t), "size": 0.5 if c == HALF else c, "cost": c, "status": "trained",
-              "improvement_over_constant": {"test": {k: 1 - v / 2.0 for k, v in l.items()}}} for t, c, l in rows]
+  records = [{"name": _name(t, c), "tasks": list(t), "size": 0.5 if c == HALF else c, "method": "", "cost": c,
+              "status": "trained", "best_step": schedule["stop_step"], "val": l, "test": l, "esa": l, "val_peak": l,
+              "val_peak_step": dict.fromkeys(l, schedule["stop_step"]),
+              "improvement_over_constant": {"val": {k: 1 - v / 2.0 for k, v in l.items()},
+                                            "test": {k: 1 - v / 2.0 for k, v in l.items()}}} for t, c, l in rows]
   return {"networks": records, "constant_predictor": {"validation": dict.fromkeys(TASKS, 2.0),
                                                       "test": dict.fromkeys(TASKS, 2.0)}, "schedule": schedule}
+
+
+def _missing(workdir):
+  """The networks the retraining phase would train now."""
+  study_tables = workdir_lib.load_study(workdir_lib.Workdir(workdir))
+  return finish.missing_networks(study_tables, analysis.selections(study_tables))
 
 
 def _write_run(directory, rows, schedule=SCHEDULE, test_scale=1.05, esa_scale=1.2):
@@ -102,31 +112,34 @@ def test_independent_sizes_are_not_selection_candidates():
   table = _table(VAL_ROWS + INDEPENDENT_ROWS)
   candidates = analysis.selection_candidates(table)
   assert candidates.num_networks == len(VAL_ROWS)
-  result = analysis.compare_methods(analysis.StudyTables(val=_table(VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS),
-                                                         test=_table(VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS)),
+  result = analysis.compare_methods(workdir_lib.StudyTables(val=_table(VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS),
+                                                           test=_table(VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS)),
                                     budgets=[1.0], random_samples=20)
   # Budget 1 fits five 0.2 networks: the independent baseline uses them, the selector may not.
   assert result["methods"]["independent"] == [pytest.approx(4.5)]
-  assert result["runs"]["optimal"]["solutions"][0]["networks"] == [{"tasks": list(TASKS), "cost": 1.0}]
+  assert result["runs"]["optimal"]["solutions"][0]["networks"] == [{"tasks": list(TASKS), "cost": 1.0,
+                                                                     "converged": True}]
 
 
 def test_retraining_trains_exactly_the_predicted_choices_without_converged_results(tmp_path):
   workdir = str(tmp_path / "pairs")
   _write_run(workdir, VAL_ROWS)
   # HOA's choice at budgets 1 and 1.5 is the untrained triple; ESA chooses among trained networks.
-  assert retrain.missing_networks(workdir) == ["a+b+c"]
+  assert _missing(workdir) == ["a+b+c"]
   trainer = FakeTrainer()
   config = _load("pairs", "")
   config.tasks = TASKS
-  outcome = retrain.run(config, workdir, train=trainer)
-  assert outcome["status"] == "complete" and len(trainer.calls) == 1
+  assert finish.finish(config, workdir, train=trainer, random_samples=20) is not None
+  assert len(trainer.calls) == 1
   derived, directory = trainer.calls[0]
   assert directory == os.path.join(workdir, "retrain")
   assert list(derived.networks.extra) == ["a+b+c"] and derived.networks.subsets == ""
   assert not derived.networks.half_size_singles and derived.stop_fraction == 1.0
   # Resumable: once converged, nothing is missing and nothing is trained again.
-  assert retrain.missing_networks(workdir) == [] and retrain.run(config, workdir, train=trainer) is None
-  text = open(report.write_report(workdir, budgets=[1, 2], random_samples=20)).read()
+  assert _missing(workdir) == []
+  finish.finish(config, workdir, train=trainer, random_samples=20)
+  assert len(trainer.calls) == 1
+  text = open(os.path.join(workdir, "report.md")).read()
   hoa_budget1 = 1.1 * (0.62 + 0.66 + 0.74)  # the retrained triple's test losses
   assert f"| hoa | {hoa_budget1:.3f} | " in text
   assert "retrain/results/val.csv" in text and "a+b+c" in text
@@ -146,12 +159,12 @@ def test_esa_only_run_retrains_every_esa_choice(tmp_path):
   workdir = str(tmp_path / "esa")
   _write_run(workdir, VAL_ROWS, schedule=dict(SCHEDULE, stop_step=25, eval_steps=[25]))
   # ESA on pairs and halves, budgets 1..3: infeasible, a+b & c@0.5, then a+b & a+c.
-  assert sorted(retrain.missing_networks(workdir)) == ["a+b", "a+c", "c@0.5"]
+  assert sorted(_missing(workdir)) == ["a+b", "a+c", "c@0.5"]
   config = _load("esa", "")
   config.tasks = TASKS
-  retrain.run(config, workdir, train=FakeTrainer())
-  assert retrain.missing_networks(workdir) == []
-  text = open(report.write_report(workdir, random_samples=20)).read()
+  finish.finish(config, workdir, train=FakeTrainer(), random_samples=20)
+  assert _missing(workdir) == []
+  text = open(os.path.join(workdir, "report.md")).read()
   esa_row = next(line for line in text.splitlines() if line.startswith("| esa |")).split("|")[2:-1]
   assert esa_row[0].strip() == "-"  # budget 1: no candidate serves every task
   # Budget 2: a+b and a+c, scored with their retrained (converged) test losses.
@@ -208,7 +221,7 @@ def test_report_without_method_files_has_no_method_sections(tmp_path):
 
 
 def test_report_never_imports_jax_or_tensorflow():
-  code = ("import sys, tg_jax.report, tg_jax.reporting.report; "
+  code = ("import sys, tg_jax.report, tg_jax.reporting.report, tg_jax.workdir, tg_jax.records; "
           "print([m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules])")
   run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert run.stdout.strip() == "[]", run.stdout + run.stderr
@@ -221,3 +234,18 @@ def test_independent_networks_count_at_their_nominal_size():
   result = study.baselines_for(table, table, [2.4, 3.0], random_samples=5, seed=0)
   # 3 x 0.8018 = 2.405 SNT: the three 4/5-size networks at budget 2.4 (not the half-size ones, 6.0).
   assert [e["test_loss"] for e in result["independent"]] == [pytest.approx(3.0), pytest.approx(1.5)]
+
+
+def test_a_chosen_network_that_serves_no_task_once_trained_leaves_the_solution():
+  # Predictions make b's own network look best for b, so both a+b and b are chosen; trained, a+b is
+  # better on b too, so b's network would be run for nothing.
+  predicted = tables.ResultsTable.from_rows(("a", "b"), [(("a", "b"), 1.0, {"a": 0.5, "b": 0.9}),
+                                                         (("b",), 1.0, {"b": 0.6})])
+  converged = tables.ResultsTable.from_rows(("a", "b"), [(("a", "b"), 1.0, {"a": 0.5, "b": 0.4}),
+                                                         (("b",), 1.0, {"b": 0.6})])
+  solution, = study.run(predicted, converged, budgets=[2.0], converged=converged, with_baselines=False)["solutions"]
+  assert solution["networks"] == [{"tasks": ["a", "b"], "cost": 1.0, "converged": True}]
+  assert solution["assignment"] == {"a": 0, "b": 0} and solution["cost"] == 1.0
+  assert solution["unused"] == ["b @ 1 SNT"] and "serves no task once trained: b @ 1 SNT" in study.format_text(
+      {"tasks": ["a", "b"], "predict": "none", "budgets": [2.0], "solutions": [solution]})
+  assert solution["test_loss"] == pytest.approx(0.9)

@@ -13,6 +13,7 @@ import pytest
 
 import train_fakes
 from tg_jax import models
+from tg_jax import records
 from tg_jax.training import baseline
 from tg_jax.training import checkpoints
 from tg_jax.training import cohort
@@ -120,6 +121,38 @@ def test_run_writes_tables_that_beat_the_constant_predictor(tmp_path, monkeypatc
   assert events[-1] == "done" and "eval" in events and "train" in events
 
 
+def test_validation_and_test_tables_come_from_one_checkpoint_per_network(tmp_path, monkeypatch):
+  _, workdir = _run(tmp_path, monkeypatch, num_epochs=6)
+  evals = {e["step"]: e["loss"] for e in map(json.loads, open(os.path.join(workdir, "log.jsonl")))
+           if e["event"] == "eval"}
+  val_rows = list(csv.DictReader(_read(workdir, "val.csv").splitlines()))
+  run = records.RunRecord.from_json(json.loads(_read(workdir, "networks.json")))
+  for record, row in zip(run.networks, val_rows):
+    at_best_step = evals[record.best_step][record.name]
+    # The table holds the losses of the checkpoint the test split is scored with, not each task's
+    # minimum over validations (which no one parameter set need reach).
+    assert {t: float(row[t]) for t in record.tasks} == at_best_step == record.val, record.name
+    assert record.best_step == min(evals, key=lambda s: np.mean(list(evals[s][record.name].values())))
+    assert record.val_peak == {t: min(evals[s][record.name][t] for s in evals) for t in record.tasks}
+
+
+def test_record_validation_keeps_the_losses_of_the_best_checkpoint_not_per_task_minima():
+  state = cohort.CohortState(
+      params=jnp.zeros((1, 2)), batch_stats={}, opt_state=(), best_params=jnp.zeros((1, 2)), best_batch_stats={},
+      best_loss=jnp.full((1,), jnp.inf), best_step=jnp.full((1,), cohort.NOT_YET, jnp.int32),
+      best_task_loss=jnp.full((1, 2), jnp.inf), task_peak_loss=jnp.full((1, 2), jnp.inf),
+      task_peak_step=jnp.full((1, 2), cohort.NOT_YET, jnp.int32), esa_loss=jnp.full((1, 2), jnp.inf),
+      diverged_step=jnp.full((1,), cohort.NOT_YET, jnp.int32))
+  mask = jnp.ones((1, 2), bool)
+  # Task 0 peaks at step 1, task 1 at step 2; the mean is lowest at step 2.
+  for step, losses in ((1, [1.0, 3.0]), (2, [1.5, 2.0])):
+    state = cohort.record_validation(state, jnp.asarray([losses]), jnp.int32(step), jnp.bool_(False), mask)
+  np.testing.assert_array_equal(state.best_task_loss, [[1.5, 2.0]])
+  np.testing.assert_array_equal(state.best_step, [2])
+  np.testing.assert_array_equal(state.task_peak_loss, [[1.0, 2.0]])
+  np.testing.assert_array_equal(state.task_peak_step, [[1, 2]])
+
+
 def test_two_devices_equal_one(tmp_path, monkeypatch):
   assert jax.device_count() >= 2, "tests/conftest.py should give the tests 2 CPU devices"
   _, one = _run(tmp_path, monkeypatch, "one", num_devices=1, num_epochs=2)
@@ -169,7 +202,7 @@ def test_diverged_network_is_stopped_and_left_out(tmp_path, monkeypatch):
       batch["toy_normals"][:] = np.inf
 
   summary, workdir = _run(tmp_path, monkeypatch, on_step=poison_normals_from_step_3)
-  status = {n["name"]: n["status"] for n in summary["results"]}
+  status = {n.name: n.status for n in summary["run"].networks}
   assert {n for n, s in status.items() if s == "diverged"} == {"toy_normals", "toy_depth+toy_normals",
                                                                "toy_normals+toy_segment", "toy_normals@0.5"}
   rows = [r.split(",")[0] for r in _read(workdir, "val.csv").splitlines()[1:]]
@@ -204,10 +237,10 @@ def test_config_errors_name_the_key(tmp_path, monkeypatch, key, value, message):
 
 def test_schedule():
   config = train_fakes.tiny_config()  # 128 examples, batch 16, epoch 25% -> 2 steps; 4 epochs
-  schedule = trainer.Schedule.from_config(config, 128)
+  schedule = records.Schedule.from_config(config, 128)
   assert (schedule.steps_per_epoch, schedule.stop_step, schedule.eval_steps, schedule.esa_step) == (2, 8, (2, 4, 6, 8), 4)
   config.stop_fraction, config.esa_fraction = 0.3, 0.2
-  schedule = trainer.Schedule.from_config(config, 128)
+  schedule = records.Schedule.from_config(config, 128)
   assert (schedule.stop_step, schedule.eval_steps, schedule.esa_step) == (2, (2,), 2)
 
 

@@ -23,8 +23,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from tg_jax.training import retrain
-from tg_jax.training import summary
+from tg_jax import finish as finish_lib
+from tg_jax import workdir as workdir_lib
 from tg_jax.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/pairs.py "
@@ -36,8 +36,6 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of slices the networ
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (one process per "
                                "host; SLURM and other clusters are detected automatically).")
 flags.mark_flags_as_required(["config"])
-
-EXIT_PREEMPTED = 128 + 15  # what a process killed by SIGTERM reports; launch scripts requeue on it
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -56,10 +54,6 @@ def default_workdir(config_argument: str) -> str:
   return os.path.join("workdirs", f"{name}_{variant}" if variant else name)
 
 
-def shard_workdir(workdir: str, shard_index: int, num_shards: int) -> str:
-  return os.path.join(workdir, "shards", f"shard_{shard_index:03d}_of_{num_shards:03d}")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -74,25 +68,20 @@ def main(argv):
                jax.local_devices())
   config = _CONFIG.value
   sharded = _NUM_SHARDS.value > 1
-  run_dir = shard_workdir(workdir, _SHARD_INDEX.value, _NUM_SHARDS.value) if sharded else workdir
+  run_dir = workdir_lib.Workdir(workdir).shard(_SHARD_INDEX.value, _NUM_SHARDS.value).path if sharded else workdir
   result = trainer.train_and_evaluate(config, run_dir, shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value)
   if result["status"] == trainer.STATUS_PREEMPTED:
-    sys.exit(EXIT_PREEMPTED)
+    sys.exit(finish_lib.EXIT_PREEMPTED)
   if sharded:
     if jax.process_index() == 0:
       print(f"shard {_SHARD_INDEX.value} of {_NUM_SHARDS.value} done; when all are, run: "
             f"python -m tg_jax.merge --workdir={workdir}", flush=True)
     return
-  # The paper's second phase: networks chosen from predictions (ESA, HOA, TAG) that were not
-  # trained to convergence are trained now, so that every method is scored with what it chose.
-  retrained = retrain.run(config, workdir)
-  if retrained is not None and retrained["status"] == trainer.STATUS_PREEMPTED:
-    sys.exit(EXIT_PREEMPTED)
-  if jax.process_index() != 0:
-    return
-  print(summary.write(workdir, config.selection.predict, config))
-  print(f"Results in {os.path.join(workdir, 'results')}; selection in "
-        f"{os.path.join(workdir, summary.SELECTION_FILE)}")
+  text = finish_lib.finish(config, workdir)
+  if text is None:
+    sys.exit(finish_lib.EXIT_PREEMPTED)
+  if text:
+    print(text)
 
 
 if __name__ == "__main__":

@@ -9,83 +9,67 @@ networks trained with a balancing method or soft sharing) is joined the same way
 comes from the shard that trained TAG's network.
 """
 
-import glob
-import json
 import os
 
 from absl import app
 from absl import flags
 import ml_collections
 
+from tg_jax import finish as finish_lib
+from tg_jax import records
+from tg_jax import workdir as workdir_lib
 from tg_jax.selection import tables
-from tg_jax.training import checkpoints
 from tg_jax.training import networks as networks_lib
 from tg_jax.training import results
-from tg_jax.training import retrain
-from tg_jax.training import summary
-from tg_jax.training import trainer
-
-TABLES = ("val.csv", "test.csv", "esa.csv")
 
 
 def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDict:
   """Writes ``WORKDIR/results/`` from the shards' results; returns the shards' (common) config."""
-  shard_dirs = sorted(glob.glob(os.path.join(workdir, "shards", "shard_*_of_*")))
-  if not shard_dirs:
+  paths = workdir_lib.Workdir(workdir)
+  shards = paths.shards()
+  if not shards:
     raise FileNotFoundError(f"no shards in {workdir}/shards; run tg_jax.main with --num_shards first")
-  configs = []
-  for shard_dir in shard_dirs:
-    with open(os.path.join(shard_dir, checkpoints.CONFIG_FILE)) as f:
-      configs.append(json.load(f))
+  configs = [workdir_lib.read_json(shard.config) for shard in shards]
   if any(c != configs[0] for c in configs):
     raise ValueError(f"the shards in {workdir}/shards were trained with different configs; merge only shards "
                      f"of one experiment")
   config = ml_collections.ConfigDict(configs[0])
-  num_shards = int(shard_dirs[0].rsplit("_of_", 1)[1])
-  expected = {f"shard_{i:03d}_of_{num_shards:03d}" for i in range(num_shards)}
-  finished = {os.path.basename(d) for d in shard_dirs
-              if os.path.exists(os.path.join(d, results.RESULTS_DIR, "networks.json"))}
-  if finished != expected and not allow_missing:
-    raise RuntimeError(f"shards not finished: {', '.join(sorted(expected - finished))}; rerun them (they resume) "
-                       f"or pass --allow_missing to merge the others")
+  num_shards = int(shards[0].path.rsplit("_of_", 1)[1])
+  expected = {paths.shard(i, num_shards).path for i in range(num_shards)}
+  finished = [shard for shard in shards if shard.read_run() is not None]
+  missing = expected - {shard.path for shard in finished}
+  if missing and not allow_missing:
+    raise RuntimeError(f"shards not finished: {', '.join(sorted(os.path.basename(m) for m in missing))}; rerun them "
+                       f"(they resume) or pass --allow_missing to merge the others")
   order = {n.name: i for i, n in enumerate(networks_lib.from_config(config))}
-  reports, constant, merged, methods, tag = [], None, {}, {}, None
-  for name in sorted(finished):
-    shard_results = os.path.join(workdir, "shards", name, results.RESULTS_DIR)
-    with open(os.path.join(shard_results, "networks.json")) as f:
-      shard_json = json.load(f)
-    reports += shard_json["networks"]
-    constant = shard_json["constant_predictor"]
-    methods_path = os.path.join(shard_results, trainer.METHODS_FILE)
-    if os.path.exists(methods_path):
-      with open(methods_path) as f:
-        methods.update(json.load(f))
-    tag_path = os.path.join(shard_results, trainer.TAG_FILE)
-    if os.path.exists(tag_path):
-      with open(tag_path) as f:
-        tag = json.load(f)
-    for file in TABLES:
-      path = os.path.join(shard_results, file)
-      if os.path.exists(path):
-        table = tables.read_csv(path)
-        merged.setdefault(file, []).extend(
-            (table.network_tasks[row], float(table.costs[row]),
-             {t: float(v) for t, v in zip(table.task_names, table.losses[row]) if t in table.network_tasks[row]})
-            for row in range(table.num_networks))
-  # A table row is known by its tasks and cost; networks.json says which network that is.
-  names = {(tuple(n["tasks"]), round(n["cost"], 6)): n["name"] for n in reports}
-  rank = lambda row: order[names[(tuple(row[0]), round(row[1], 6))]]
-  for file, rows in merged.items():
-    table = results.results_table(tuple(config.tasks), sorted(rows, key=rank), file)
-    tables.write_csv(table, os.path.join(workdir, results.RESULTS_DIR, file))
-  reports.sort(key=lambda n: order[n["name"]])
+  runs = [shard.read_run() for shard in finished]
+  if any(run.schedule != runs[0].schedule for run in runs):
+    raise ValueError(f"the shards in {workdir}/shards ran different schedules; merge only shards of one experiment")
+  network_records = sorted((n for run in runs for n in run.networks), key=lambda n: order[n.name])
+  # A table row is known by its tasks and cost; the records say which network that is.
+  rank = {n.key: order[n.name] for n in network_records if not n.method}
+  methods, tag = {}, None
+  for shard in finished:
+    methods.update(shard.read_methods())
+    tag = shard.read_tag() or tag
+  for split in workdir_lib.SPLITS:
+    rows = []
+    for shard in finished:
+      table = shard.read_table(split)
+      if table is not None:
+        rows += [(table.network_tasks[row], float(table.costs[row]),
+                  {t: float(v) for t, v in zip(table.task_names, table.losses[row]) if t in table.network_tasks[row]})
+                 for row in range(table.num_networks)]
+    rows.sort(key=lambda row: rank[tables.network_key(row[0], row[1])])
+    table = results.results_table(tuple(config.tasks), rows, split)
+    if table is not None:
+      paths.write_table(split, table)
   if methods:
-    results.write_json(os.path.join(workdir, results.RESULTS_DIR, trainer.METHODS_FILE),
-                       {name: methods[name] for name in sorted(methods, key=order.__getitem__)})
+    workdir_lib.write_json(paths.methods, {name: methods[name] for name in sorted(methods, key=order.__getitem__)})
   if tag is not None:
-    results.write_json(os.path.join(workdir, results.RESULTS_DIR, trainer.TAG_FILE), tag)
-  results.write_json(os.path.join(workdir, results.RESULTS_DIR, "networks.json"),
-                     {"networks": reports, "constant_predictor": constant, "shards": sorted(finished)})
+    workdir_lib.write_json(paths.tag, tag)
+  paths.write_run(records.RunRecord(tuple(network_records), runs[0].constant_predictor, runs[0].schedule,
+                                    tuple(os.path.basename(shard.path) for shard in finished)))
   return config
 
 
@@ -94,11 +78,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   workdir = flags.FLAGS.workdir
   config = merge(workdir, flags.FLAGS.allow_missing)
-  # As in tg_jax.main: networks chosen from predictions but not trained to convergence are trained now.
-  retrained = retrain.run(config, workdir)
-  if retrained is not None and retrained["status"] == trainer.STATUS_PREEMPTED:
-    raise SystemExit(f"retraining was preempted; run python -m tg_jax.merge --workdir={workdir} again (it resumes)")
-  print(summary.write(workdir, config.selection.predict, config))
+  if finish_lib.finish(config, workdir) == finish_lib.PREEMPTED:
+    raise SystemExit(finish_lib.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from tg_jax.selection import hoa, study, tables
+from tg_jax.workdir import StudyTables
 from tg_jax.selection import tag as tag_selection
 from tg_jax.selection.selector import COST_TOLERANCE
 from tg_jax.selection.tables import ResultsTable, TableError
@@ -127,43 +128,11 @@ def _not_yet_converged(run: dict) -> dict:
   for solution in run["solutions"]:
     if solution.get("infeasible"):
       continue
+    for network in solution["networks"]:
+      network["converged"] = False
     solution["untrained"] = [f"{'+'.join(n['tasks'])} @ {n['cost']:g} SNT" for n in solution["networks"]]
     solution["val_loss"] = solution["test_loss"] = None
   return run
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyTables:
-  """Everything the study reads from a workdir.
-
-  Attributes:
-    val, test: validation and test losses of networks trained to convergence (the main run's when it
-      ran its whole schedule, plus the retraining phase's); None when there are none yet.
-    esa: validation losses at the early-stopping fraction of the main run, if recorded.
-    main_converged: whether the main run trained for its whole schedule (an ESA-only run does not:
-      then Optimal, HOA and the baselines, which need every candidate converged, are left out).
-    methods: ``results/methods.json``: networks trained with a balancing method or soft sharing.
-    tag: ``results/tag.json``: TAG's averaged lookahead affinities.
-    ensemble: ``ensemble.json``: ensembling gains of the selection's networks.
-    networks: ``results/networks.json`` records of the main run and the retraining phase.
-    schedule: the main run's schedule (steps), from ``networks.json``.
-    retrained: names of the networks the retraining phase trained.
-  """
-
-  val: Optional[ResultsTable]
-  test: Optional[ResultsTable]
-  esa: Optional[ResultsTable] = None
-  main_converged: bool = True
-  methods: dict = dataclasses.field(default_factory=dict)
-  tag: Optional[dict] = None
-  ensemble: Optional[dict] = None
-  networks: tuple = ()
-  schedule: Optional[dict] = None
-  retrained: tuple = ()
-
-  @property
-  def task_names(self) -> tuple[str, ...]:
-    return (self.val if self.val is not None else self.esa).task_names
 
 
 def _has_all_groups(table: ResultsTable) -> bool:
@@ -189,7 +158,7 @@ def _assigned_test_losses(run: dict, solution: dict, test: ResultsTable) -> dict
   losses = {}
   for task, index in solution["assignment"].items():
     network = solution["networks"][index]
-    row = rows[(frozenset(network["tasks"]), round(float(network["cost"]), 9))]
+    row = rows[tables.network_key(network["tasks"], network["cost"])]
     losses[task] = float(test.losses[row, test.task_names.index(task)])
   return losses
 
@@ -212,26 +181,20 @@ def _ensemble_rows(ensemble: dict, runs: dict, test: ResultsTable, budgets: Sequ
   return {f"{method} + ensembling": totals}
 
 
-def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None,
-                    random_samples: int = 1000, seed: int = 0, with_baselines: bool = True) -> dict:
-  """Selections by every method the tables allow, each scored on test, plus the baselines.
+def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None) -> dict[str, dict]:
+  """``{method: study result}``: the selection of every method the tables allow, each scored on test.
 
   Optimal needs every group of tasks converged; HOA the pairs; ESA the early table; TAG
   ``tag.json``. Each selection is scored on test with the networks it chose, looked up among the
   converged networks (a chosen network without converged results has no test loss: see
   ``untrained_choices``).
-
-  Returns:
-    ``{"budgets", "methods": {name: [test loss per budget]}, "runs": {name: study result},
-    "baselines": study.baselines_for's result or None}``.
   """
   val, test, esa = study_tables.val, study_tables.test, study_tables.esa
   if val is None and esa is None:
     raise TableError("no results tables to compare methods on; train first")
-  reference = val if val is not None else esa
-  budgets = study.default_budgets(reference) if budgets is None else [float(b) for b in budgets]
+  budgets = _budgets(study_tables, budgets)
   candidates = None if val is None else selection_candidates(val)
-  options = dict(budgets=budgets, random_samples=random_samples, seed=seed, with_baselines=False)
+  options = dict(budgets=budgets, with_baselines=False)
   runs = {}
   if study_tables.main_converged and candidates is not None:
     if _has_all_groups(candidates):
@@ -253,19 +216,46 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
   if "optimal" not in runs and study_tables.main_converged and candidates is not None:
     # Not every subset converged: the best selection among the networks that did (not the optimum).
     runs["selected"] = study.run(candidates, test, converged=val, **options)
+  return runs
+
+
+def _budgets(study_tables: StudyTables, budgets: Optional[Sequence[float]]) -> list[float]:
+  reference = study_tables.val if study_tables.val is not None else study_tables.esa
+  return study.default_budgets(reference) if budgets is None else [float(b) for b in budgets]
+
+
+def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None,
+                    random_samples: int = 1000, seed: int = 0, runs: Optional[dict[str, dict]] = None) -> dict:
+  """Every method's selection (``selections``, or ``runs`` already made for these budgets) and the
+  baselines, with Table 4's rows.
+
+  Returns:
+    ``{"budgets", "methods": {name: [test loss per budget]}, "runs": {name: study result},
+    "baselines": study.baselines_for's result or None}``.
+  """
+  budgets = _budgets(study_tables, budgets)
+  runs = selections(study_tables, budgets) if runs is None else runs
+  val, test = study_tables.val, study_tables.test
   methods = {name: [s["test_loss"] for s in result["solutions"]] for name, result in runs.items()}
   comparison = {"budgets": budgets, "methods": methods, "runs": runs, "baselines": None}
-  if with_baselines and study_tables.main_converged and candidates is not None:
+  if study_tables.main_converged and val is not None:
     aligned_test = test.aligned_to(val)
-    baselines = study.baselines_for(candidates, aligned_test.subset(_candidate_rows(val)), budgets, random_samples,
-                                    seed, independent=(val, aligned_test))
+    candidate_rows = _candidate_rows(val)
+    baselines = study.baselines_for(val.subset(candidate_rows), aligned_test.subset(candidate_rows), budgets,
+                                    random_samples, seed, independent=(val, aligned_test))
     comparison["baselines"] = baselines
     for name, entries in baselines.items():
       methods[name] = [None if e is None else e["test_loss"] for e in entries]
-  methods.update(_method_network_rows(study_tables.methods, reference.task_names, budgets))
-  if study_tables.ensemble and test is not None:
-    methods.update(_ensemble_rows(study_tables.ensemble, runs, test, budgets))
+  methods.update(_method_network_rows(study_tables.methods, study_tables.task_names, budgets))
+  add_ensemble_rows(comparison, study_tables)
   return comparison
+
+
+def add_ensemble_rows(comparison: dict, study_tables: StudyTables) -> None:
+  """Adds Table 4's "<method> + ensembling" row when the study has ``ensemble.json``."""
+  if study_tables.ensemble and study_tables.test is not None:
+    comparison["methods"].update(_ensemble_rows(study_tables.ensemble, comparison["runs"], study_tables.test,
+                                                comparison["budgets"]))
 
 
 def _chosen_networks(run: dict) -> list[tuple[tuple[str, ...], float]]:
@@ -274,27 +264,26 @@ def _chosen_networks(run: dict) -> list[tuple[tuple[str, ...], float]]:
   for solution in run["solutions"]:
     for network in solution["networks"]:
       tasks, cost = tuple(network["tasks"]), float(network["cost"])
-      key = (frozenset(tasks), round(cost, 9))
+      key = tables.network_key(tasks, cost)
       if key not in seen:
         seen.add(key)
         chosen.append((tasks, cost))
   return chosen
 
 
-def untrained_choices(comparison: dict) -> list[tuple[tuple[str, ...], float]]:
-  """``(tasks, cost)`` of every network a predicting method chose at some budget that has no
-  converged results: what the paper trains to convergence before scoring the method."""
+def untrained_choices(runs: dict[str, dict]) -> list[tuple[tuple[str, ...], float]]:
+  """``(tasks, cost)`` of every network a predicting method (of ``selections``) chose at some budget
+  that has no converged results: what the paper trains to convergence before scoring the method."""
   seen, missing = set(), []
   for method in PREDICTING_METHODS:
-    run = comparison["runs"].get(method)
+    run = runs.get(method)
     if run is None:
       continue
     for solution in run["solutions"]:
-      untrained = set(solution.get("untrained") or [])
       for network in solution["networks"]:
         tasks, cost = tuple(network["tasks"]), float(network["cost"])
-        key = (frozenset(tasks), round(cost, 9))
-        if f"{'+'.join(tasks)} @ {cost:g} SNT" in untrained and key not in seen:
+        key = tables.network_key(tasks, cost)
+        if not network["converged"] and key not in seen:
           seen.add(key)
           missing.append((tasks, cost))
   return missing
@@ -322,7 +311,7 @@ def compute_per_method(study_tables: StudyTables, comparison: dict) -> dict[str,
   schedule = study_tables.schedule
   if schedule is None or study_tables.val is None and study_tables.esa is None:
     return {}
-  total, early = schedule["total_steps"], schedule["esa_step"]
+  total, early = schedule.total_steps, schedule.esa_step
   # The main run's candidates (the converged table may hold retrained networks too).
   candidates = selection_candidates(study_tables.esa if study_tables.esa is not None else study_tables.val)
   costs = [float(c) for c in candidates.costs]
@@ -361,19 +350,3 @@ def compute_per_method(study_tables: StudyTables, comparison: dict) -> dict[str,
       label = f"{entry['method']} (all tasks)" if set(entry["tasks"]) == task_names else name
       result[label] = Compute(steps, steps * float(entry["cost"]), f"{name}: its own training")
   return result
-
-
-def network_names(keys: Iterable[tuple[Sequence[str], float]], records: Sequence[dict[str, Any]],
-                  task_order: Sequence[str]) -> list[str]:
-  """Trainer names (``depth+normals``, ``depth@0.5``) of ``(tasks, cost)`` networks.
-
-  A measured cost is mapped to its nominal size through the runs' ``networks.json`` records; a
-  predicted network (HOA, TAG) carries its nominal cost already.
-  """
-  size_of = {(frozenset(r["tasks"]), round(float(r["cost"]), 6)): float(r["size"]) for r in records}
-  names = []
-  for tasks, cost in keys:
-    size = size_of.get((frozenset(tasks), round(float(cost), 6)), float(cost))
-    joined = tables.TASK_SEPARATOR.join(t for t in task_order if t in tasks)
-    names.append(joined if size == FULL_COST else f"{joined}@{size:g}")
-  return names

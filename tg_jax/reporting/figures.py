@@ -81,7 +81,7 @@ def groupings(result: dict, path: str, budgets: Sequence[float] = (), title: str
         axes_row.plot([network_x[index], task_x[tasks.index(task)]], [1, 0],
                       color="tab:blue" if used else "0.8", linewidth=2 if used else 1, zorder=1)
       size = 260 if network["cost"] >= 0.75 else 120
-      predicted = f"{'+'.join(network['tasks'])} @ {network['cost']:g} SNT" in untrained
+      predicted = not network["converged"]
       axes_row.scatter([network_x[index]], [1], s=size, color="white" if predicted else "tab:blue",
                        edgecolor="black", hatch="///" if predicted else None, zorder=2)
     axes_row.scatter(task_x, np.zeros(len(tasks)), s=90, marker="s", color="white", edgecolor="black", zorder=2)

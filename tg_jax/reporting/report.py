@@ -1,36 +1,28 @@
 """Writes ``WORKDIR/report.md`` and its figures from the workdir's results files.
 
-Read (``load_study``): ``results/{val,test,esa}.csv`` and ``results/networks.json`` of the main run;
-``retrain/results/{val,test}.csv`` and ``networks.json`` of the retraining phase (networks a predicting
-method chose, trained to convergence afterwards); and where present ``results/methods.json``
-(networks trained with a balancing method), ``results/tag.json`` (TAG affinities) and
-``ensemble.json`` (ensembling gains). Every number in the report is recomputed from those files, so a
-report can always be regenerated (``python -m tg_jax.report --workdir=DIR``) and traced back to them.
+Read (``tg_jax.workdir.load_study``): the main run's results tables and ``networks.json``, the
+retraining phase's (networks a predicting method chose, trained to convergence afterwards), and
+where present ``methods.json`` (networks trained with a balancing method), ``tag.json`` (TAG
+affinities) and ``ensemble.json`` (ensembling gains). Every number in the report is recomputed from
+those files, so a report can always be regenerated (``python -m tg_jax.report --workdir=DIR``) and
+traced back to them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 
+from tg_jax import records
+from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis, figures
 from tg_jax.selection import hoa, tables
 from tg_jax.selection.tables import TableError
 
-RESULTS_DIR = "results"
-FIGURES_DIR = "figures"
-REPORT_FILE = "report.md"
-NETWORKS_FILE = "networks.json"  # the trainer's per-network record, with the constant predictor's losses
-METHODS_FILE = "methods.json"    # networks trained with a balancing method or soft sharing
-TAG_FILE = "tag.json"            # TAG's averaged lookahead affinities
-ENSEMBLE_FILE = "ensemble.json"  # in the workdir: ensembling gains of the selection's networks
-STUDY_FILE = "study.json"        # in the workdir: Table 4's numbers, for other tools
-# The retraining phase's workdir (inside the study's): networks chosen from predictions, trained to
-# convergence; laid out like any workdir.
-RETRAIN_DIR = "retrain"
+# The workdir's layout with paths relative to the workdir, as the report names its sources.
+_FILES = workdir_lib.Workdir("")
 
 
 def _format(value: Optional[float], digits: int = 4) -> str:
@@ -49,81 +41,35 @@ def _matrix_table(matrix: np.ndarray, labels: Sequence[str]) -> list[str]:
   return _markdown_table(["task \\ trained with"] + list(labels), rows)
 
 
-def _not_beaten(networks_json: dict) -> list[tuple[str, str]]:
-  return [(n["name"], t) for n in networks_json["networks"] if n["status"] == "trained"
-          for t, v in n["improvement_over_constant"]["test"].items() if not v > 0]
+def _not_beaten(networks: Sequence[records.NetworkRecord]) -> list[tuple[str, str]]:
+  return [(n.name, t) for n in networks if n.status == records.TRAINED
+          for t, v in n.improvement_over_constant["test"].items() if not v > 0]
 
 
-def improvement_summary(networks_json: dict) -> str:
+def improvement_summary(networks: Sequence[records.NetworkRecord]) -> str:
   """One line: does every trained network beat the constant predictor on each of its tasks?"""
-  beaten = _not_beaten(networks_json)
+  beaten = _not_beaten(networks)
   if not beaten:
     return "Every trained network beats the constant predictor on each of its tasks (test loss)."
   return "Not better than the constant predictor: " + ", ".join(f"{n} on {t}" for n, t in beaten) + "."
 
 
-def _improvement_section(networks_json: dict) -> list[str]:
+def _improvement_section(study_tables: workdir_lib.StudyTables) -> list[str]:
   """How much each network beats the constant predictor (the training mean) by, per task."""
-  networks = networks_json["networks"]
-  constant = networks_json["constant_predictor"]["test"]
-  task_order = list(dict.fromkeys(t for n in networks for t in n["tasks"]))
+  networks = study_tables.networks
+  constant = study_tables.runs[0].constant_predictor["test"]
+  task_order = list(dict.fromkeys(t for n in networks for t in n.tasks))
   rows = []
   for network in networks:
-    improvements = network["improvement_over_constant"]["test"]
-    rows.append([network["name"], f"{network['cost']:.3f}", network["status"]] +
+    improvements = network.improvement_over_constant["test"]
+    rows.append([network.name, f"{network.cost:.3f}", network.status] +
                 ["" if improvements.get(t) is None else f"{100 * improvements[t]:+.1f}%" for t in task_order])
   return (["## Improvement over the constant predictor", "",
            "Test loss relative to predicting the training mean of each label (class frequencies for "
            "segmentation), 1 - loss / constant loss. Constant predictor's test losses: "
            + ", ".join(f"{t} {v:.4f}" for t, v in constant.items()) + ".", ""]
           + _markdown_table(["network", "cost", "status"] + task_order, rows)
-          + ["", improvement_summary(networks_json), ""])
-
-
-def _read_json(path: str) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def _read_table(directory: str, name: str) -> Optional[tables.ResultsTable]:
-  path = os.path.join(directory, RESULTS_DIR, name)
-  return tables.read_csv(path) if os.path.exists(path) else None
-
-
-def _concat(first: Optional[tables.ResultsTable], second: Optional[tables.ResultsTable]):
-  if first is None or second is None:
-    return first if second is None else second
-  return first.concat(second)
-
-
-def load_study(workdir: str) -> analysis.StudyTables:
-  """Everything the report reads from ``workdir`` (see the module docstring)."""
-  val, test, esa = (_read_table(workdir, f"{split}.csv") for split in ("val", "test", "esa"))
-  if val is None or test is None:
-    missing = [f"{RESULTS_DIR}/{s}.csv" for s, t in (("val", val), ("test", test)) if t is None]
-    raise TableError(f"{workdir!r} has no {' or '.join(missing)}; point --workdir at a workdir of "
-                     f"python -m tg_jax.main (training writes them as it goes)")
-  networks_json = _read_json(os.path.join(workdir, RESULTS_DIR, NETWORKS_FILE))
-  schedule = networks_json.get("schedule") if networks_json else None
-  # Tables written by other code carry no schedule: they are taken as trained to convergence.
-  main_converged = schedule is None or schedule["stop_step"] >= schedule["total_steps"]
-  retrain_dir = os.path.join(workdir, RETRAIN_DIR)
-  retrained_val, retrained_test = _read_table(retrain_dir, "val.csv"), _read_table(retrain_dir, "test.csv")
-  retrained_json = _read_json(os.path.join(retrain_dir, RESULTS_DIR, NETWORKS_FILE))
-  if retrained_json is None:  # an unfinished retraining phase: its tables are not final yet
-    retrained_val = retrained_test = None
-  records = [n for source in (networks_json, retrained_json) if source for n in source["networks"]]
-  return analysis.StudyTables(
-      val=_concat(val if main_converged else None, retrained_val),
-      test=_concat(test if main_converged else None, retrained_test),
-      esa=esa, main_converged=main_converged,
-      methods=_read_json(os.path.join(workdir, RESULTS_DIR, METHODS_FILE)) or {},
-      tag=_read_json(os.path.join(workdir, RESULTS_DIR, TAG_FILE)),
-      ensemble=_read_json(os.path.join(workdir, ENSEMBLE_FILE)),
-      networks=tuple(records), schedule=schedule,
-      retrained=tuple(n["name"] for n in retrained_json["networks"]) if retrained_json else ())
+          + ["", improvement_summary(networks), ""])
 
 
 def _groups_text(solution: dict) -> str:
@@ -137,32 +83,32 @@ def _groups_text(solution: dict) -> str:
   for index, network in enumerate(solution["networks"]):
     tasks = [t for t in network["tasks"] if t in served.get(index, [])]
     unused = [t for t in network["tasks"] if t not in tasks]
-    name = "+".join(tasks) + (f" (+{'+'.join(unused)} unused)" if unused else "")
+    name = ("+".join(tasks) or "serves nothing") + (f" (+{'+'.join(unused)} unused)" if unused else "")
     parts.append(name + ("" if tables.has_size(network["cost"], 1.0) else f" @{network['cost']:.2g}"))
   return "; ".join(parts)
 
 
-def _sources(study_tables: analysis.StudyTables) -> list[str]:
+def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
   lines = ["Where the numbers come from (all paths relative to the workdir):", "",
-           f"- `{RESULTS_DIR}/val.csv`, `{RESULTS_DIR}/test.csv`: best validation loss of each network of the main "
-           "run on each of its tasks, and the test loss of those best-validation parameters"
+           f"- `{_FILES.table('val')}`, `{_FILES.table('test')}`: validation and test losses of each network of "
+           "the main run on each of its tasks, both from its checkpoint with the lowest mean validation loss"
            + ("" if study_tables.main_converged else " (this run stopped early: they are not converged and "
               "are used only through the ESA table)") + ";"]
   if study_tables.esa is not None:
-    lines.append(f"- `{RESULTS_DIR}/esa.csv`: validation losses at step {study_tables.schedule['esa_step'] if study_tables.schedule else '?'}"
+    lines.append(f"- `{_FILES.table('esa')}`: validation losses at step {study_tables.schedule.esa_step if study_tables.schedule else '?'}"
                  " (the early stopping approximation);")
   if study_tables.retrained:
-    lines.append(f"- `{RETRAIN_DIR}/{RESULTS_DIR}/val.csv`, `test.csv`: the retraining phase, networks chosen from "
+    lines.append(f"- `{_FILES.retrain.table('val')}`, `test.csv`: the retraining phase, networks chosen from "
                  f"predictions trained to convergence: {', '.join(study_tables.retrained)};")
   if study_tables.methods:
-    lines.append(f"- `{RESULTS_DIR}/{METHODS_FILE}`: networks trained with a balancing method or soft sharing: "
+    lines.append(f"- `{_FILES.methods}`: networks trained with a balancing method or soft sharing: "
                  f"{', '.join(study_tables.methods)};")
   if study_tables.tag is not None:
-    lines.append(f"- `{RESULTS_DIR}/{TAG_FILE}`: TAG's inter-task affinities measured while training "
+    lines.append(f"- `{_FILES.tag}`: TAG's inter-task affinities measured while training "
                  f"{study_tables.tag['network']};")
   if study_tables.ensemble is not None:
-    lines.append(f"- `{ENSEMBLE_FILE}`: test losses of ensembles of the chosen networks;")
-  lines.append(f"- `{RESULTS_DIR}/{NETWORKS_FILE}`: schedule, sizes and the constant predictor's losses.")
+    lines.append(f"- `{_FILES.ensemble}`: test losses of ensembles of the chosen networks;")
+  lines.append(f"- `{_FILES.networks}`: schedule, sizes and the constant predictor's losses.")
   return lines + [""]
 
 
@@ -183,15 +129,15 @@ def _table4_notes(comparison: dict) -> list[str]:
     if name in notes:
       lines.append(f"- {name}: {notes[name]}")
     elif name.endswith("(all tasks)"):
-      lines.append(f"- {name}: one all-task network trained with that method (`{RESULTS_DIR}/{METHODS_FILE}`), "
+      lines.append(f"- {name}: one all-task network trained with that method (`{_FILES.methods}`), "
                    "where its cost fits")
     elif name.endswith("ensembling"):
       lines.append(f"- {name}: that selection with each task solved by 2+ chosen networks served by their "
-                   f"ensemble (`{ENSEMBLE_FILE}`)")
+                   f"ensemble (`{_FILES.ensemble}`)")
   return lines
 
 
-def _approximation_lines(study_tables: analysis.StudyTables) -> list[str]:
+def _approximation_lines(study_tables: workdir_lib.StudyTables) -> list[str]:
   lines = ["## How good are the approximations", ""]
   val, esa = study_tables.val, study_tables.esa
   try:
@@ -203,7 +149,7 @@ def _approximation_lines(study_tables: analysis.StudyTables) -> list[str]:
     lines.append("- HOA prediction error: no converged groups of 3+ tasks to compare with.")
   elif accuracy:
     lines.append(f"- HOA prediction error over {accuracy.count} measured higher-order losses "
-                 f"(`{RESULTS_DIR}/val.csv`): average max-ratio error {100 * accuracy.max_ratio_error:.1f}%, "
+                 f"(`{_FILES.table('val')}`): average max-ratio error {100 * accuracy.max_ratio_error:.1f}%, "
                  f"average overestimate {100 * accuracy.overestimate:.1f}% (paper: 5.2% and 1.4%).")
   if esa is not None and val is not None:
     correlation = analysis.esa_correlation(val, esa)
@@ -212,13 +158,13 @@ def _approximation_lines(study_tables: analysis.StudyTables) -> list[str]:
                    "(train the single-task networks too).")
       return lines + [""]
     per_task = ", ".join(f"{t} {r:.2f}" for t, r in correlation.per_task.items())
-    lines.append(f"- ESA: Pearson r between early (`{RESULTS_DIR}/esa.csv`) and final validation losses "
+    lines.append(f"- ESA: Pearson r between early (`{_FILES.table('esa')}`) and final validation losses "
                  f"{correlation.pooled:.2f} over {correlation.count} (network, task) losses relative to each task's "
                  f"single-task network (paper: 0.49); within each task: {per_task or 'too few networks'}.")
   return lines + [""]
 
 
-def _compute_lines(study_tables: analysis.StudyTables, comparison: dict) -> list[str]:
+def _compute_lines(study_tables: workdir_lib.StudyTables, comparison: dict) -> list[str]:
   compute = analysis.compute_per_method(study_tables, comparison)
   if not compute:
     return []
@@ -227,7 +173,7 @@ def _compute_lines(study_tables: analysis.StudyTables, comparison: dict) -> list
            "Network-steps: one network trained for one step, whatever its size; SNT-steps weight each network by "
            "its cost in standard networks. Under the paper's procedure a predicting method trains its chosen "
            "networks (over all budgets) to convergence after predicting, whether or not this study had them "
-           f"already. Schedule from `{RESULTS_DIR}/{NETWORKS_FILE}`.", ""]
+           f"already. Schedule from `{_FILES.networks}`.", ""]
           + _markdown_table(["method", "network-steps", "SNT-steps", "what is counted"], rows) + [""])
 
 
@@ -246,7 +192,7 @@ def _tag_lines(tag: dict) -> list[str]:
   rows = [[source] + [f"{tag['affinity'][i][j]:+.4f}" for j in range(len(names))] for i, source in enumerate(names)]
   return (["## TAG inter-task affinity", "",
            f"Z(row -> column), averaged over {tag['measurements']} measurements every {tag['every_steps']} steps "
-           f"while training {tag['network']} (`{RESULTS_DIR}/{TAG_FILE}`); positive: a step on the row task "
+           f"while training {tag['network']} (`{_FILES.tag}`); positive: a step on the row task "
            "lowers the column task's loss.", ""]
           + _markdown_table(["source \\ target"] + list(names), rows) + [""])
 
@@ -259,21 +205,28 @@ def _ensemble_lines(ensemble: dict) -> list[str]:
                    f"{value['ensemble_loss']:.4f}",
                    f"{100 * (1 - value['ensemble_loss'] / value['best_single_loss']):+.1f}%"])
   if not rows:
-    return ["## Ensembling", "", f"No chosen networks share a task at any budget (`{ENSEMBLE_FILE}`).", ""]
+    return ["## Ensembling", "", f"No chosen networks share a task at any budget (`{_FILES.ensemble}`).", ""]
   return (["## Ensembling", "",
            f"Where several networks of the {ensemble['method']} selection solve a task, their predictions averaged "
-           f"(`{ENSEMBLE_FILE}`); gain against the best single network's test loss.", ""]
+           f"(`{_FILES.ensemble}`); gain against the best single network's test loss.", ""]
           + _markdown_table(["budget", "task", "networks", "best single", "ensemble", "gain"], rows) + [""])
 
 
 def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random_samples: int = 1000,
-                 seed: int = 0) -> str:
-  """Writes the report and figures; returns the report's path."""
-  study_tables = load_study(workdir)
+                 seed: int = 0, study_tables: Optional[workdir_lib.StudyTables] = None,
+                 comparison: Optional[dict] = None) -> str:
+  """Writes the report and figures; returns the report's path.
+
+  ``study_tables`` and ``comparison`` (``analysis.compare_methods``'s) are read and computed from
+  ``workdir`` unless given (``tg_jax.finish`` has them already).
+  """
+  paths = workdir_lib.Workdir(workdir)
+  study_tables = workdir_lib.load_study(paths) if study_tables is None else study_tables
   test = study_tables.test
-  figure_dir = os.path.join(workdir, FIGURES_DIR)
+  figure_dir = paths.figures
   os.makedirs(figure_dir, exist_ok=True)
-  comparison = analysis.compare_methods(study_tables, budgets, random_samples=random_samples, seed=seed)
+  if comparison is None:
+    comparison = analysis.compare_methods(study_tables, budgets, random_samples=random_samples, seed=seed)
   lines = ["# Task grouping study", "",
            f"Tasks: {', '.join(study_tables.task_names)}. Losses: lower is better; totals sum over tasks. "
            f"Regenerate with `python -m tg_jax.report --workdir={workdir}`.", ""]
@@ -292,9 +245,9 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     lines += ["## Table 1: each task trained with another, against its half-size single-task network (test)", "",
               "Entry (row, column): how much lower the row task's test loss is in the pair network with the "
               "column task than in the row task's half-size single-task network (positive: the column task "
-              f"helps). From `{RESULTS_DIR}/test.csv`.", ""]
+              f"helps). From `{_FILES.table('test')}`.", ""]
     lines += _matrix_table(relative, test.task_names)
-    lines += ["", f"![Table 1]({FIGURES_DIR}/table1_pairs.png)", "",
+    lines += ["", f"![Table 1]({_FILES.figures}/table1_pairs.png)", "",
               "## Table 2: pairwise affinity (mean of both directions)", ""]
     lines += _matrix_table(affinity, test.task_names) + [""]
 
@@ -302,18 +255,18 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   lines += ["## Table 4: total test loss per method and inference budget", "",
             "Selection uses validation losses (or their ESA / HOA / TAG predictions); every method is scored on "
             "test with the networks it chose, each task served by its best chosen network on validation "
-            f"(`{RESULTS_DIR}/val.csv`, `{RESULTS_DIR}/test.csv`"
-            + (f", `{RETRAIN_DIR}/{RESULTS_DIR}/*.csv`" if study_tables.retrained else "") + "). "
+            f"(`{_FILES.table('val')}`, `{_FILES.table('test')}`"
+            + (f", `{_FILES.retrain.results}/*.csv`" if study_tables.retrained else "") + "). "
             "'-': the method has no answer within that budget.", ""]
   rows = [[name] + [_format(v, 3) for v in losses] for name, losses in comparison["methods"].items()]
   lines += _markdown_table(["method"] + [f"{b:g}" for b in budgets_used], rows)
   lines += [""] + _table4_notes(comparison)
-  unscored = analysis.untrained_choices(comparison)
+  unscored = analysis.untrained_choices(comparison["runs"])
   if unscored:
     lines += ["", "Chosen but not trained to convergence yet (no test loss; `python -m tg_jax.main` with the same "
               "config trains them): " + ", ".join(f"{'+'.join(t)} @ {c:g} SNT" for t, c in unscored) + "."]
   figures.loss_against_budget(comparison, os.path.join(figure_dir, "figure4_loss_vs_budget.png"))
-  lines += ["", f"![Figure 4]({FIGURES_DIR}/figure4_loss_vs_budget.png)", ""]
+  lines += ["", f"![Figure 4]({_FILES.figures}/figure4_loss_vs_budget.png)", ""]
 
   # The grouping worth drawing: the optimum where known, else the best-informed approximation.
   main_method = next(m for m in ("optimal", "hoa", "selected", "esa", "tag", *comparison["runs"])
@@ -323,7 +276,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
                     title=f"{main_method} grouping per budget")
   lines += [f"## Figure 5: the {main_method} grouping at each budget", "",
             "Networks (large: full size, small: half size) joined to the tasks they serve; grey: decoders a "
-            "network has but does not use.", "", f"![Figure 5]({FIGURES_DIR}/figure5_groupings.png)", ""]
+            "network has but does not use.", "", f"![Figure 5]({_FILES.figures}/figure5_groupings.png)", ""]
   lines += _groupings_lines(comparison)
   lines += _compute_lines(study_tables, comparison)
   lines += _approximation_lines(study_tables)
@@ -331,15 +284,10 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     lines += _tag_lines(study_tables.tag)
   if study_tables.ensemble is not None:
     lines += _ensemble_lines(study_tables.ensemble)
-  networks_json = _read_json(os.path.join(workdir, RESULTS_DIR, NETWORKS_FILE))
-  if networks_json is not None:
-    retrained_json = _read_json(os.path.join(workdir, RETRAIN_DIR, RESULTS_DIR, NETWORKS_FILE))
-    if retrained_json is not None:
-      networks_json = dict(networks_json, networks=networks_json["networks"] + retrained_json["networks"])
-    lines += _improvement_section(networks_json)
-  with open(os.path.join(workdir, STUDY_FILE), "w", encoding="utf-8") as f:
-    json.dump({"budgets": budgets_used, "methods": comparison["methods"]}, f, indent=2)
-  path = os.path.join(workdir, REPORT_FILE)
+  if study_tables.runs:
+    lines += _improvement_section(study_tables)
+  workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison["methods"]})
+  path = paths.report
   temporary = f"{path}.tmp-{os.getpid()}"
   with open(temporary, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))

@@ -78,10 +78,14 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
       continue
     keys = [table.network_key(r) for r in solution.networks]
     measured = all(key in converged_rows for key in keys)
+    unused = []
     if measured:
-      # The chosen networks exist fully trained: serve each task by its best one on validation.
-      ordered = [converged_rows[key] for key in keys]
-      assignment = selector.assign(converged.losses, ordered)
+      # The chosen networks exist fully trained: serve each task by its best one on validation. A
+      # network that then serves no task is not run at inference: it leaves the solution.
+      chosen = [converged_rows[key] for key in keys]
+      assignment = selector.assign(converged.losses, chosen)
+      ordered = [row for row in chosen if row in set(assignment)]
+      unused = [converged.network_label(row) for row in chosen if row not in set(assignment)]
       val_loss = float(np.sum(converged.losses[list(assignment), np.arange(val.num_tasks)]))
     else:
       ordered = list(solution.networks)
@@ -94,7 +98,8 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
       test_loss = float(np.sum(test.losses[list(assignment), np.arange(val.num_tasks)]))
     solutions.append({
         "budget": solution.budget,
-        "networks": [_network_json(source, r) for r in ordered],
+        "networks": [dict(_network_json(source, r), converged=source.network_key(r) in converged_rows)
+                     for r in ordered],
         "assignment": {task: index_of[row] for task, row in zip(val.task_names, assignment)},
         "val_loss": val_loss,
         "test_loss": test_loss,
@@ -102,7 +107,10 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         "predicted_val_loss": solution.loss if table is not converged else None,
         "untrained": [] if measured else [table.network_label(r) for r, key in zip(solution.networks, keys)
                                           if key not in converged_rows],
-        "cost": solution.cost,
+        # Chosen on predictions, but on converged validation losses every task is better served by
+        # another chosen network.
+        "unused": unused,
+        "cost": float(sum(source.costs[r] for r in ordered)),
     })
 
   result = {"tasks": list(val.task_names), "predict": predict, "budgets": budgets, "solutions": solutions}
@@ -163,6 +171,9 @@ def format_text(result: dict) -> str:
       lines.append(f"  [{index}] {tasks} @ {network['cost']:g} SNT  serves {serves}")
     if solution["untrained"]:
       lines.append(f"  not trained yet (no test loss): {', '.join(solution['untrained'])}")
+    if solution.get("unused"):
+      lines.append(f"  chosen on predictions but left out, as it serves no task once trained: "
+                   f"{', '.join(solution['unused'])}")
   lines.append("")
   lines.append("Total loss by budget (validation / test):")
   header = ["method"] + [f"{b:g}" for b in result["budgets"]]

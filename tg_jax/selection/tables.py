@@ -31,6 +31,12 @@ STANDLEY_FULL_COST = 1.0
 SIZE_TOLERANCE = 0.05
 
 
+def network_key(tasks: Iterable[str], cost: float) -> tuple[frozenset, float]:
+  """What identifies an equal-weight network across tables and records: its task set and its cost
+  (rounded below the precision tables are written with, so a written and re-read cost matches)."""
+  return frozenset(tasks), round(float(cost), 9)
+
+
 def has_size(cost: float, size: float) -> bool:
   """Whether a network of (measured) ``cost`` is a network of nominal ``size`` in SNT."""
   return abs(float(cost) - size) <= SIZE_TOLERANCE * size
@@ -122,8 +128,8 @@ class ResultsTable:
     return np.isfinite(self.losses)
 
   def network_key(self, row: int) -> tuple[frozenset, float]:
-    """What identifies a network across tables: its task set and its cost."""
-    return frozenset(self.network_tasks[row]), round(float(self.costs[row]), 9)
+    """What identifies a network across tables: its task set and its cost (``network_key``)."""
+    return network_key(self.network_tasks[row], self.costs[row])
 
   def network_label(self, row: int) -> str:
     tasks = TASK_SEPARATOR.join(self.network_tasks[row])

@@ -67,9 +67,12 @@ class CohortState:
     best_params, best_batch_stats: each network's best-validation checkpoint.
     best_loss: ``[nets]`` validation loss (mean over the network's tasks) of that checkpoint.
     best_step: ``[nets]`` step of that checkpoint (``NOT_YET`` before the first validation).
-    task_best_loss: ``[nets, tasks]`` best validation loss of each task (tasks peak at different
-      times); ``inf`` for tasks a network does not train.
-    task_best_step: ``[nets, tasks]`` step where each task's validation loss peaked.
+    best_task_loss: ``[nets, tasks]`` validation loss of each task at that checkpoint: what the
+      results tables report, so validation and test come from the same parameters; ``inf`` for
+      tasks a network does not train.
+    task_peak_loss: ``[nets, tasks]`` lowest validation loss of each task over all validations
+      (tasks peak at different times; no one checkpoint need reach them all).
+    task_peak_step: ``[nets, tasks]`` step where each task's validation loss peaked.
     esa_loss: ``[nets, tasks]`` validation losses at the early-stopping-approximation step.
     diverged_step: ``[nets]`` step at which the network's loss became NaN or infinite; from then
       on the network is frozen. ``NOT_YET`` for healthy networks.
@@ -84,8 +87,9 @@ class CohortState:
   best_batch_stats: Any
   best_loss: jax.Array
   best_step: jax.Array
-  task_best_loss: jax.Array
-  task_best_step: jax.Array
+  best_task_loss: jax.Array
+  task_peak_loss: jax.Array
+  task_peak_step: jax.Array
   esa_loss: jax.Array
   diverged_step: jax.Array
   balancer_state: Any = ()
@@ -135,8 +139,9 @@ def init(model: nn.Module, optimizer: optax.GradientTransformation, rngs: jax.Ar
       best_params=params, best_batch_stats=batch_stats,
       best_loss=jnp.full((num_networks,), jnp.inf, jnp.float32),
       best_step=jnp.full((num_networks,), NOT_YET, jnp.int32),
-      task_best_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
-      task_best_step=jnp.full((num_networks, num_tasks), NOT_YET, jnp.int32),
+      best_task_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
+      task_peak_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
+      task_peak_step=jnp.full((num_networks, num_tasks), NOT_YET, jnp.int32),
       esa_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
       diverged_step=jnp.full((num_networks,), NOT_YET, jnp.int32),
       balancer_state=jax.vmap(lambda _: balancer.init(num_tasks))(rngs) if balancer is not None else (),
@@ -474,14 +479,15 @@ def record_validation(state: CohortState, losses: jax.Array, step: jax.Array, re
   def pick(new, old):
     return jax.tree.map(lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
 
-  task_improved = healthy[:, None] & task_mask & (losses < state.task_best_loss)
+  task_improved = healthy[:, None] & task_mask & (losses < state.task_peak_loss)
   return state.replace(
       best_params=pick(state.params, state.best_params),
       best_batch_stats=pick(state.batch_stats, state.best_batch_stats),
       best_loss=jnp.where(improved, network_loss_value, state.best_loss),
       best_step=jnp.where(improved, step, state.best_step),
-      task_best_loss=jnp.where(task_improved, losses, state.task_best_loss),
-      task_best_step=jnp.where(task_improved, step, state.task_best_step),
+      best_task_loss=jnp.where(improved[:, None] & task_mask, losses, state.best_task_loss),
+      task_peak_loss=jnp.where(task_improved, losses, state.task_peak_loss),
+      task_peak_step=jnp.where(task_improved, step, state.task_peak_step),
       esa_loss=jnp.where(record_esa & task_mask, losses, state.esa_loss),
       diverged_step=diverged_step,
   )

@@ -13,7 +13,6 @@ its checkpoint (or its array-job shards' checkpoints) and the dataset.
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from tg_jax import data
 from tg_jax import tasks as tasks_lib
+from tg_jax import workdir as workdir_lib
 from tg_jax.affinity import tag as tag_lib
 from tg_jax.training import checkpoints
 from tg_jax.training import cohort as cohort_lib
@@ -35,10 +35,10 @@ def _load_split(config: ml_collections.ConfigDict, split: str):
   return data.load(config.data, tasks=tuple(config.tasks), split=split)
 
 
-def _run_directories(workdir: str) -> list[str]:
+def _run_directories(workdir: str) -> list[workdir_lib.Workdir]:
   """The workdir, or its array-job shards, whichever hold checkpoints."""
-  candidates = [workdir] + sorted(glob.glob(os.path.join(workdir, "shards", "shard_*_of_*")))
-  found = [d for d in candidates if os.path.isdir(os.path.join(d, trainer.CHECKPOINT_DIR))]
+  paths = workdir_lib.Workdir(workdir)
+  found = [d for d in [paths] + paths.shards() if os.path.isdir(d.checkpoints)]
   if not found:
     raise FileNotFoundError(f"no checkpoints in {workdir} (nor in {workdir}/shards/*); train there first")
   return found
@@ -60,7 +60,7 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str, network_name
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   trained = []
   for directory in _run_directories(workdir):
-    checkpointer = checkpoints.Checkpointer(os.path.join(directory, trainer.CHECKPOINT_DIR))
+    checkpointer = checkpoints.Checkpointer(directory.checkpoints)
     step = checkpointer.latest_step()
     if step is None:
       checkpointer.close()

@@ -13,7 +13,9 @@ a method is a cohort of its own (same size, method and tasks): balancers assume 
 is trained, so such a cohort's model carries exactly the network's tasks and nothing is masked. A
 cohort too large for device memory is split into *chunks* of at most ``chunk_size`` networks.
 
-Everything here is plain Python: the list is fixed by the config, so a resumed run, a shard of an
+A network's identity (``records.Network``) is jax-free, shared with selection and reporting; this
+module adds what needs the method registry: parsing a name with its method checked. Everything
+here is plain Python: the list is fixed by the config, so a resumed run, a shard of an
 array job and the merge of the shards all agree on which network is which.
 """
 
@@ -26,47 +28,15 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from tg_jax import balancing
+from tg_jax.records import EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING, Network
 from tg_jax.selection import tables
 
 SUBSET_CHOICES = ("singles", "pairs", "all")
-SIZE_SEPARATOR = "@"
-METHOD_SEPARATOR = ":"
-EQUAL_WEIGHTS = ""  # the paper's training: the unweighted mean of the task losses
-SOFT_SHARING = "soft"
 
 
 def methods() -> list[str]:
   """Every method a network name may carry after ``:``."""
   return balancing.names() + [SOFT_SHARING]
-
-
-@dataclasses.dataclass(frozen=True, order=True)
-class Network:
-  """One network: the tasks it is trained on, its size in SNT and its training method.
-
-  Attributes:
-    tasks: task names, in the experiment's task order.
-    size: intended inference cost in standard networks (1.0 full, 0.5 half) of its encoder; a
-      ``soft`` network has one encoder per task, so its inference cost is ``len(tasks) * size``.
-    method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, or ``"soft"``.
-  """
-
-  tasks: tuple[str, ...]
-  size: float
-  method: str = EQUAL_WEIGHTS
-
-  @property
-  def name(self) -> str:
-    """``depth+normals`` for size 1, ``depth@0.5`` otherwise, ``...:mgda`` with a method; unique
-    within an experiment."""
-    joined = tables.TASK_SEPARATOR.join(self.tasks)
-    name = joined if self.size == 1.0 else f"{joined}{SIZE_SEPARATOR}{self.size:g}"
-    return f"{name}{METHOD_SEPARATOR}{self.method}" if self.method else name
-
-  @property
-  def encoders(self) -> int:
-    """How many encoders inference runs: one per task for soft sharing, else one."""
-    return len(self.tasks) if self.method == SOFT_SHARING else 1
 
 
 def parse(name: str, known_tasks: Sequence[str]) -> Network:

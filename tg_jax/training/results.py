@@ -1,13 +1,6 @@
 """What a run writes as it trains: results tables, a JSON-lines log, TensorBoard scalars, progress.
 
-Layout under the workdir:
-  results/val.csv    each network's best validation loss on each of its tasks
-  results/esa.csv    validation losses at the early-stopping-approximation step
-  results/test.csv   test losses of each network's best-validation checkpoint
-  results/networks.json  per network: tasks, size, cost, status, best steps, every loss, and the
-                     constant predictor's losses (what a network must beat)
-  log.jsonl          one JSON object per event (train / eval / diverged / preempted / done)
-  tensorboard/       scalars per network and task
+Where each file lives is ``tg_jax.workdir``'s business.
 """
 
 from __future__ import annotations
@@ -21,21 +14,6 @@ from typing import Any, Mapping, Optional, Sequence
 from absl import logging
 
 from tg_jax.selection import tables
-
-RESULTS_DIR = "results"
-LOG_FILE = "log.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-
-
-def write_json(path: str, value: Any) -> None:
-  """Atomic write (a kill mid-write leaves the previous file)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  temporary = f"{path}.tmp"
-  with open(temporary, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(temporary, path)
-
 
 def results_table(task_order: Sequence[str], rows: Sequence[tuple[tuple[str, ...], float, Mapping[str, float]]],
                   what: str) -> Optional[tables.ResultsTable]:

@@ -43,6 +43,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tg_jax import balancing
 from tg_jax import data
 from tg_jax import models
+from tg_jax import records
+from tg_jax import workdir as workdir_lib
 from tg_jax.affinity import tag as tag_lib
 from tg_jax.training import baseline
 from tg_jax.training import checkpoints
@@ -51,40 +53,9 @@ from tg_jax.training import config as config_lib
 from tg_jax.training import networks as networks_lib
 from tg_jax.training import results
 
-CHECKPOINT_DIR = "checkpoints"
-METHODS_FILE = "methods.json"  # networks trained with a balancing method or soft sharing
-TAG_FILE = "tag.json"          # TAG's lookahead affinities
 STATUS_COMPLETE = "complete"
 STATUS_PREEMPTED = "preempted"
 VALIDATION = "validation"  # the data pipeline's name of the validation split
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-  """When things happen, in steps.
-
-  Attributes:
-    steps_per_epoch: steps between validations (``epoch_fraction`` of the training set).
-    total_steps: the full schedule's length (``num_epochs`` epochs).
-    stop_step: where this run stops (``stop_fraction`` of ``total_steps``).
-    eval_steps: steps after which the networks are validated; the last is ``stop_step``.
-    esa_step: the validation recorded as the early-stopping-approximation table.
-  """
-
-  steps_per_epoch: int
-  total_steps: int
-  stop_step: int
-  eval_steps: tuple[int, ...]
-  esa_step: int
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, num_train_examples: int) -> "Schedule":
-    steps_per_epoch = max(1, round(config.epoch_fraction * num_train_examples / config.batch_size))
-    total_steps = config.num_epochs * steps_per_epoch
-    stop_step = max(1, round(config.stop_fraction * total_steps))
-    eval_steps = tuple(s for s in range(steps_per_epoch, stop_step, steps_per_epoch)) + (stop_step,)
-    esa_step = next(s for s in eval_steps if s >= config.esa_fraction * total_steps or s == stop_step)
-    return cls(steps_per_epoch, total_steps, stop_step, eval_steps, esa_step)
 
 
 @dataclasses.dataclass
@@ -371,6 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
                      f"config.networks.extra or name a listed network in tag.network")
   position = {network: i for i, network in enumerate(all_networks)}
   is_writer = jax.process_index() == 0
+  paths = workdir_lib.Workdir(workdir)
   checkpoints.check_or_write_config(config, workdir)
 
   mesh = _device_mesh(config)
@@ -384,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
 
   datasets = _load_datasets(config)
   image_shape = tuple(datasets["train"].image_shape)
-  schedule = Schedule.from_config(config, datasets["train"].num_examples)
+  schedule = records.Schedule.from_config(config, datasets["train"].num_examples)
   logging.info("%d networks (%d in this shard) | %d steps, validating every %d | ESA at step %d | %d devices",
                len(all_networks), len(my_networks), schedule.stop_step, schedule.steps_per_epoch,
                schedule.esa_step, mesh.size)
@@ -405,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   # Inference cost in SNT: a soft-sharing network runs one encoder per task.
   costs = {n: n.encoders * size_costs[n.size] for n in my_networks}
 
-  checkpointer = checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
+  checkpointer = checkpoints.Checkpointer(paths.checkpoints)
   start_step = checkpointer.latest_step() or 0
 
   def batches(start: int) -> Iterator[dict[str, jax.Array]]:
@@ -464,8 +436,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
     set_full_states(restored)
     logging.info("resumed from step %d of %s", start_step, workdir)
 
-  run_log = results.RunLog(os.path.join(workdir, results.LOG_FILE), start_step if start_step else None) if is_writer else None
-  scalars = results.Scalars(os.path.join(workdir, results.TENSORBOARD_DIR)) if is_writer else None
+  run_log = results.RunLog(paths.log, start_step if start_step else None) if is_writer else None
+  scalars = results.Scalars(paths.tensorboard) if is_writer else None
   constants = baseline.fit(datasets["train"].eval_batches(local_eval_batch_size), config.tasks,
                            max_batches=config.baseline_batches)
   constant_losses = {split: baseline.losses(datasets[split].eval_batches(local_eval_batch_size), constants)
@@ -539,10 +511,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
                            {t: float(v) for t, v in zip(tasks, row) if t in network.tasks}))
     return table_rows
 
-  def write_table(file: str, table_rows, what: str) -> None:
-    table = results.results_table(config.tasks, table_rows, what)
+  def write_table(split: str, table_rows) -> None:
+    table = results.results_table(config.tasks, table_rows, split)
     if table is not None and is_writer:
-      results.tables.write_csv(table, os.path.join(workdir, results.RESULTS_DIR, file))
+      paths.write_table(split, table)
 
   def save(step: int) -> None:
     checkpointer.save(step, full_states(), {"step": step, "networks": names})
@@ -597,9 +569,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
         val_losses = validate(step)
         report_divergence(step)
         save(step)
-        write_table("val.csv", rows("task_best_loss"), "val")
+        write_table("val", rows("best_task_loss"))
         if step >= schedule.esa_step:
-          write_table("esa.csv", rows("esa_loss"), "esa")
+          write_table("esa", rows("esa_loss"))
         if run_log:
           run_log.write("eval", step, split="val", loss=val_losses)
           scalars.write(step, {f"val/{n}/{t}": v for n, per_task in val_losses.items() for t, v in per_task.items()})
@@ -621,20 +593,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   if status == STATUS_COMPLETE:
     test_losses = evaluate("test", use_best=True)
     diverged = tracker("diverged_step")
-    write_table("test.csv", [(n.tasks, costs[n], test_losses[n.name]) for n in table_networks
-                             if diverged[n.name][1] == cohort_lib.NOT_YET], "test")
-    summary["results"] = _network_summaries(my_networks, costs, tracker, test_losses, constant_losses)
-    summary["constant_predictor"] = constant_losses
+    write_table("test", [(n.tasks, costs[n], test_losses[n.name]) for n in table_networks
+                         if diverged[n.name][1] == cohort_lib.NOT_YET])
+    run = records.RunRecord(_network_records(my_networks, costs, tracker, test_losses, constant_losses),
+                            constant_losses, schedule)
+    summary["run"] = run
     if is_writer:
-      results.write_json(os.path.join(workdir, results.RESULTS_DIR, "networks.json"),
-                         {"networks": summary["results"], "constant_predictor": constant_losses,
-                          "schedule": dataclasses.asdict(schedule)})
+      paths.write_run(run)
       if method_networks:
-        results.write_json(os.path.join(workdir, results.RESULTS_DIR, METHODS_FILE),
-                           _method_summaries(summary["results"], schedule.stop_step))
+        workdir_lib.write_json(paths.methods, _method_summaries(run.networks, schedule.stop_step))
       if tag_meter:
         summary["tag"] = tag_meter.summary(schedule.stop_step)
-        results.write_json(os.path.join(workdir, results.RESULTS_DIR, TAG_FILE), summary["tag"])
+        workdir_lib.write_json(paths.tag, summary["tag"])
       run_log.write("done", step)
   checkpointer.close()
   if run_log:
@@ -643,45 +613,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   return summary
 
 
-def _method_summaries(summaries: Sequence[Mapping[str, Any]], network_steps: int) -> dict[str, Any]:
-  """``results/methods.json``: per trained network with a method, its best validation loss per task
-  and the test losses of its best-validation parameters (the tables' conventions)."""
+def _method_summaries(network_records: Sequence[records.NetworkRecord], network_steps: int) -> dict[str, Any]:
+  """``results/methods.json``: per trained network with a method, the validation and test losses of
+  its reported checkpoint (the tables' conventions)."""
   methods = {}
-  for entry in summaries:
-    if not entry["method"]:
+  for entry in network_records:
+    if not entry.method:
       continue
-    if entry["status"] != "trained":
-      logging.warning("network %s diverged; it is left out of %s", entry["name"], METHODS_FILE)
+    if entry.status != records.TRAINED:
+      logging.warning("network %s diverged; it is left out of methods.json", entry.name)
       continue
-    methods[entry["name"]] = {"method": entry["method"], "tasks": entry["tasks"], "size": entry["size"],
-                              "cost": entry["cost"], "val": entry["val"], "test": entry["test"],
-                              "network_steps": network_steps}
+    methods[entry.name] = {"method": entry.method, "tasks": list(entry.tasks), "size": entry.size,
+                           "cost": entry.cost, "val": entry.val, "test": entry.test, "network_steps": network_steps}
   return methods
 
 
-def _network_summaries(networks: Sequence[networks_lib.Network], costs: Mapping[networks_lib.Network, float], tracker,
-                       test_losses: Mapping[str, Mapping[str, float]],
-                       constant_losses: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+def _network_records(networks: Sequence[networks_lib.Network], costs: Mapping[networks_lib.Network, float], tracker,
+                     test_losses: Mapping[str, Mapping[str, float]],
+                     constant_losses: Mapping[str, Mapping[str, float]]) -> tuple[records.NetworkRecord, ...]:
   """Per network: what it is, whether it diverged, its losses and its improvement over the constant."""
-  fields = {name: tracker(name) for name in ("task_best_loss", "task_best_step", "esa_loss", "best_step",
-                                              "best_loss", "diverged_step")}
-  summaries = []
+  fields = {name: tracker(name) for name in ("best_task_loss", "task_peak_loss", "task_peak_step", "esa_loss",
+                                              "best_step", "diverged_step")}
+  entries = []
   for network in networks:
-    tasks, _ = fields["task_best_loss"][network.name]
+    tasks, _ = fields["best_task_loss"][network.name]
     per_task = lambda field: {t: v.item() for t, v in zip(tasks, fields[field][network.name][1]) if t in network.tasks}
     diverged_step = int(fields["diverged_step"][network.name][1])
-    entry = {
-        "name": network.name, "tasks": list(network.tasks), "size": network.size, "method": network.method,
-        "cost": costs[network],
-        "status": "diverged" if diverged_step != cohort_lib.NOT_YET else "trained",
-        "diverged_step": diverged_step if diverged_step != cohort_lib.NOT_YET else None,
-        "best_step": int(fields["best_step"][network.name][1]),
-        "val": per_task("task_best_loss"), "val_peak_step": {t: int(s) for t, s in per_task("task_best_step").items()},
-        "esa": per_task("esa_loss"), "test": dict(test_losses[network.name]),
-    }
+    val, test = per_task("best_task_loss"), dict(test_losses[network.name])
     # 1 - loss / constant loss: 0 is no better than predicting the training mean, 1 is perfect.
-    entry["improvement_over_constant"] = {
-        key: {t: 1.0 - entry[key][t] / constant_losses[split][t] for t in network.tasks}
-        for split, key in ((VALIDATION, "val"), ("test", "test"))}
-    summaries.append(entry)
-  return summaries
+    improvement = {key: {t: 1.0 - losses[t] / constant_losses[split][t] for t in network.tasks}
+                   for split, key, losses in ((VALIDATION, "val", val), ("test", "test", test))}
+    entries.append(records.NetworkRecord(
+        name=network.name, tasks=network.tasks, size=network.size, method=network.method, cost=costs[network],
+        status=records.DIVERGED if diverged_step != cohort_lib.NOT_YET else records.TRAINED,
+        diverged_step=diverged_step if diverged_step != cohort_lib.NOT_YET else None,
+        best_step=int(fields["best_step"][network.name][1]), val=val, test=test, esa=per_task("esa_loss"),
+        val_peak=per_task("task_peak_loss"),
+        val_peak_step={t: int(s) for t, s in per_task("task_peak_step").items()},
+        improvement_over_constant=improvement))
+  return tuple(entries)

@@ -1,0 +1,114 @@
+"""After training: the retraining phase, the selection, ensembles and the report.
+
+One sequence for ``tg_jax.main`` (after a run) and ``tg_jax.merge`` (after an array job's shards):
+
+1. The selections every method makes from the workdir's tables (``reporting.analysis.selections``).
+2. The paper's second phase: networks that ESA, HOA or TAG chose from predictions but that were not
+   trained to convergence are trained in ``WORKDIR/retrain`` (``training.retrain``); a preempted
+   phase resumes when the same command is run again.
+3. The comparison of every method with the baselines, computed once and handed to both the
+   selection (``selection.json``) and the report (``report.md``, ``figures/``).
+4. Ensembles of the chosen networks that share a task (``ensemble.json``), when the config asks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import ml_collections
+
+from tg_jax import workdir as workdir_lib
+from tg_jax.reporting import analysis
+from tg_jax.reporting import report
+from tg_jax.selection import study
+from tg_jax.selection.tables import TableError
+from tg_jax.training import retrain
+from tg_jax.training import trainer
+
+EXIT_PREEMPTED = 128 + 15  # what a process killed by SIGTERM reports; launch scripts requeue on it
+# config.selection.predict -> the comparison's name of that selection.
+METHOD_OF_PREDICTION = {"none": "optimal", "hoa": "hoa", "esa": "esa"}
+
+
+def missing_networks(study_tables: workdir_lib.StudyTables, runs: dict[str, Any]) -> list[str]:
+  """Names of the networks ESA, HOA or TAG chose at some budget that have no converged results."""
+  return study_tables.names_of(analysis.untrained_choices(runs))
+
+
+def selection_of(comparison: dict[str, Any], predict: str, workdir: workdir_lib.Workdir) -> dict[str, Any]:
+  """The selection that ``config.selection.predict`` names, scored on test, with the baselines.
+
+  ``"none"``: on the converged validation losses of the networks as trained (all subsets: the
+  optimum; otherwise the best among those trained). ``"hoa"``: on the Higher Order Approximation
+  from the pair networks. ``"esa"``: on the early-stopping-approximation table.
+  """
+  method = METHOD_OF_PREDICTION[predict]
+  if predict == "none" and method not in comparison["runs"]:
+    method = "selected"  # not every subset was trained: the best selection among those that were
+  if method not in comparison["runs"]:
+    raise TableError(f"selection.predict={predict!r} needs tables {workdir.path} does not have: "
+                     + {"hoa": "every pair network trained to convergence (experiments/pairs.py)",
+                        "esa": workdir.relative(workdir.table("esa")), "none": "converged networks"}[predict])
+  return dict(comparison["runs"][method], method=method, baselines=comparison["baselines"] or {})
+
+
+def _ensembles(config: ml_collections.ConfigDict, workdir: workdir_lib.Workdir,
+               study_tables: workdir_lib.StudyTables, selection: dict[str, Any]) -> dict[str, Any]:
+  """Ensembling gains at each budget whose chosen networks are all the main run's (``tasks``: those
+  that 2+ of them solve; none for a single network)."""
+  from tg_jax.training import ensemble  # pylint: disable=g-import-not-at-top  (loads checkpoints: compiles)
+  trained_here = {n.name for n in study_tables.runs[0].networks}
+  entries = []
+  # Budgets often choose the same networks; each set's checkpoints and test pass are needed once.
+  evaluated: dict[tuple[str, ...], dict] = {}
+  for solution in selection["solutions"]:
+    if solution.get("infeasible") or solution.get("untrained"):
+      continue
+    names = study_tables.names_of([(n["tasks"], n["cost"]) for n in solution["networks"]])
+    # Retrained networks live in another workdir's checkpoint; ensembles use the main run's.
+    if not set(names) <= trained_here:
+      continue
+    key = tuple(sorted(names))
+    if len(names) >= 2 and key not in evaluated:
+      evaluated[key] = ensemble.evaluate(config, workdir.path, names, split="test")
+    entries.append({"budget": solution["budget"], "networks": names, "tasks": evaluated.get(key, {})})
+  return {"method": selection["method"], "split": "test", "budgets": entries}
+
+
+def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train = trainer.train_and_evaluate,
+           random_samples: int = 1000) -> Optional[str]:
+  """Retrains, selects, ensembles and reports for ``workdir``; returns the text to print, or None
+  when the retraining phase was preempted (run the same command again to resume)."""
+  predict = config.selection.predict
+  if predict not in METHOD_OF_PREDICTION:
+    raise ValueError(f"unknown selection.predict {predict!r}; choose one of {', '.join(METHOD_OF_PREDICTION)}")
+  paths = workdir_lib.Workdir(workdir)
+  study_tables = workdir_lib.load_study(paths)
+  runs = analysis.selections(study_tables)
+  names = missing_networks(study_tables, runs)
+  if names:
+    logging.info("retraining phase: %d network(s) chosen from predictions lack converged results: %s",
+                 len(names), ", ".join(names))
+    outcome = train(retrain.derived_config(config, names), paths.retrain.path)
+    if outcome["status"] == trainer.STATUS_PREEMPTED:
+      logging.warning("the retraining phase was preempted; run the same command again to resume it")
+      return None
+    study_tables = workdir_lib.load_study(paths)
+    runs = analysis.selections(study_tables)
+  if jax.process_index() != 0:
+    return ""
+  comparison = analysis.compare_methods(study_tables, runs=runs, random_samples=random_samples)
+  selection = selection_of(comparison, predict, paths)
+  workdir_lib.write_json(paths.selection, selection)
+  if config.get("evaluation") is not None and config.evaluation.get("ensemble", False):
+    ensembles = _ensembles(config, paths, study_tables, selection)
+    workdir_lib.write_json(paths.ensemble, ensembles)
+    study_tables = dataclasses.replace(study_tables, ensemble=ensembles)
+    analysis.add_ensemble_rows(comparison, study_tables)
+  report_path = report.write_report(paths.path, study_tables=study_tables, comparison=comparison)
+  return "\n".join([study.format_text(selection).rstrip(), "",
+                    report.improvement_summary(study_tables.networks), f"Report: {report_path}",
+                    f"Results in {paths.results}; selection in {paths.selection}"])

@@ -1,0 +1,248 @@
+"""The layout of a workdir: every file a run writes or reads, who writes it, and how it is read back.
+
+Plain Python and numpy (no jax), so the selection and reporting side reads workdirs on a laptop.
+
+```
+WORKDIR/config.json                the run's config; a resume with a different config is refused
+WORKDIR/checkpoints/<step>/        orbax: every cohort's state, the step and the network names  (trainer)
+WORKDIR/results/val.csv            per network, the validation losses of its reported checkpoint  (trainer, merge)
+WORKDIR/results/test.csv           test losses of the same checkpoint                             (trainer, merge)
+WORKDIR/results/esa.csv            validation losses at the early-stopping step                    (trainer, merge)
+WORKDIR/results/networks.json      records.RunRecord: every network's record and the schedule     (trainer, merge)
+WORKDIR/results/methods.json       networks trained with a balancing method or soft sharing        (trainer, merge)
+WORKDIR/results/tag.json           TAG's averaged lookahead affinities                             (trainer, merge)
+WORKDIR/log.jsonl                  one JSON event a line                                           (trainer)
+WORKDIR/tensorboard/               scalars per network and task                                    (trainer)
+WORKDIR/selection.json             the selection per budget and the baselines                      (finish)
+WORKDIR/ensemble.json              ensembling gains of the chosen networks                         (finish)
+WORKDIR/report.md, figures/        the study report                                                (finish, report)
+WORKDIR/study.json                 Table 4's numbers                                               (finish, report)
+WORKDIR/retrain/                   the retraining phase: a workdir of its own                      (finish)
+WORKDIR/shards/shard_<i>_of_<n>/   an array job's slices, each a workdir of its own                (main)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Any, Optional
+
+from tg_jax import records
+from tg_jax.selection import tables
+
+SPLITS = ("val", "test", "esa")  # the results tables, results/<split>.csv
+
+
+class WorkdirError(ValueError):
+  """A workdir file is missing, unreadable or inconsistent; the message names the file and the fix."""
+
+
+def write_json(path: str, value: Any) -> None:
+  """Atomic write (a kill mid-write leaves the previous file); the temporary name is this process's."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with open(temporary, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, sort_keys=False)
+    f.write("\n")
+  os.replace(temporary, path)
+
+
+def read_json(path: str) -> Optional[Any]:
+  """The JSON in ``path``; None if there is no such file."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise WorkdirError(f"{path} is not valid JSON ({error}); it was damaged or written by something else: restore "
+                       f"it, or delete it and rerun the command that writes it") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  """Paths of one workdir (a run, its retraining phase or one shard of an array job)."""
+
+  path: str
+
+  def _join(self, *parts: str) -> str:
+    return os.path.join(self.path, *parts)
+
+  @property
+  def config(self) -> str:
+    return self._join("config.json")
+
+  @property
+  def checkpoints(self) -> str:
+    return self._join("checkpoints")
+
+  @property
+  def results(self) -> str:
+    return self._join("results")
+
+  def table(self, split: str) -> str:
+    if split not in SPLITS:
+      raise ValueError(f"unknown results table {split!r}; tables: {', '.join(SPLITS)}")
+    return self._join("results", f"{split}.csv")
+
+  @property
+  def networks(self) -> str:
+    return self._join("results", "networks.json")
+
+  @property
+  def methods(self) -> str:
+    return self._join("results", "methods.json")
+
+  @property
+  def tag(self) -> str:
+    return self._join("results", "tag.json")
+
+  @property
+  def log(self) -> str:
+    return self._join("log.jsonl")
+
+  @property
+  def tensorboard(self) -> str:
+    return self._join("tensorboard")
+
+  @property
+  def selection(self) -> str:
+    return self._join("selection.json")
+
+  @property
+  def ensemble(self) -> str:
+    return self._join("ensemble.json")
+
+  @property
+  def report(self) -> str:
+    return self._join("report.md")
+
+  @property
+  def figures(self) -> str:
+    return self._join("figures")
+
+  @property
+  def study(self) -> str:
+    return self._join("study.json")
+
+  @property
+  def retrain(self) -> "Workdir":
+    return Workdir(self._join("retrain"))
+
+  def shard(self, index: int, count: int) -> "Workdir":
+    return Workdir(self._join("shards", f"shard_{index:03d}_of_{count:03d}"))
+
+  def shards(self) -> list["Workdir"]:
+    """The array-job shards present, in index order."""
+    return [Workdir(p) for p in sorted(glob.glob(self._join("shards", "shard_*_of_*")))]
+
+  def relative(self, path: str) -> str:
+    """``path`` relative to this workdir, as the report names files."""
+    return os.path.relpath(path, self.path)
+
+  # Readers.
+
+  def read_table(self, split: str) -> Optional[tables.ResultsTable]:
+    path = self.table(split)
+    return tables.read_csv(path) if os.path.exists(path) else None
+
+  def read_run(self) -> Optional[records.RunRecord]:
+    """``results/networks.json``; None before a run has finished."""
+    value = read_json(self.networks)
+    if value is None:
+      return None
+    try:
+      return records.RunRecord.from_json(value, source=self.networks)
+    except (KeyError, TypeError, ValueError) as error:
+      raise WorkdirError(f"{self.networks}: {error}") from None
+
+  def read_methods(self) -> dict[str, Any]:
+    return read_json(self.methods) or {}
+
+  def read_tag(self) -> Optional[dict[str, Any]]:
+    return read_json(self.tag)
+
+  # Writers.
+
+  def write_table(self, split: str, table: tables.ResultsTable) -> None:
+    tables.write_csv(table, self.table(split))
+
+  def write_run(self, run: records.RunRecord) -> None:
+    write_json(self.networks, run.to_json())
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyTables:
+  """Everything the study reads from a workdir (``load_study``).
+
+  Attributes:
+    val, test: validation and test losses of networks trained to convergence (the main run's when it
+      ran its whole schedule, plus the retraining phase's); None when there are none yet.
+    esa: validation losses at the early-stopping fraction of the main run, if recorded.
+    main_converged: whether the main run trained for its whole schedule (an ESA-only run does not:
+      then Optimal, HOA and the baselines, which need every candidate converged, are left out).
+    methods: ``results/methods.json``: networks trained with a balancing method or soft sharing.
+    tag: ``results/tag.json``: TAG's averaged lookahead affinities.
+    ensemble: ``ensemble.json``: ensembling gains of the selection's networks.
+    runs: the ``RunRecord``s of the main run and of the retraining phase (when finished).
+    retrained: names of the networks the retraining phase trained.
+  """
+
+  val: Optional[tables.ResultsTable]
+  test: Optional[tables.ResultsTable]
+  esa: Optional[tables.ResultsTable] = None
+  main_converged: bool = True
+  methods: dict = dataclasses.field(default_factory=dict)
+  tag: Optional[dict] = None
+  ensemble: Optional[dict] = None
+  runs: tuple[records.RunRecord, ...] = ()
+  retrained: tuple[str, ...] = ()
+
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return (self.val if self.val is not None else self.esa).task_names
+
+  @property
+  def schedule(self) -> Optional[records.Schedule]:
+    """The main run's schedule (None for tables from other code)."""
+    return self.runs[0].schedule if self.runs else None
+
+  @property
+  def networks(self) -> tuple[records.NetworkRecord, ...]:
+    return tuple(n for run in self.runs for n in run.networks)
+
+  def names_of(self, keys) -> list[str]:
+    """Network names of ``(tasks, cost)`` table rows (``records.names_of``)."""
+    return records.names_of(self.runs, keys, self.task_names)
+
+
+def _concat(first: Optional[tables.ResultsTable], second: Optional[tables.ResultsTable]):
+  if first is None or second is None:
+    return first if second is None else second
+  return first.concat(second)
+
+
+def load_study(workdir: Workdir) -> StudyTables:
+  """The main run's tables and records, the retraining phase's (once finished), methods, TAG, ensembles."""
+  val, test, esa = (workdir.read_table(split) for split in SPLITS)
+  if val is None or test is None:
+    missing = [workdir.relative(workdir.table(s)) for s, t in (("val", val), ("test", test)) if t is None]
+    raise tables.TableError(f"{workdir.path!r} has no {' or '.join(missing)}; point --workdir at a workdir of "
+                            f"python -m tg_jax.main (training writes them as it goes)")
+  main_run = workdir.read_run()
+  # Tables written by other code come without networks.json: they are taken as trained to convergence.
+  main_converged = main_run is None or main_run.schedule.converged
+  retrained_run = workdir.retrain.read_run()
+  retrained_val = retrained_test = None
+  if retrained_run is not None:  # an unfinished retraining phase's tables are not final yet
+    retrained_val, retrained_test = workdir.retrain.read_table("val"), workdir.retrain.read_table("test")
+  return StudyTables(
+      val=_concat(val if main_converged else None, retrained_val),
+      test=_concat(test if main_converged else None, retrained_test),
+      esa=esa, main_converged=main_converged, methods=workdir.read_methods(), tag=workdir.read_tag(),
+      ensemble=read_json(workdir.ensemble),
+      runs=tuple(run for run in (main_run, retrained_run) if run is not None),
+      retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else ())
