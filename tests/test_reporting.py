@@ -50,8 +50,8 @@ def test_report_numbers_trace_to_the_tables(workdir):
   text = open(path).read()
   optimal = study.run(val, test, budgets=[1, 2, 3], random_samples=50)
   hoa = study.run(val, test, predict="hoa", budgets=[1, 2, 3], random_samples=50)
-  assert "| optimal | " + " | ".join(f"{s['test_loss']:.3f}" for s in optimal["solutions"]) + " |" in text
-  assert "| hoa | " + " | ".join(f"{s['test_loss']:.3f}" for s in hoa["solutions"]) + " |" in text
+  assert "| optimal | " + " | ".join(f"{s.test_loss:.3f}" for s in optimal.solutions) + " |" in text
+  assert "| hoa | " + " | ".join(f"{s.test_loss:.3f}" for s in hoa.solutions) + " |" in text
   assert "| esa |" in text and "| random |" in text and "| pessimal |" in text
   assert "HOA prediction error over" in text and "ESA: Pearson r" in text
   for figure in ("table1_pairs.png", "figure4_loss_vs_budget.png", "figure5_groupings.png"):

@@ -94,14 +94,14 @@ def test_random_baseline_is_seeded_and_averages_valid_solutions():
   first = baselines.random_solutions(table, table, 2.0, samples=200, seed=5)
   again = baselines.random_solutions(table, table, 2.0, samples=200, seed=5)
   assert first == again and first.samples == 200
-  best = study.run(table, budgets=[2.0], random_samples=10)["solutions"][0]["val_loss"]
+  best = study.run(table, budgets=[2.0], random_samples=10).solutions[0].val_loss
   worst = baselines.pessimal_solution(table, None, 2.0).scored.val_loss
   assert best <= first.val_loss <= worst
 
 
 def test_study_json_has_the_documented_shape(tmp_path):
   table = synthetic.random_table(4, seed=4)
-  result = json.loads(json.dumps(study.run(table, table, predict="hoa", budgets=[1, 2], random_samples=20)))
+  result = json.loads(json.dumps(study.run(table, table, predict="hoa", budgets=[1, 2], random_samples=20).to_json()))
   assert set(result) >= {"solutions", "baselines"}
   solution = result["solutions"][1]
   assert set(solution) >= {"budget", "networks", "assignment", "val_loss", "test_loss"}
@@ -113,9 +113,9 @@ def test_study_json_has_the_documented_shape(tmp_path):
 def test_hoa_choice_of_an_untrained_group_has_no_test_loss():
   # Only pairs are trained: a chosen triple is a prediction and has no test loss yet.
   result = study.run(pairs_table(), pairs_table(), predict="hoa", budgets=[1.0], random_samples=5)
-  solution = result["solutions"][0]
-  assert solution["networks"] == [{"tasks": ["a", "b", "c"], "cost": 1.0}]
-  assert solution["test_loss"] is None and solution["untrained"] == ["a+b+c @ 1 SNT"]
+  solution = result.solutions[0]
+  assert solution.networks == (study.ChosenNetwork(("a", "b", "c"), 1.0, converged=False),)
+  assert solution.test_loss is None and solution.untrained == ("a+b+c @ 1 SNT",)
 
 
 def _cli(*args):
@@ -158,7 +158,7 @@ def test_selection_never_imports_jax_or_tensorflow():
 
 def test_infeasible_budgets_are_explained_not_fatal():
   result = study.run(pairs_table(), pairs_table(), budgets=[1.0, 1.5], random_samples=5)
-  first, second = result["solutions"]
-  assert first["networks"] == [] and "cheapest that does costs 1.5 SNT" in first["infeasible"]
-  assert second["val_loss"] is not None
+  first, second = result.solutions
+  assert first.networks == () and "cheapest that does costs 1.5 SNT" in first.infeasible
+  assert second.val_loss is not None
   assert "budget 1 SNT: infeasible" in study.format_text(result)

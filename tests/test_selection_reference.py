@@ -31,7 +31,7 @@ def setting1():
 
 
 def _test_losses(result):
-  return [s["test_loss"] for s in result["solutions"]]
+  return [s.test_loss for s in result.solutions]
 
 
 def _assert_table_4(losses, method):
@@ -64,5 +64,5 @@ def test_hoa_prediction_accuracy_matches_the_paper(setting1):
 
 def test_budget_1_is_the_all_task_network_for_every_method(setting1):
   result = study.run(setting1["val"], setting1["test"], budgets=[1.0], random_samples=10)
-  assert result["solutions"][0]["networks"] == [{"tasks": ["s", "d", "n", "k", "e"], "cost": 1.0}]
-  assert result["baselines"]["all_task"][0]["test_loss"] == pytest.approx(result["solutions"][0]["test_loss"])
+  assert result.solutions[0].networks == (study.ChosenNetwork(("s", "d", "n", "k", "e"), 1.0),)
+  assert result.baselines["all_task"][0].test_loss == pytest.approx(result.solutions[0].test_loss)

@@ -116,9 +116,8 @@ def test_independent_sizes_are_not_selection_candidates():
                                                            test=_table(VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS)),
                                     budgets=[1.0], random_samples=20)
   # Budget 1 fits five 0.2 networks: the independent baseline uses them, the selector may not.
-  assert result["methods"]["independent"] == [pytest.approx(4.5)]
-  assert result["runs"]["optimal"]["solutions"][0]["networks"] == [{"tasks": list(TASKS), "cost": 1.0,
-                                                                     "converged": True}]
+  assert result.methods["independent"] == [pytest.approx(4.5)]
+  assert result.runs["optimal"].solutions[0].networks == (study.ChosenNetwork(TASKS, 1.0),)
 
 
 def test_retraining_trains_exactly_the_predicted_choices_without_converged_results(tmp_path):
@@ -205,7 +204,7 @@ def test_report_sections_for_methods_tag_and_ensembles(method_workdir):
   assert "| mgda (all tasks) | 1.800 | 1.800 |" in text
   # Optimal at budget 2: a+b (serves a, b) and a+c (serves c); ensembling a's two networks gives 0.5.
   optimal = study.run(_table(VAL_ROWS + [TRIPLE_ROW]), test, budgets=[2.0], random_samples=5)
-  optimal_total = optimal["solutions"][0]["test_loss"]
+  optimal_total = optimal.solutions[0].test_loss
   assert f"| optimal + ensembling | - | {optimal_total - (loss(('a', 'b'), 'a') - 0.5):.3f} |" in text
   assert "## TAG inter-task affinity" in text and "## Ensembling" in text and "+20.6%" in text
   # Compute: 10 candidates x 125 steps; TAG: 125 + 40 + the one group it chose besides the all-task one.
@@ -233,7 +232,7 @@ def test_independent_networks_count_at_their_nominal_size():
   table = _table(rows)
   result = study.baselines_for(table, table, [2.4, 3.0], random_samples=5, seed=0)
   # 3 x 0.8018 = 2.405 SNT: the three 4/5-size networks at budget 2.4 (not the half-size ones, 6.0).
-  assert [e["test_loss"] for e in result["independent"]] == [pytest.approx(3.0), pytest.approx(1.5)]
+  assert [e.test_loss for e in result["independent"]] == [pytest.approx(3.0), pytest.approx(1.5)]
 
 
 def test_a_chosen_network_that_serves_no_task_once_trained_leaves_the_solution():
@@ -243,9 +242,10 @@ def test_a_chosen_network_that_serves_no_task_once_trained_leaves_the_solution()
                                                          (("b",), 1.0, {"b": 0.6})])
   converged = tables.ResultsTable.from_rows(("a", "b"), [(("a", "b"), 1.0, {"a": 0.5, "b": 0.4}),
                                                          (("b",), 1.0, {"b": 0.6})])
-  solution, = study.run(predicted, converged, budgets=[2.0], converged=converged, with_baselines=False)["solutions"]
-  assert solution["networks"] == [{"tasks": ["a", "b"], "cost": 1.0, "converged": True}]
-  assert solution["assignment"] == {"a": 0, "b": 0} and solution["cost"] == 1.0
-  assert solution["unused"] == ["b @ 1 SNT"] and "serves no task once trained: b @ 1 SNT" in study.format_text(
-      {"tasks": ["a", "b"], "predict": "none", "budgets": [2.0], "solutions": [solution]})
-  assert solution["test_loss"] == pytest.approx(0.9)
+  selection = study.run(predicted, converged, budgets=[2.0], converged=converged, with_baselines=False)
+  solution, = selection.solutions
+  assert solution.networks == (study.ChosenNetwork(("a", "b"), 1.0),)
+  assert solution.assignment == {"a": 0, "b": 0} and solution.cost == 1.0
+  assert solution.unused == ("b @ 1 SNT",)
+  assert "serves no task once trained: b @ 1 SNT" in study.format_text(selection)
+  assert solution.test_loss == pytest.approx(0.9)

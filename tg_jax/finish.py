@@ -33,12 +33,12 @@ EXIT_PREEMPTED = 128 + 15  # what a process killed by SIGTERM reports; launch sc
 METHOD_OF_PREDICTION = {"none": "optimal", "hoa": "hoa", "esa": "esa"}
 
 
-def missing_networks(study_tables: workdir_lib.StudyTables, runs: dict[str, Any]) -> list[str]:
+def missing_networks(study_tables: workdir_lib.StudyTables, runs: dict[str, study.Selection]) -> list[str]:
   """Names of the networks ESA, HOA or TAG chose at some budget that have no converged results."""
   return study_tables.names_of(analysis.untrained_choices(runs))
 
 
-def selection_of(comparison: dict[str, Any], predict: str, workdir: workdir_lib.Workdir) -> dict[str, Any]:
+def selection_of(comparison: analysis.Comparison, predict: str, workdir: workdir_lib.Workdir) -> study.Selection:
   """The selection that ``config.selection.predict`` names, scored on test, with the baselines.
 
   ``"none"``: on the converged validation losses of the networks as trained (all subsets: the
@@ -46,17 +46,17 @@ def selection_of(comparison: dict[str, Any], predict: str, workdir: workdir_lib.
   from the pair networks. ``"esa"``: on the early-stopping-approximation table.
   """
   method = METHOD_OF_PREDICTION[predict]
-  if predict == "none" and method not in comparison["runs"]:
+  if predict == "none" and method not in comparison.runs:
     method = "selected"  # not every subset was trained: the best selection among those that were
-  if method not in comparison["runs"]:
+  if method not in comparison.runs:
     raise TableError(f"selection.predict={predict!r} needs tables {workdir.path} does not have: "
                      + {"hoa": "every pair network trained to convergence (experiments/pairs.py)",
                         "esa": workdir.relative(workdir.table("esa")), "none": "converged networks"}[predict])
-  return dict(comparison["runs"][method], method=method, baselines=comparison["baselines"] or {})
+  return dataclasses.replace(comparison.runs[method], baselines=comparison.baselines or {})
 
 
 def _ensembles(config: ml_collections.ConfigDict, workdir: workdir_lib.Workdir,
-               study_tables: workdir_lib.StudyTables, selection: dict[str, Any]) -> dict[str, Any]:
+               study_tables: workdir_lib.StudyTables, selection: study.Selection) -> dict[str, Any]:
   """Ensembling gains at each budget whose chosen networks are all the main run's (``tasks``: those
   that 2+ of them solve; none for a single network)."""
   from tg_jax.training import ensemble  # pylint: disable=g-import-not-at-top  (loads checkpoints: compiles)
@@ -64,18 +64,18 @@ def _ensembles(config: ml_collections.ConfigDict, workdir: workdir_lib.Workdir,
   entries = []
   # Budgets often choose the same networks; each set's checkpoints and test pass are needed once.
   evaluated: dict[tuple[str, ...], dict] = {}
-  for solution in selection["solutions"]:
-    if solution.get("infeasible") or solution.get("untrained"):
+  for solution in selection.solutions:
+    if solution.infeasible or solution.untrained:
       continue
-    names = study_tables.names_of([(n["tasks"], n["cost"]) for n in solution["networks"]])
+    names = study_tables.names_of([(n.tasks, n.cost) for n in solution.networks])
     # Retrained networks live in another workdir's checkpoint; ensembles use the main run's.
     if not set(names) <= trained_here:
       continue
     key = tuple(sorted(names))
     if len(names) >= 2 and key not in evaluated:
       evaluated[key] = ensemble.evaluate(config, workdir.path, names, split="test")
-    entries.append({"budget": solution["budget"], "networks": names, "tasks": evaluated.get(key, {})})
-  return {"method": selection["method"], "split": "test", "budgets": entries}
+    entries.append({"budget": solution.budget, "networks": names, "tasks": evaluated.get(key, {})})
+  return {"method": selection.method, "split": "test", "budgets": entries}
 
 
 def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train = trainer.train_and_evaluate,
@@ -102,7 +102,7 @@ def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train
     return ""
   comparison = analysis.compare_methods(study_tables, runs=runs, random_samples=random_samples)
   selection = selection_of(comparison, predict, paths)
-  workdir_lib.write_json(paths.selection, selection)
+  workdir_lib.write_json(paths.selection, selection.to_json())
   if config.get("evaluation") is not None and config.evaluation.get("ensemble", False):
     ensembles = _ensembles(config, paths, study_tables, selection)
     workdir_lib.write_json(paths.ensemble, ensembles)

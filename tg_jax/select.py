@@ -88,14 +88,14 @@ def run_command() -> str:
   result = study.run(val, test, predict=_PREDICT.value, budgets=_parse_budgets(_BUDGETS.value),
                      objective=objective, converged=converged, random_samples=_RANDOM_SAMPLES.value,
                      seed=_SEED.value)
-  if all(solution.get("infeasible") for solution in result["solutions"]):
-    raise selector.NoFeasibleSolution(result["solutions"][0]["infeasible"])
+  if all(solution.infeasible for solution in result.solutions):
+    raise selector.NoFeasibleSolution(result.solutions[0].infeasible)
   text = study.format_text(result)
   if _JSON.value:
     directory = os.path.dirname(os.path.abspath(_JSON.value))
     os.makedirs(directory, exist_ok=True)
     with open(_JSON.value, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
+      json.dump(result.to_json(), f, indent=2)
     text += f"\n\nwrote {_JSON.value}"
   return text
 

@@ -122,17 +122,30 @@ def selection_candidates(table: ResultsTable) -> ResultsTable:
   return table.subset(_candidate_rows(table))
 
 
-def _not_yet_converged(run: dict) -> dict:
+def _not_yet_converged(run: study.Selection) -> study.Selection:
   """A selection made before any network was trained to convergence: every chosen network is
   untrained and nothing is scored on test."""
-  for solution in run["solutions"]:
-    if solution.get("infeasible"):
-      continue
-    for network in solution["networks"]:
-      network["converged"] = False
-    solution["untrained"] = [f"{'+'.join(n['tasks'])} @ {n['cost']:g} SNT" for n in solution["networks"]]
-    solution["val_loss"] = solution["test_loss"] = None
-  return run
+  solutions = tuple(dataclasses.replace(s, networks=tuple(dataclasses.replace(n, converged=False) for n in s.networks),
+                                        val_loss=None, test_loss=None)
+                    for s in run.solutions)
+  return dataclasses.replace(run, solutions=solutions)
+
+
+@dataclasses.dataclass
+class Comparison:
+  """Table 4: every method's selection and the baselines at the same budgets.
+
+  Attributes:
+    budgets: the budgets (SNT).
+    methods: Table 4's rows, ``{name: [total test loss per budget, None where no answer]}``.
+    runs: ``{method: Selection}`` of the selecting methods (optimal, selected, esa, hoa, tag).
+    baselines: ``study.baselines_for``'s entries, when every candidate converged.
+  """
+
+  budgets: list[float]
+  methods: dict[str, list[Optional[float]]]
+  runs: dict[str, study.Selection]
+  baselines: Optional[study.Baselines] = None
 
 
 def _has_all_groups(table: ResultsTable) -> bool:
@@ -152,13 +165,12 @@ def _method_network_rows(methods: dict, task_names: Sequence[str], budgets: Sequ
   return rows
 
 
-def _assigned_test_losses(run: dict, solution: dict, test: ResultsTable) -> dict:
+def _assigned_test_losses(solution: study.Solution, test: ResultsTable) -> dict:
   """``{task: test loss of the network serving it}`` for one solution."""
   rows = {test.network_key(r): r for r in range(test.num_networks)}
   losses = {}
-  for task, index in solution["assignment"].items():
-    network = solution["networks"][index]
-    row = rows[tables.network_key(network["tasks"], network["cost"])]
+  for task, index in solution.assignment.items():
+    row = rows[solution.networks[index].key]
     losses[task] = float(test.losses[row, test.task_names.index(task)])
   return losses
 
@@ -171,18 +183,18 @@ def _ensemble_rows(ensemble: dict, runs: dict, test: ResultsTable, budgets: Sequ
     return {}
   by_budget = {float(entry["budget"]): entry["tasks"] for entry in ensemble["budgets"]}
   totals = []
-  for budget, solution in zip(budgets, runs[method]["solutions"]):
+  for budget, solution in zip(budgets, runs[method].solutions):
     per_task = by_budget.get(float(budget))
-    if per_task is None or solution["test_loss"] is None:
+    if per_task is None or solution.test_loss is None:
       totals.append(None)
       continue
-    assigned = _assigned_test_losses(runs[method], solution, test)
-    totals.append(solution["test_loss"] + sum(v["ensemble_loss"] - assigned[t] for t, v in per_task.items()))
+    assigned = _assigned_test_losses(solution, test)
+    totals.append(solution.test_loss + sum(v["ensemble_loss"] - assigned[t] for t, v in per_task.items()))
   return {f"{method} + ensembling": totals}
 
 
-def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None) -> dict[str, dict]:
-  """``{method: study result}``: the selection of every method the tables allow, each scored on test.
+def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None) -> dict[str, study.Selection]:
+  """``{method: Selection}``: the selection of every method the tables allow, each scored on test.
 
   Optimal needs every group of tasks converged; HOA the pairs; ESA the early table; TAG
   ``tag.json``. Each selection is scored on test with the networks it chose, looked up among the
@@ -195,7 +207,7 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
   budgets = _budgets(study_tables, budgets)
   candidates = None if val is None else selection_candidates(val)
   options = dict(budgets=budgets, with_baselines=False)
-  runs = {}
+  runs: dict[str, study.Selection] = {}
   if study_tables.main_converged and candidates is not None:
     if _has_all_groups(candidates):
       runs["optimal"] = study.run(candidates, test, converged=val, **options)
@@ -216,7 +228,7 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
   if "optimal" not in runs and study_tables.main_converged and candidates is not None:
     # Not every subset converged: the best selection among the networks that did (not the optimum).
     runs["selected"] = study.run(candidates, test, converged=val, **options)
-  return runs
+  return {name: dataclasses.replace(run, method=name) for name, run in runs.items()}
 
 
 def _budgets(study_tables: StudyTables, budgets: Optional[Sequence[float]]) -> list[float]:
@@ -225,68 +237,52 @@ def _budgets(study_tables: StudyTables, budgets: Optional[Sequence[float]]) -> l
 
 
 def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None,
-                    random_samples: int = 1000, seed: int = 0, runs: Optional[dict[str, dict]] = None) -> dict:
+                    random_samples: int = 1000, seed: int = 0,
+                    runs: Optional[dict[str, study.Selection]] = None) -> Comparison:
   """Every method's selection (``selections``, or ``runs`` already made for these budgets) and the
-  baselines, with Table 4's rows.
-
-  Returns:
-    ``{"budgets", "methods": {name: [test loss per budget]}, "runs": {name: study result},
-    "baselines": study.baselines_for's result or None}``.
-  """
+  baselines, with Table 4's rows."""
   budgets = _budgets(study_tables, budgets)
   runs = selections(study_tables, budgets) if runs is None else runs
   val, test = study_tables.val, study_tables.test
-  methods = {name: [s["test_loss"] for s in result["solutions"]] for name, result in runs.items()}
-  comparison = {"budgets": budgets, "methods": methods, "runs": runs, "baselines": None}
+  methods = {name: [s.test_loss for s in result.solutions] for name, result in runs.items()}
+  comparison = Comparison(budgets, methods, runs)
   if study_tables.main_converged and val is not None:
     aligned_test = test.aligned_to(val)
     candidate_rows = _candidate_rows(val)
-    baselines = study.baselines_for(val.subset(candidate_rows), aligned_test.subset(candidate_rows), budgets,
-                                    random_samples, seed, independent=(val, aligned_test))
-    comparison["baselines"] = baselines
-    for name, entries in baselines.items():
-      methods[name] = [None if e is None else e["test_loss"] for e in entries]
+    comparison.baselines = study.baselines_for(val.subset(candidate_rows), aligned_test.subset(candidate_rows),
+                                               budgets, random_samples, seed, independent=(val, aligned_test))
+    for name, entries in comparison.baselines.items():
+      methods[name] = [None if e is None else e.test_loss for e in entries]
   methods.update(_method_network_rows(study_tables.methods, study_tables.task_names, budgets))
   add_ensemble_rows(comparison, study_tables)
   return comparison
 
 
-def add_ensemble_rows(comparison: dict, study_tables: StudyTables) -> None:
+def add_ensemble_rows(comparison: Comparison, study_tables: StudyTables) -> None:
   """Adds Table 4's "<method> + ensembling" row when the study has ``ensemble.json``."""
   if study_tables.ensemble and study_tables.test is not None:
-    comparison["methods"].update(_ensemble_rows(study_tables.ensemble, comparison["runs"], study_tables.test,
-                                                comparison["budgets"]))
+    comparison.methods.update(_ensemble_rows(study_tables.ensemble, comparison.runs, study_tables.test,
+                                             comparison.budgets))
 
 
-def _chosen_networks(run: dict) -> list[tuple[tuple[str, ...], float]]:
-  """Distinct ``(tasks, cost)`` of the networks a run chose over all its budgets, in first-chosen order."""
-  seen, chosen = set(), []
-  for solution in run["solutions"]:
-    for network in solution["networks"]:
-      tasks, cost = tuple(network["tasks"]), float(network["cost"])
-      key = tables.network_key(tasks, cost)
-      if key not in seen:
-        seen.add(key)
-        chosen.append((tasks, cost))
-  return chosen
+def _chosen_networks(run: study.Selection) -> list[study.ChosenNetwork]:
+  """Distinct networks a run chose over all its budgets, in first-chosen order."""
+  chosen: dict = {}
+  for solution in run.solutions:
+    for network in solution.networks:
+      chosen.setdefault(network.key, network)
+  return list(chosen.values())
 
 
-def untrained_choices(runs: dict[str, dict]) -> list[tuple[tuple[str, ...], float]]:
+def untrained_choices(runs: dict[str, study.Selection]) -> list[tuple[tuple[str, ...], float]]:
   """``(tasks, cost)`` of every network a predicting method (of ``selections``) chose at some budget
   that has no converged results: what the paper trains to convergence before scoring the method."""
-  seen, missing = set(), []
+  missing: dict = {}
   for method in PREDICTING_METHODS:
-    run = runs.get(method)
-    if run is None:
-      continue
-    for solution in run["solutions"]:
-      for network in solution["networks"]:
-        tasks, cost = tuple(network["tasks"]), float(network["cost"])
-        key = tables.network_key(tasks, cost)
-        if not network["converged"] and key not in seen:
-          seen.add(key)
-          missing.append((tasks, cost))
-  return missing
+    for network in _chosen_networks(runs[method]) if method in runs else ():
+      if not network.converged:
+        missing.setdefault(network.key, (network.tasks, network.cost))
+  return list(missing.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +295,7 @@ class Compute:
   counted: str
 
 
-def compute_per_method(study_tables: StudyTables, comparison: dict) -> dict[str, Compute]:
+def compute_per_method(study_tables: StudyTables, comparison: Comparison) -> dict[str, Compute]:
   """What each selection method costs to run under the paper's procedure.
 
   Optimal trains every candidate to convergence; ESA trains every candidate for the early fraction,
@@ -318,23 +314,23 @@ def compute_per_method(study_tables: StudyTables, comparison: dict) -> dict[str,
   result = {}
 
   def chosen_cost(method: str, keep=lambda tasks: True) -> tuple[int, float]:
-    chosen = [(t, c) for t, c in _chosen_networks(comparison["runs"][method]) if keep(t)]
-    return len(chosen), float(sum(c for _, c in chosen))
+    chosen = [n for n in _chosen_networks(comparison.runs[method]) if keep(n.tasks)]
+    return len(chosen), float(sum(n.cost for n in chosen))
 
-  if "optimal" in comparison["runs"]:
+  if "optimal" in comparison.runs:
     result["optimal"] = Compute(len(costs) * total, sum(costs) * total,
                                 f"{len(costs)} candidate networks x {total} steps")
-  if "esa" in comparison["runs"]:
+  if "esa" in comparison.runs:
     count, snt = chosen_cost("esa")
     result["esa"] = Compute(len(costs) * early + count * total, sum(costs) * early + snt * total,
                             f"{len(costs)} candidates x {early} early steps + {count} chosen networks x {total} steps")
-  if "hoa" in comparison["runs"]:
+  if "hoa" in comparison.runs:
     small = [c for t, c in zip(candidates.network_tasks, candidates.costs) if len(t) <= 2]
     count, snt = chosen_cost("hoa", keep=lambda tasks: len(tasks) >= 3)
     result["hoa"] = Compute(len(small) * total + count * total, float(sum(small)) * total + snt * total,
                             f"{len(small)} singles and pairs x {total} steps + {count} chosen groups of 3+ tasks "
                             f"x {total} steps")
-  if "tag" in comparison["runs"] and study_tables.tag is not None:
+  if "tag" in comparison.runs and study_tables.tag is not None:
     tag = study_tables.tag
     all_tasks = frozenset(tag["tasks"])
     count, snt = chosen_cost("tag", keep=lambda tasks: frozenset(tasks) != all_tasks)

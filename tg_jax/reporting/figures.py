@@ -10,6 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from tg_jax.reporting import analysis  # noqa: E402
+from tg_jax.selection import study  # noqa: E402
+
 METHOD_STYLES = {
     "optimal": dict(color="black", marker="o", linewidth=2),
     "hoa": dict(color="tab:blue", marker="s"),
@@ -34,12 +37,12 @@ def _style(name: str, extra_index: int) -> dict:
   return dict(color=color, linestyle="-.", marker="x")
 
 
-def loss_against_budget(comparison: dict, path: str, title: str = "Total test loss against inference budget") -> None:
+def loss_against_budget(comparison: analysis.Comparison, path: str, title: str = "Total test loss against inference budget") -> None:
   """Figure 4: one line per method; budgets where a method has no answer are gaps."""
   figure, axes = plt.subplots(figsize=(7.6, 4.2), dpi=110)
-  budgets = comparison["budgets"]
+  budgets = comparison.budgets
   extra = 0
-  for name, losses in comparison["methods"].items():
+  for name, losses in comparison.methods.items():
     values = np.array([np.nan if v is None else v for v in losses], dtype=float)
     if np.all(np.isnan(values)):
       continue
@@ -55,20 +58,18 @@ def loss_against_budget(comparison: dict, path: str, title: str = "Total test lo
   plt.close(figure)
 
 
-def groupings(result: dict, path: str, budgets: Sequence[float] = (), title: str = "") -> None:
+def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (), title: str = "") -> None:
   """Figure 5: per budget, networks (big circle: full size, small: half size or less; hatched: a
   predicted network not trained yet) joined to the tasks they serve; decoders a network has but does
   not use are drawn in grey."""
-  solutions = [s for s in result["solutions"]
-               if not s.get("infeasible") and (not budgets or s["budget"] in budgets)]
-  tasks = result["tasks"]
+  solutions = [s for s in result.solutions if not s.infeasible and (not budgets or s.budget in budgets)]
+  tasks = result.tasks
   figure, axes = plt.subplots(len(solutions), 1, figsize=(1.3 + 1.0 * len(tasks), 1.5 * len(solutions) + 0.3),
                               dpi=110, squeeze=False)
   task_x = np.linspace(0, 1, len(tasks))
   for axes_row, solution in zip(axes[:, 0], solutions):
-    networks = solution["networks"]
-    served = solution["assignment"]
-    untrained = set(solution.get("untrained", []))
+    networks = solution.networks
+    served = solution.assignment
     # Networks left to right by where their served tasks sit, so few lines cross.
     order = sorted(range(len(networks)), key=lambda i: (np.mean([tasks.index(t) for t, n in served.items() if n == i]
                                                                  or [len(tasks)]), i))
@@ -76,21 +77,21 @@ def groupings(result: dict, path: str, budgets: Sequence[float] = (), title: str
     network_x = np.empty(len(networks))
     network_x[order] = slots
     for index, network in enumerate(networks):
-      for task in network["tasks"]:
+      for task in network.tasks:
         used = served[task] == index
         axes_row.plot([network_x[index], task_x[tasks.index(task)]], [1, 0],
                       color="tab:blue" if used else "0.8", linewidth=2 if used else 1, zorder=1)
-      size = 260 if network["cost"] >= 0.75 else 120
-      predicted = not network["converged"]
+      size = 260 if network.cost >= 0.75 else 120
+      predicted = not network.converged
       axes_row.scatter([network_x[index]], [1], s=size, color="white" if predicted else "tab:blue",
                        edgecolor="black", hatch="///" if predicted else None, zorder=2)
     axes_row.scatter(task_x, np.zeros(len(tasks)), s=90, marker="s", color="white", edgecolor="black", zorder=2)
     for x, task in zip(task_x, tasks):
       axes_row.annotate(task, (x, 0), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
-    test = solution["test_loss"]
-    axes_row.set_title(f"budget {solution['budget']:g}: {len(networks)} network(s)"
+    test = solution.test_loss
+    axes_row.set_title(f"budget {solution.budget:g}: {len(networks)} network(s)"
                        + (f", test loss {test:.4f}" if test is not None else "")
-                       + (" (hatched: predicted, not trained yet)" if untrained else ""), fontsize=9)
+                       + (" (hatched: predicted, not trained yet)" if solution.untrained else ""), fontsize=9)
     axes_row.set_xlim(-0.1, 1.1)
     axes_row.set_ylim(-0.45, 1.25)
     axes_row.axis("off")

@@ -18,7 +18,7 @@ import numpy as np
 from tg_jax import records
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis, figures
-from tg_jax.selection import hoa, tables
+from tg_jax.selection import hoa, study, tables
 from tg_jax.selection.tables import TableError
 
 # The workdir's layout with paths relative to the workdir, as the report names its sources.
@@ -72,19 +72,17 @@ def _improvement_section(study_tables: workdir_lib.StudyTables) -> list[str]:
           + ["", improvement_summary(networks), ""])
 
 
-def _groups_text(solution: dict) -> str:
+def _groups_text(solution: study.Solution) -> str:
   """``a+b, c@0.5`` for a solution's networks (only the tasks each serves: decoders unused are dropped)."""
-  if solution.get("infeasible"):
+  if solution.infeasible:
     return "infeasible"
-  served: dict = {}
-  for task, index in solution["assignment"].items():
-    served.setdefault(index, []).append(task)
   parts = []
-  for index, network in enumerate(solution["networks"]):
-    tasks = [t for t in network["tasks"] if t in served.get(index, [])]
-    unused = [t for t in network["tasks"] if t not in tasks]
+  for index, network in enumerate(solution.networks):
+    served = solution.served_by(index)
+    tasks = [t for t in network.tasks if t in served]
+    unused = [t for t in network.tasks if t not in served]
     name = ("+".join(tasks) or "serves nothing") + (f" (+{'+'.join(unused)} unused)" if unused else "")
-    parts.append(name + ("" if tables.has_size(network["cost"], 1.0) else f" @{network['cost']:.2g}"))
+    parts.append(name + ("" if tables.has_size(network.cost, 1.0) else f" @{network.cost:.2g}"))
   return "; ".join(parts)
 
 
@@ -112,7 +110,7 @@ def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
   return lines + [""]
 
 
-def _table4_notes(comparison: dict) -> list[str]:
+def _table4_notes(comparison: analysis.Comparison) -> list[str]:
   notes = {
       "optimal": "the exact selection on the converged validation losses of every candidate network",
       "selected": "the exact selection among the networks trained (not every subset was: not the optimum)",
@@ -125,7 +123,7 @@ def _table4_notes(comparison: dict) -> list[str]:
       "pessimal": "the worst such fill",
   }
   lines = []
-  for name in comparison["methods"]:
+  for name in comparison.methods:
     if name in notes:
       lines.append(f"- {name}: {notes[name]}")
     elif name.endswith("(all tasks)"):
@@ -164,7 +162,7 @@ def _approximation_lines(study_tables: workdir_lib.StudyTables) -> list[str]:
   return lines + [""]
 
 
-def _compute_lines(study_tables: workdir_lib.StudyTables, comparison: dict) -> list[str]:
+def _compute_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison) -> list[str]:
   compute = analysis.compute_per_method(study_tables, comparison)
   if not compute:
     return []
@@ -177,10 +175,10 @@ def _compute_lines(study_tables: workdir_lib.StudyTables, comparison: dict) -> l
           + _markdown_table(["method", "network-steps", "SNT-steps", "what is counted"], rows) + [""])
 
 
-def _groupings_lines(comparison: dict) -> list[str]:
-  runs = comparison["runs"]
-  rows = [[f"{budget:g}"] + [_groups_text(run["solutions"][i]) for run in runs.values()]
-          for i, budget in enumerate(comparison["budgets"])]
+def _groupings_lines(comparison: analysis.Comparison) -> list[str]:
+  runs = comparison.runs
+  rows = [[f"{budget:g}"] + [_groups_text(run.solutions[i]) for run in runs.values()]
+          for i, budget in enumerate(comparison.budgets)]
   return (["## Networks each method chose", "",
            "Per budget, the networks chosen and the tasks each serves (decoders it has but does not use in "
            "brackets; sizes other than 1 SNT after @).", ""]
@@ -214,7 +212,7 @@ def _ensemble_lines(ensemble: dict) -> list[str]:
 
 def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random_samples: int = 1000,
                  seed: int = 0, study_tables: Optional[workdir_lib.StudyTables] = None,
-                 comparison: Optional[dict] = None) -> str:
+                 comparison: Optional[analysis.Comparison] = None) -> str:
   """Writes the report and figures; returns the report's path.
 
   ``study_tables`` and ``comparison`` (``analysis.compare_methods``'s) are read and computed from
@@ -251,17 +249,17 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
               "## Table 2: pairwise affinity (mean of both directions)", ""]
     lines += _matrix_table(affinity, test.task_names) + [""]
 
-  budgets_used = comparison["budgets"]
+  budgets_used = comparison.budgets
   lines += ["## Table 4: total test loss per method and inference budget", "",
             "Selection uses validation losses (or their ESA / HOA / TAG predictions); every method is scored on "
             "test with the networks it chose, each task served by its best chosen network on validation "
             f"(`{_FILES.table('val')}`, `{_FILES.table('test')}`"
             + (f", `{_FILES.retrain.results}/*.csv`" if study_tables.retrained else "") + "). "
             "'-': the method has no answer within that budget.", ""]
-  rows = [[name] + [_format(v, 3) for v in losses] for name, losses in comparison["methods"].items()]
+  rows = [[name] + [_format(v, 3) for v in losses] for name, losses in comparison.methods.items()]
   lines += _markdown_table(["method"] + [f"{b:g}" for b in budgets_used], rows)
   lines += [""] + _table4_notes(comparison)
-  unscored = analysis.untrained_choices(comparison["runs"])
+  unscored = analysis.untrained_choices(comparison.runs)
   if unscored:
     lines += ["", "Chosen but not trained to convergence yet (no test loss; `python -m tg_jax.main` with the same "
               "config trains them): " + ", ".join(f"{'+'.join(t)} @ {c:g} SNT" for t, c in unscored) + "."]
@@ -269,9 +267,9 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   lines += ["", f"![Figure 4]({_FILES.figures}/figure4_loss_vs_budget.png)", ""]
 
   # The grouping worth drawing: the optimum where known, else the best-informed approximation.
-  main_method = next(m for m in ("optimal", "hoa", "selected", "esa", "tag", *comparison["runs"])
-                     if m in comparison["runs"])
-  main_result = comparison["runs"][main_method]
+  main_method = next(m for m in ("optimal", "hoa", "selected", "esa", "tag", *comparison.runs)
+                     if m in comparison.runs)
+  main_result = comparison.runs[main_method]
   figures.groupings(main_result, os.path.join(figure_dir, "figure5_groupings.png"),
                     title=f"{main_method} grouping per budget")
   lines += [f"## Figure 5: the {main_method} grouping at each budget", "",
@@ -286,7 +284,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     lines += _ensemble_lines(study_tables.ensemble)
   if study_tables.runs:
     lines += _improvement_section(study_tables)
-  workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison["methods"]})
+  workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison.methods})
   path = paths.report
   temporary = f"{path}.tmp-{os.getpid()}"
   with open(temporary, "w", encoding="utf-8") as f:

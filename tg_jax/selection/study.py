@@ -1,7 +1,8 @@
 """Selection for a list of budgets, scored on test and set against the baselines.
 
-``run`` is what ``python -m tg_jax.select`` and the trainer's ``main`` call; its result is a plain
-JSON-able dict, ``format_text`` its human-readable form.
+``run`` is what ``python -m tg_jax.select`` and ``tg_jax.finish`` call; its result is a
+``Selection`` (per budget a ``Solution``, and the baselines' ``BaselineEntry``s), serialised by
+``to_json`` only when written; ``format_text`` is its human-readable form.
 
 Tables in play:
 - ``val``: validation losses of trained networks (what selection uses when nothing is predicted);
@@ -15,14 +16,142 @@ Tables in play:
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tg_jax.selection import baselines, hoa, selector
-from tg_jax.selection.tables import ResultsTable, TableError
+from tg_jax.selection.tables import ResultsTable, TableError, network_key
 
 PREDICTIONS = ("none", "hoa")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChosenNetwork:
+  """A network of a solution: its tasks, its cost (SNT) and whether it has converged results (a
+  network chosen from predictions may not have been trained yet)."""
+
+  tasks: tuple[str, ...]
+  cost: float
+  converged: bool = True
+
+  @property
+  def label(self) -> str:
+    return f"{'+'.join(self.tasks)} @ {self.cost:g} SNT"
+
+  @property
+  def key(self) -> tuple[frozenset, float]:
+    return network_key(self.tasks, self.cost)
+
+  def to_json(self) -> dict[str, Any]:
+    return {"tasks": list(self.tasks), "cost": self.cost, "converged": self.converged}
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+  """The networks chosen at one budget, which task each serves, and their totals.
+
+  Attributes:
+    budget: the inference budget (SNT).
+    networks: the chosen networks; each serves at least one task.
+    assignment: ``{task: index into networks}`` of the network serving it.
+    val_loss, test_loss: totals over tasks (None: not scored, e.g. networks not trained yet).
+    cost: the networks' total cost.
+    objective: the selector's objective value (weights, normalisers) on the selection table.
+    predicted_val_loss: the selection table's total when it holds predictions (HOA, ESA, TAG).
+    unused: networks chosen on predictions that serve no task once trained, left out.
+    infeasible: why no set of networks within the budget serves every task (then no networks).
+  """
+
+  budget: float
+  networks: tuple[ChosenNetwork, ...] = ()
+  assignment: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  val_loss: Optional[float] = None
+  test_loss: Optional[float] = None
+  cost: float = 0.0
+  objective: Optional[float] = None
+  predicted_val_loss: Optional[float] = None
+  unused: tuple[str, ...] = ()
+  infeasible: Optional[str] = None
+
+  @property
+  def untrained(self) -> tuple[str, ...]:
+    """Labels of the chosen networks without converged results."""
+    return tuple(n.label for n in self.networks if not n.converged)
+
+  def served_by(self, index: int) -> list[str]:
+    """The tasks network ``index`` serves."""
+    return [task for task, i in self.assignment.items() if i == index]
+
+  def to_json(self) -> dict[str, Any]:
+    value = {"budget": self.budget, "networks": [n.to_json() for n in self.networks],
+             "assignment": dict(self.assignment), "val_loss": self.val_loss, "test_loss": self.test_loss,
+             "cost": self.cost, "objective": self.objective, "predicted_val_loss": self.predicted_val_loss,
+             "untrained": list(self.untrained), "unused": list(self.unused)}
+    if self.infeasible is not None:
+      value["infeasible"] = self.infeasible
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineEntry:
+  """A baseline at one budget: its networks and totals; Random's are means over ``samples`` fills,
+  Pessimal says whether its search was ``exact``."""
+
+  budget: float
+  val_loss: Optional[float]
+  test_loss: Optional[float]
+  networks: tuple[ChosenNetwork, ...] = ()
+  cost: Optional[float] = None
+  samples: Optional[int] = None
+  exact: Optional[bool] = None
+
+  def to_json(self) -> dict[str, Any]:
+    value = {"budget": self.budget, "val_loss": self.val_loss, "test_loss": self.test_loss}
+    if self.networks:
+      value["networks"] = [n.to_json() for n in self.networks]
+    value.update({k: v for k, v in (("cost", self.cost), ("samples", self.samples), ("exact", self.exact))
+                  if v is not None})
+    return value
+
+
+# Baseline name (all_task, independent, random, pessimal) -> its entry per budget (None: no answer).
+Baselines = Mapping[str, Sequence[Optional[BaselineEntry]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """One method's selection at every budget.
+
+  Attributes:
+    tasks: the tasks, in table order.
+    predict: what the selection table held (``"none"``: losses as trained, ``"hoa"``: HOA).
+    budgets: the budgets, one solution each.
+    solutions: per budget.
+    baselines: the baselines at the same budgets, where computed.
+    hoa_accuracy: HOA's error against the measured groups (``predict="hoa"``; None if none measured).
+    method: the name a study gives this selection (``optimal``, ``hoa``, ``esa``, ``tag``, ...).
+  """
+
+  tasks: tuple[str, ...]
+  predict: str
+  budgets: tuple[float, ...]
+  solutions: tuple[Solution, ...]
+  baselines: Optional[Baselines] = None
+  hoa_accuracy: Optional[hoa.PredictionAccuracy] = None
+  method: str = ""
+
+  def to_json(self) -> dict[str, Any]:
+    value = {"tasks": list(self.tasks), "predict": self.predict, "budgets": list(self.budgets),
+             "solutions": [s.to_json() for s in self.solutions]}
+    if self.method:
+      value["method"] = self.method
+    if self.baselines is not None:
+      value["baselines"] = {name: [None if e is None else e.to_json() for e in entries]
+                            for name, entries in self.baselines.items()}
+    if self.predict == "hoa":
+      value["hoa_accuracy"] = None if self.hoa_accuracy is None else dataclasses.asdict(self.hoa_accuracy)
+    return value
 
 
 def default_budgets(table: ResultsTable) -> list[float]:
@@ -36,27 +165,28 @@ def _rows_by_key(table: Optional[ResultsTable]) -> dict:
   return {table.network_key(row): row for row in range(table.num_networks)}
 
 
-def _network_json(table: ResultsTable, row: int) -> dict:
-  return {"tasks": list(table.network_tasks[row]), "cost": float(table.costs[row])}
+def _chosen(table: ResultsTable, rows: Sequence[int], converged_rows: Mapping) -> tuple[ChosenNetwork, ...]:
+  return tuple(ChosenNetwork(tuple(table.network_tasks[r]), float(table.costs[r]), table.network_key(r) in converged_rows)
+               for r in rows)
 
 
-def _baseline_json(table: ResultsTable, scored: Optional[baselines.Scored], budget: float) -> Optional[dict]:
+def _baseline_entry(table: ResultsTable, scored: Optional[baselines.Scored], budget: float) -> Optional[BaselineEntry]:
   if scored is None:
     return None
-  return {"budget": budget, "networks": [_network_json(table, r) for r in scored.networks],
-          "val_loss": scored.val_loss, "test_loss": scored.test_loss, "cost": scored.cost}
+  return BaselineEntry(budget, scored.val_loss, scored.test_loss, _chosen(table, scored.networks, _rows_by_key(table)),
+                       scored.cost)
 
 
 def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "none",
         budgets: Optional[Sequence[float]] = None, objective: Optional[selector.Objective] = None,
         converged: Optional[ResultsTable] = None, random_samples: int = 1000, seed: int = 0,
-        with_baselines: bool = True) -> dict:
-  """Selects networks for every budget and scores them and the baselines; returns a JSON-able dict.
+        with_baselines: bool = True) -> Selection:
+  """Selects networks for every budget and scores them and the baselines.
 
   A budget within which no set of networks serves every task gets a solution with no networks and
   an ``infeasible`` message naming the cheapest set that would. ``with_baselines=False`` leaves the
   baselines out (a study comparing several methods on one set of networks computes them once,
-  with ``baselines``).
+  with ``baselines_for``).
   """
   if predict not in PREDICTIONS:
     raise ValueError(f"unknown prediction {predict!r}; choose one of {', '.join(PREDICTIONS)}")
@@ -69,24 +199,24 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
   budgets = default_budgets(val) if budgets is None else [float(b) for b in budgets]
   table = hoa.predict(val) if predict == "hoa" else val
   converged_rows = _rows_by_key(converged)
+  tasks = np.arange(val.num_tasks)
 
   solutions = []
   for budget, solution in zip(budgets, selector.select_many(table, budgets, objective, infeasible="explain")):
     if isinstance(solution, selector.NoFeasibleSolution):
-      solutions.append({"budget": budget, "networks": [], "assignment": {}, "val_loss": None, "test_loss": None,
-                        "infeasible": str(solution)})
+      solutions.append(Solution(budget, infeasible=str(solution)))
       continue
     keys = [table.network_key(r) for r in solution.networks]
     measured = all(key in converged_rows for key in keys)
-    unused = []
+    unused = ()
     if measured:
       # The chosen networks exist fully trained: serve each task by its best one on validation. A
       # network that then serves no task is not run at inference: it leaves the solution.
       chosen = [converged_rows[key] for key in keys]
       assignment = selector.assign(converged.losses, chosen)
       ordered = [row for row in chosen if row in set(assignment)]
-      unused = [converged.network_label(row) for row in chosen if row not in set(assignment)]
-      val_loss = float(np.sum(converged.losses[list(assignment), np.arange(val.num_tasks)]))
+      unused = tuple(converged.network_label(row) for row in chosen if row not in set(assignment))
+      val_loss = float(np.sum(converged.losses[list(assignment), tasks]))
     else:
       ordered = list(solution.networks)
       assignment = solution.assignment
@@ -95,35 +225,22 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
     source = converged if measured else table
     test_loss = None
     if test is not None and measured:
-      test_loss = float(np.sum(test.losses[list(assignment), np.arange(val.num_tasks)]))
-    solutions.append({
-        "budget": solution.budget,
-        "networks": [dict(_network_json(source, r), converged=source.network_key(r) in converged_rows)
-                     for r in ordered],
-        "assignment": {task: index_of[row] for task, row in zip(val.task_names, assignment)},
-        "val_loss": val_loss,
-        "test_loss": test_loss,
-        "objective": solution.objective,
-        "predicted_val_loss": solution.loss if table is not converged else None,
-        "untrained": [] if measured else [table.network_label(r) for r, key in zip(solution.networks, keys)
-                                          if key not in converged_rows],
-        # Chosen on predictions, but on converged validation losses every task is better served by
-        # another chosen network.
-        "unused": unused,
-        "cost": float(sum(source.costs[r] for r in ordered)),
-    })
+      test_loss = float(np.sum(test.losses[list(assignment), tasks]))
+    solutions.append(Solution(
+        budget=solution.budget, networks=_chosen(source, ordered, converged_rows),
+        assignment={task: index_of[row] for task, row in zip(val.task_names, assignment)},
+        val_loss=val_loss, test_loss=test_loss, cost=float(sum(source.costs[r] for r in ordered)),
+        objective=solution.objective, predicted_val_loss=solution.loss if table is not converged else None,
+        unused=unused))
 
-  result = {"tasks": list(val.task_names), "predict": predict, "budgets": budgets, "solutions": solutions}
-  if with_baselines:
-    result["baselines"] = baselines_for(converged, test, budgets, random_samples, seed)
-  if predict == "hoa":
-    accuracy = hoa.accuracy(converged)
-    result["hoa_accuracy"] = None if accuracy is None else dataclasses.asdict(accuracy)
-  return result
+  return Selection(
+      tasks=tuple(val.task_names), predict=predict, budgets=tuple(budgets), solutions=tuple(solutions),
+      baselines=baselines_for(converged, test, budgets, random_samples, seed) if with_baselines else None,
+      hoa_accuracy=hoa.accuracy(converged) if predict == "hoa" else None)
 
 
 def baselines_for(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequence[float], random_samples: int,
-                  seed: int, independent: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None) -> dict:
+                  seed: int, independent: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None) -> Baselines:
   """The baselines of paper section 4.3 at each budget, drawn from ``val``'s networks.
 
   ``independent``: ``(val, test)`` tables the independent baseline draws from instead, when it has
@@ -132,17 +249,14 @@ def baselines_for(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequ
   independent_val, independent_test = (val, test) if independent is None else independent
   all_task, independent_entries, random, pessimal = [], [], [], []
   for budget in budgets:
-    all_task.append(_baseline_json(val, baselines.all_task_network(val, test, budget), budget))
-    independent_entries.append(_baseline_json(
+    all_task.append(_baseline_entry(val, baselines.all_task_network(val, test, budget), budget))
+    independent_entries.append(_baseline_entry(
         independent_val, baselines.independent_networks(independent_val, independent_test, budget), budget))
     sampled = baselines.random_solutions(val, test, budget, samples=random_samples, seed=seed)
-    random.append({"budget": budget, "val_loss": sampled.val_loss, "test_loss": sampled.test_loss,
-                   "samples": sampled.samples})
+    random.append(BaselineEntry(budget, sampled.val_loss, sampled.test_loss, samples=sampled.samples))
     worst = baselines.pessimal_solution(val, test, budget)
-    entry = _baseline_json(val, worst.scored, budget)
-    if entry is not None:
-      entry["exact"] = worst.exact
-    pessimal.append(entry)
+    entry = _baseline_entry(val, worst.scored, budget)
+    pessimal.append(None if entry is None else dataclasses.replace(entry, exact=worst.exact))
   return {"all_task": all_task, "independent": independent_entries, "random": random, "pessimal": pessimal}
 
 
@@ -150,44 +264,39 @@ def _number(value: Optional[float]) -> str:
   return "-" if value is None else f"{value:.4f}"
 
 
-def format_text(result: dict) -> str:
+def format_text(result: Selection) -> str:
   """The per-budget report: chosen networks, which tasks each serves, totals, baselines."""
   lines = []
-  predicted = " (networks chosen from HOA predictions)" if result["predict"] == "hoa" else ""
-  lines.append(f"Network selection for tasks {', '.join(result['tasks'])}{predicted}")
-  for solution in result["solutions"]:
+  predicted = " (networks chosen from HOA predictions)" if result.predict == "hoa" else ""
+  lines.append(f"Network selection for tasks {', '.join(result.tasks)}{predicted}")
+  for solution in result.solutions:
     lines.append("")
-    if solution.get("infeasible"):
-      lines.append(f"budget {solution['budget']:g} SNT: infeasible: {solution['infeasible']}")
+    if solution.infeasible:
+      lines.append(f"budget {solution.budget:g} SNT: infeasible: {solution.infeasible}")
       continue
-    lines.append(f"budget {solution['budget']:g} SNT: {len(solution['networks'])} network(s), cost "
-                 f"{solution['cost']:g}, val {_number(solution['val_loss'])}, test {_number(solution['test_loss'])}")
-    served: dict = {}
-    for task, index in solution["assignment"].items():
-      served.setdefault(index, []).append(task)
-    for index, network in enumerate(solution["networks"]):
-      tasks = "+".join(network["tasks"])
-      serves = ", ".join(served.get(index, [])) or "nothing"
-      lines.append(f"  [{index}] {tasks} @ {network['cost']:g} SNT  serves {serves}")
-    if solution["untrained"]:
-      lines.append(f"  not trained yet (no test loss): {', '.join(solution['untrained'])}")
-    if solution.get("unused"):
+    lines.append(f"budget {solution.budget:g} SNT: {len(solution.networks)} network(s), cost "
+                 f"{solution.cost:g}, val {_number(solution.val_loss)}, test {_number(solution.test_loss)}")
+    for index, network in enumerate(solution.networks):
+      lines.append(f"  [{index}] {network.label}  serves {', '.join(solution.served_by(index))}")
+    if solution.untrained:
+      lines.append(f"  not trained yet (no test loss): {', '.join(solution.untrained)}")
+    if solution.unused:
       lines.append(f"  chosen on predictions but left out, as it serves no task once trained: "
-                   f"{', '.join(solution['unused'])}")
+                   f"{', '.join(solution.unused)}")
   lines.append("")
   lines.append("Total loss by budget (validation / test):")
-  header = ["method"] + [f"{b:g}" for b in result["budgets"]]
-  rows = [["selected"] + [f"{_number(s['val_loss'])}/{_number(s['test_loss'])}" for s in result["solutions"]]]
-  for name, entries in (result.get("baselines") or {}).items():
-    rows.append([name] + [f"{_number(e['val_loss'])}/{_number(e['test_loss'])}" if e and e["val_loss"] is not None
+  header = ["method"] + [f"{b:g}" for b in result.budgets]
+  rows = [["selected"] + [f"{_number(s.val_loss)}/{_number(s.test_loss)}" for s in result.solutions]]
+  for name, entries in (result.baselines or {}).items():
+    rows.append([name] + [f"{_number(e.val_loss)}/{_number(e.test_loss)}" if e and e.val_loss is not None
                           else "-" for e in entries])
   widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
   for row in [header] + rows:
     lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
-  accuracy = result.get("hoa_accuracy")
+  accuracy = result.hoa_accuracy
   if accuracy:
     lines.append("")
-    lines.append(f"HOA accuracy on the {accuracy['count']} measured higher-order losses: average max-ratio error "
-                 f"{100 * accuracy['max_ratio_error']:.1f}%, average overestimate "
-                 f"{100 * accuracy['overestimate']:.1f}% (paper: 5.2% and 1.4%)")
+    lines.append(f"HOA accuracy on the {accuracy.count} measured higher-order losses: average max-ratio error "
+                 f"{100 * accuracy.max_ratio_error:.1f}%, average overestimate "
+                 f"{100 * accuracy.overestimate:.1f}% (paper: 5.2% and 1.4%)")
   return "\n".join(lines)
