@@ -12,29 +12,24 @@ Results: results/val.csv and test.csv (equal-weight networks, for the selector),
 (the method networks' losses), results/tag.json (the affinities).
 """
 
-import os
-
 import ml_collections
 
 from tg_jax.training import config as config_lib
 from tg_jax.training import networks
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("mgda", "uncertainty", "pcgrad", networks.SOFT_SHARING)
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  if variant not in ("", "cpu", "full"):
-    raise ValueError(f"unknown variant {variant!r} of experiments/methods.py; use '' (CPU) or 'full'")
-  # The pairs experiment's model, data and schedule at each scale.
-  config = config_lib.load_experiment(_HERE, "pairs").get_config(variant)
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  variant = config_lib.parse_variant(arg)
+  config = config_lib.base_config(variant)
   config.networks.subsets = "singles"
   config.networks.half_size_singles = False
   all_tasks = "+".join(config.tasks)
   config.networks.extra = (all_tasks,) + tuple(f"{all_tasks}:{method}" for method in METHODS)
-  config.soft_sharing.weight = 1e-2
   config.tag.enabled = True
-  config.tag.every_steps = 5 if variant in ("", "cpu") else 10
+  if variant == config_lib.CPU:
+    config.tag.every_steps = 5  # the CPU run has 125 steps
   config.tag.network = all_tasks
   config.selection.predict = "none"
   return config

@@ -19,23 +19,18 @@ The report (``WORKDIR/report.md``) compares Optimal, ESA, HOA and TAG with the a
 independent networks, Random, Pessimal and MGDA-UB at every budget from 1 to k in steps of 0.5.
 """
 
-import os
-
 import ml_collections
 
 from tg_jax.training import config as config_lib
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Sizes (SNT) of the independent single-task baseline besides the half- and full-size networks the
 # subsets already give: the paper's 1/5, 3/10, 2/5 and 4/5.
 INDEPENDENT_SIZES = (0.2, 0.3, 0.4, 0.8)
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  if variant not in ("", "cpu", "full"):
-    raise ValueError(f"unknown variant {variant!r} of experiments/study.py; use '' (CPU) or 'full'")
-  config = config_lib.load_experiment(_HERE, "all_subsets").get_config(variant)
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  config = config_lib.base_config(arg)
+  config.networks.subsets = "all"
   config.networks.extra = tuple(f"{task}@{size:g}" for size in INDEPENDENT_SIZES for task in config.tasks)
   config.networks.extra += (f"{'+'.join(config.tasks)}:mgda",)
   config.tag.enabled = True  # on the all-task network of equal weights (config.tag.network "")

@@ -1,27 +1,31 @@
-"""Experiment configs load with every variant and select the networks their names promise."""
+"""Experiment configs load with every variant, select the networks their names promise, and are
+self-contained files over the shared presets (``tg_jax.training.config.base_config``)."""
+
+import ast
+import os
 
 import pytest
-from ml_collections import config_flags  # noqa: F401  (the configs are what --config loads)
 
+from tg_jax import models
 from tg_jax.training import config as config_lib
 from tg_jax.training import networks
 
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods")
+
 
 def _load(name, variant):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(name, f"experiments/{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_lib.load_experiment(EXPERIMENTS_DIR, name).get_config(variant)
 
 
 @pytest.mark.parametrize("name, variant, count, predict", [
     ("pairs", "", 5 + 10 + 5, "hoa"), ("pairs", "full", 20, "hoa"),
     ("all_subsets", "", 31 + 5, "none"), ("all_subsets", "full", 36, "none"),
     ("esa", "", 36, "esa"), ("esa", "full", 36, "esa"),
+    ("study", "", 31 + 5 + 4 * 5 + 1, "none"), ("study", "full", 57, "none"),
+    ("methods", "", 5 + 1 + 4, "none"), ("methods", "full", 10, "none"),
 ])
-def test_configs_validate_and_list_their_networks(monkeypatch, name, variant, count, predict):
-  monkeypatch.chdir(config_lib.__file__.rsplit("/tg_jax/", 1)[0])
+def test_configs_validate_and_list_their_networks(name, variant, count, predict):
   config = _load(name, variant)
   config_lib.validate(config)
   assert len(networks.from_config(config)) == count
@@ -31,7 +35,68 @@ def test_configs_validate_and_list_their_networks(monkeypatch, name, variant, co
     assert config.stop_fraction == config.esa_fraction < 1
 
 
-def test_unknown_variant_is_refused(monkeypatch):
-  monkeypatch.chdir(config_lib.__file__.rsplit("/tg_jax/", 1)[0])
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_cpu_is_the_default_variant(name):
+  assert _load(name, "").to_dict() == _load(name, "cpu").to_dict()
+
+
+def test_presets():
+  cpu, full = config_lib.base_config("cpu"), config_lib.base_config("full")
+  # The CPU preset's network is the model family's "cpu" preset, the full one the paper's.
+  assert cpu.model.to_dict() == models.default_config("cpu").to_dict()
+  assert full.model.to_dict() == models.default_config("paper").to_dict()
+  assert cpu.model.cost_image_size == cpu.data.image_size == 32
+  assert full.model.cost_image_size == full.data.image_size == 256
+  # 5 epochs of 20% of the 4000 training images at batch 32: 125 steps.
+  assert (cpu.batch_size, cpu.eval_batch_size, cpu.num_epochs, cpu.log_every_steps) == (32, 100, 5, 5)
+  assert (cpu.optimizer.learning_rate, cpu.optimizer.plateau_patience, cpu.half_precision) == (0.1, 1, False)
+  # The paper's: batch 64, 50 epochs, learning rate 0.2 halved after 2 epochs without improvement.
+  assert (full.batch_size, full.eval_batch_size, full.num_epochs, full.log_every_steps) == (64, 128, 50, 100)
+  assert (full.optimizer.learning_rate, full.optimizer.plateau_patience, full.half_precision) == (0.2, 2, True)
+  assert config_lib.base_config("").to_dict() == cpu.to_dict()
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_unknown_variant_is_refused_naming_the_known_ones(name):
+  with pytest.raises(ValueError, match=r"unknown variant 'gpu'; known variants: cpu .*, full"):
+    _load(name, "gpu")
   with pytest.raises(ValueError, match="unknown variant 'gpu'"):
-    _load("pairs", "gpu")
+    config_lib.base_config("gpu")
+
+
+def _assigned_keys(tree):
+  """Dotted config keys an experiment file assigns (``config.networks.subsets = ...`` ->
+  ``networks.subsets``)."""
+  keys = []
+  for node in ast.walk(tree):
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign) else []
+    for target in targets:
+      parts = []
+      while isinstance(target, ast.Attribute):
+        parts.insert(0, target.attr)
+        target = target.value
+      if isinstance(target, ast.Name) and target.id == "config" and parts:
+        keys.append(".".join(parts))
+  return keys
+
+
+def _get(config, key):
+  for part in key.split("."):
+    config = config[part]
+  return config.to_dict() if hasattr(config, "to_dict") else config
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_stand_alone_over_the_presets_and_restate_no_default(name):
+  with open(os.path.join(EXPERIMENTS_DIR, f"{name}.py")) as f:
+    source = f.read()
+  tree = ast.parse(source)
+  # No experiment loads another by path: each reads on its own over base_config.
+  assert "load_experiment" not in source and "importlib" not in source
+  imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+              for alias in node.names}
+  assert not imported & set(EXPERIMENTS), imported
+  # Every key an experiment sets differs from the preset in some variant.
+  for key in _assigned_keys(tree):
+    assert any(_get(_load(name, v), key) != _get(config_lib.base_config(v), key) for v in config_lib.VARIANTS), \
+        f"experiments/{name}.py sets {key} to the preset's value; leave it out"

@@ -222,7 +222,7 @@ def test_parameter_budgets_of_the_two_scales():
     return _param_count(params["encoder"]), _param_count(params[f"decoder_{DEPTH}"])
 
   cpu_encoder, cpu_decoder = encoder_and_decoder_params(models.default_config("cpu"), 64)
-  assert 100_000 <= cpu_encoder + cpu_decoder <= 200_000
+  assert 25_000 <= cpu_encoder + cpu_decoder <= 50_000  # the CPU preset's ~31k-parameter encoder
   paper_encoder, paper_decoder = encoder_and_decoder_params(models.default_config("paper"), 256)
   assert 3_500_000 <= paper_encoder <= 4_500_000  # the paper's ~4M-parameter encoder
   assert paper_decoder < paper_encoder / 10  # decoders are light
