@@ -2,10 +2,12 @@
 
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
 
+from tg_jax import data
 from tg_jax.data import pipeline
 
 
@@ -81,3 +83,31 @@ def test_dropping_an_infinite_iterator_stops_its_thread():
   while threading.active_count() > before and time.time() < deadline:
     time.sleep(0.05)
   assert threading.active_count() == before
+
+
+def test_a_registered_dataset_loads_through_the_pipeline(tmp_path):
+  source = _source()
+  prepared = types.SimpleNamespace(data_dir=str(tmp_path), is_prepared=lambda: True)
+  toy = types.SimpleNamespace(
+      TASKS=("depth", "segment_semantic"), DEFAULT_TASKS=("depth",), builder=lambda config: prepared,
+      prepare=lambda config: prepared, available_tasks=lambda builder: ("depth", "segment_semantic"),
+      open_split=lambda builder, split, config: source)
+  data.register("toy_registered", toy)
+  data.register("toy_registered", toy)  # the same definition again is fine
+  assert "toy_registered" in data.names() and data.default_tasks("toy_registered") == ("depth",)
+  config = data.default_config()
+  config.name = "toy_registered"
+  config.image_size = 4
+  dataset = data.load(config, split="validation")
+  assert dataset.tasks == ("depth",) and dataset.num_examples == len(source)
+  batch = next(iter(dataset.eval_batches(4)))
+  assert batch["image"].shape == (4, 4, 4, 3) and batch["depth"].shape == (4, 4, 4, 1)
+  assert (tmp_path / pipeline.STATS_FILE).exists()  # statistics stored beside the "cache"
+
+  with pytest.raises(ValueError, match="already registered with a different definition"):
+    data.register("toy_registered", types.SimpleNamespace(**vars(toy)))
+  with pytest.raises(ValueError, match="dataset 'half' lacks DEFAULT_TASKS, available_tasks, open_split"):
+    data.register("half", types.SimpleNamespace(TASKS=(), builder=None, prepare=None))
+  with pytest.raises(ValueError, match="unknown dataset 'nope'; known datasets: .*synthetic_scenes"):
+    config.name = "nope"
+    data.load(config)

@@ -9,7 +9,6 @@ from tg_jax import main
 from tg_jax import merge
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis
-from tg_jax.training import ensemble
 from tg_jax.training import trainer
 
 
@@ -23,10 +22,9 @@ def _missing(workdir):
   return finish.missing_networks(study_tables, analysis.selections(study_tables))
 
 
-def test_merged_shards_equal_one_unsharded_run(tmp_path, monkeypatch):
+def test_merged_shards_equal_one_unsharded_run(tmp_path):
   config = train_fakes.tiny_config()
   config.num_epochs = 2
-  monkeypatch.setattr(trainer, "_load_datasets", train_fakes.datasets)
   trainer.train_and_evaluate(config, str(tmp_path / "whole"))
   sharded = workdir_lib.Workdir(str(tmp_path / "sharded"))
   for index in range(2):
@@ -42,7 +40,6 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path, monkeypatch):
   # exactly those, and then every HOA solution is scored on test.
   assert _missing(sharded.path) == ["toy_depth+toy_normals+toy_segment"]
   config.evaluation.ensemble = True
-  monkeypatch.setattr(ensemble, "_load_split", lambda config, split: train_fakes.datasets(config)[split])
   printed = finish.finish(config, sharded.path)
   assert "constant predictor" in printed
   assert [n.name for n in sharded.retrain.read_run().networks] == ["toy_depth+toy_normals+toy_segment"]

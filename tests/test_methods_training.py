@@ -197,7 +197,7 @@ def _config(**overrides):
 
 
 def _run(tmp_path, monkeypatch, name, on_step=None, **overrides):
-  monkeypatch.setattr(trainer, "_load_datasets", lambda c: train_fakes.datasets(c, on_step))
+  monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", on_step)
   workdir = str(tmp_path / name)
   return trainer.train_and_evaluate(_config(**overrides), workdir), workdir
 
@@ -297,12 +297,7 @@ def test_resume_of_balanced_soft_and_tag_networks_matches_the_uninterrupted_run(
   assert json.loads(_results(resumed, "networks.json")) == json.loads(_results(uninterrupted, "networks.json"))
 
 
-def _fake_split(config, split):
-  return train_fakes.FakeDataset(config.tasks, split, {"validation": config.data.num_val, "test": config.data.num_test}[split])
-
-
-def test_ensemble_of_a_network_with_itself_is_the_network(trained, monkeypatch):
-  monkeypatch.setattr(ensemble, "_load_split", _fake_split)
+def test_ensemble_of_a_network_with_itself_is_the_network(trained):
   _, workdir = trained
   config = _config()
   report = ensemble.evaluate(config, workdir, [ALL, ALL], split="test")
@@ -315,8 +310,7 @@ def test_ensemble_of_a_network_with_itself_is_the_network(trained, monkeypatch):
     assert report[task]["ensemble_loss"] == pytest.approx(report[task]["best_single_loss"], rel=1e-5)
 
 
-def test_ensemble_of_two_networks_is_the_loss_of_the_averaged_prediction(trained, monkeypatch):
-  monkeypatch.setattr(ensemble, "_load_split", _fake_split)
+def test_ensemble_of_two_networks_is_the_loss_of_the_averaged_prediction(trained):
   _, workdir = trained
   config = _config()
   names = ["toy_depth", ALL, f"{ALL}:mgda"]

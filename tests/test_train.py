@@ -93,7 +93,7 @@ def _run(tmp_path, monkeypatch, name="run", on_step=None, **overrides):
     for parent in parents:
       target = target[parent]
     target[leaf] = value
-  monkeypatch.setattr(trainer, "_load_datasets", lambda c: train_fakes.datasets(c, on_step))
+  monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", on_step)
   workdir = str(tmp_path / name)
   return trainer.train_and_evaluate(config, workdir), workdir
 

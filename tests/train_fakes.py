@@ -1,8 +1,9 @@
 """Small stand-ins for the trainer's tests: toy tasks, an in-memory dataset, a tiny config.
 
-The dataset has the API of ``tg_jax.data`` datasets (``train_batches`` depends only on
-``(seed, step)``, ``eval_batches`` pads with weight 0) and learnable labels computed from the images,
-so tests can check that training lowers losses without building the real dataset.
+The dataset is registered as ``fake`` (``tg_jax.data.register``), so ``data.load`` returns it for
+``tiny_config()``'s ``config.data``. It has the API of ``tg_jax.data`` datasets (``train_batches``
+depends only on ``(seed, step)``, ``eval_batches`` pads with weight 0) and learnable labels computed
+from the images, so tests can check that training lowers losses without building the real dataset.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tg_jax import data
 from tg_jax import models
 from tg_jax import tasks as tasks_lib
 from tg_jax.training import config as config_lib
@@ -75,10 +77,27 @@ class FakeDataset:
       yield batch
 
 
-def datasets(config: ml_collections.ConfigDict, on_step=None) -> dict[str, FakeDataset]:
-  return {split: FakeDataset(config.tasks, split, n, on_step if split == "train" else None)
-          for split, n in (("train", config.data.num_train), ("validation", config.data.num_val),
-                           ("test", config.data.num_test))}
+class FakeData:
+  """The ``fake`` dataset as ``tg_jax.data`` registers it: in memory, sized by ``config.data``'s
+  ``num_train``, ``num_val`` and ``num_test``.
+
+  ``on_step(step, batch)``, if set (``monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", f)``),
+  sees (and may change) each training batch first.
+  """
+
+  TASKS = TOY_TASKS
+  DEFAULT_TASKS = TOY_TASKS
+
+  def __init__(self):
+    self.on_step = None
+
+  def load(self, config: ml_collections.ConfigDict, tasks, split: str) -> FakeDataset:
+    sizes = {"train": config.num_train, "validation": config.num_val, "test": config.num_test}
+    return FakeDataset(tasks, split, sizes[split], self.on_step if split == "train" else None)
+
+
+FAKE_DATA = FakeData()
+data.register("fake", FAKE_DATA)
 
 
 class ToyNet(nn.Module):

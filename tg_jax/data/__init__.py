@@ -1,21 +1,37 @@
-"""Datasets for multi-task learning, behind one pipeline (the contract is /work/notes/data_api.md).
+"""Datasets for multi-task learning, found by name (``config.data.name``), behind one pipeline.
 
     cfg = data.default_config()                  # at config.data in experiments
     ds = data.load(cfg, tasks=("segment_semantic", "depth"), split="train")
     for batch in ds.train_batches(64, seed=0): ...
 
 Datasets: ``synthetic_scenes`` (rendered on first use, the default), ``taskonomy`` and
-``celeb_a`` (both from a manual directory). Each dataset module provides ``TASKS``,
-``DEFAULT_TASKS``, ``builder(config)`` and ``prepare(config)`` (the TFDS builder; ``prepare``
-builds the cache once), ``available_tasks(builder)`` and
-``open_split(builder, split, config) -> pipeline.ExampleSource``.
+``celeb_a`` (both from a manual directory). ``register(name, dataset)`` adds one, as
+``models.register`` adds a model family. A dataset is a module (or any object) providing:
+
+- ``TASKS``: the task names (``tg_jax.tasks``) it can have labels for; ``DEFAULT_TASKS``: those a
+  study uses unless told otherwise.
+- ``builder(config)``: its TFDS builder for ``config`` (the ``config.data`` options);
+  ``prepare(config)``: builds the cache once (a no-op when ``builder.is_prepared()``) and returns
+  the builder.
+- ``available_tasks(builder)``: the tasks the prepared data has labels for (Taskonomy: the label
+  folders present).
+- ``open_split(builder, split, config) -> pipeline.ExampleSource``: an ``ArraySource`` for small
+  data or a ``RecordSource`` over a TFDS data source, whose examples hold ``image`` (uint8
+  ``[h, w, 3]``) and one label per task (dense regression in natural units, class ids as ints),
+  optionally ``<task>_mask``.
+
+``pipeline`` gives every such dataset its label statistics (computed once, stored beside the
+cache), batching, host sharding and exact resumption. An in-memory dataset (the tests' fakes) may
+instead provide ``load(config, tasks, split)`` returning an object with ``pipeline.Dataset``'s
+interface; it bypasses the cache and the pipeline. WORKSPACE.md, "How to add a dataset", has the
+steps.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import ml_collections
 
@@ -41,8 +57,36 @@ from tg_jax.data import synthetic_scenes
 from tg_jax.data import taskonomy
 
 Dataset = pipeline.Dataset
-DATASETS = {"synthetic_scenes": synthetic_scenes, "taskonomy": taskonomy, "celeb_a": celeb_a}
 SPLITS = ("train", "validation", "test")
+
+# What a dataset provides (see the module docstring): its tasks, and either the TFDS-backed
+# functions the pipeline reads through or, for in-memory datasets, ``load``.
+_REQUIRED = ("TASKS", "DEFAULT_TASKS")
+_PIPELINE_FUNCTIONS = ("builder", "prepare", "available_tasks", "open_split")
+_DATASETS: dict[str, Any] = {}
+
+
+def register(name: str, dataset: Any) -> None:
+  """Makes ``dataset`` (a module or object with the attributes above) loadable as ``name``."""
+  missing = [a for a in _REQUIRED if not hasattr(dataset, a)]
+  if not hasattr(dataset, "load"):
+    missing += [a for a in _PIPELINE_FUNCTIONS if not hasattr(dataset, a)]
+  if missing:
+    raise ValueError(f"dataset {name!r} lacks {', '.join(missing)}; a dataset provides TASKS, DEFAULT_TASKS "
+                     f"and either {', '.join(_PIPELINE_FUNCTIONS)} or load (see tg_jax.data's docstring)")
+  if name in _DATASETS and _DATASETS[name] is not dataset:
+    raise ValueError(f"dataset {name!r} is already registered with a different definition")
+  _DATASETS[name] = dataset
+
+
+def names() -> list[str]:
+  """The registered datasets' names."""
+  return sorted(_DATASETS)
+
+
+register("synthetic_scenes", synthetic_scenes)
+register("taskonomy", taskonomy)
+register("celeb_a", celeb_a)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -74,9 +118,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _dataset_module(name: str):
   try:
-    return DATASETS[name]
+    return _DATASETS[name]
   except KeyError:
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}") from None
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}") from None
 
 
 def dataset_tasks(name: str) -> tuple[str, ...]:
@@ -86,7 +130,10 @@ def dataset_tasks(name: str) -> tuple[str, ...]:
 
 def available_tasks(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The tasks the prepared dataset has labels for (Taskonomy: the label folders present)."""
-  return tuple(_dataset_module(config.name).available_tasks(prepare(config)))
+  module = _dataset_module(config.name)
+  if hasattr(module, "load"):
+    return tuple(module.TASKS)
+  return tuple(module.available_tasks(prepare(config)))
 
 
 def default_tasks(name: str) -> tuple[str, ...]:
@@ -111,6 +158,8 @@ def check_tasks(name: str, task_names: Sequence[str]) -> tuple[str, ...]:
 def prepare(config: ml_collections.ConfigDict):
   """Builds the dataset's cache if needed (printing where) and returns its TFDS builder."""
   module = _dataset_module(config.name)
+  if hasattr(module, "load"):
+    raise ValueError(f"dataset {config.name!r} is held in memory; it has no cache to prepare")
   builder = module.builder(config)
   if not builder.is_prepared():
     print(f"Preparing {config.name} in {builder.data_dir}; this happens once.", file=sys.stderr)
@@ -124,6 +173,8 @@ def load(config: ml_collections.ConfigDict, tasks: Optional[Sequence[str]] = Non
   task_names = check_tasks(config.name, default_tasks(config.name) if tasks is None else tasks)
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+  if hasattr(module, "load"):
+    return module.load(config, task_names, split)
   builder = prepare(config)
   available = module.available_tasks(builder)
   for task in task_names:

@@ -23,7 +23,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tg_jax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tg_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_DATASET = flags.DEFINE_string("dataset", "synthetic_scenes", f"One of {', '.join(data.DATASETS)}.")
+_DATASET = flags.DEFINE_string("dataset", "synthetic_scenes", f"One of {', '.join(data.names())}.")
 _OUT = flags.DEFINE_string("out", "grid.png", "Where to write the grid (PNG).")
 _SPLIT = flags.DEFINE_enum("split", "train", list(data.SPLITS), "Split to show.")
 _EXAMPLES = flags.DEFINE_integer("examples", 6, "Rows of the grid.")
