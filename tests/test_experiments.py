@@ -100,3 +100,17 @@ def test_experiments_stand_alone_over_the_presets_and_restate_no_default(name):
   for key in _assigned_keys(tree):
     assert any(_get(_load(name, v), key) != _get(config_lib.base_config(v), key) for v in config_lib.VARIANTS), \
         f"experiments/{name}.py sets {key} to the preset's value; leave it out"
+
+
+def test_data_directories_can_be_set_on_the_command_line():
+  # They default to None, which config_flags cannot override unless the field is typed.
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  argv = ["main", f"--config={os.path.join(EXPERIMENTS_DIR, 'pairs.py')}:full",
+          "--config.data.data_dir=/scratch/tfds", "--config.data.manual_dir=/data/taskonomy"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
+  assert (config.data.data_dir, config.data.manual_dir, config.data.image_size) == ("/scratch/tfds", "/data/taskonomy", 256)
+  assert config_lib.base_config().data.data_dir is None

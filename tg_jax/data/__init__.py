@@ -94,7 +94,8 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "synthetic_scenes"
   # TFDS cache directory; None means TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-  config.data_dir = None
+  # A string placeholder, so that --config.data.data_dir=DIR can set it.
+  config.data_dir = ml_collections.config_dict.placeholder(str)
   # Square image side; the embedded dataset renders at this size, the others are resized to it.
   config.image_size = 32
   # synthetic_scenes: scenes per split (splits never share a scene), views rendered per scene.
@@ -104,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.views_per_scene = 2
   config.seed = 0
   # taskonomy and celeb_a: the directory holding the manually downloaded files.
-  config.manual_dir = None
+  config.manual_dir = ml_collections.config_dict.placeholder(str)
   # taskonomy: comma-separated building names held out; empty = a fixed 10%/10% random choice.
   config.validation_buildings = ""
   config.test_buildings = ""
