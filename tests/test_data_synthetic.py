@@ -76,8 +76,13 @@ def test_cache_is_keyed_by_every_rendering_option(tmp_path):
   assert len(names) == 5
 
 
-def test_rebuilding_gives_identical_data(config, splits, tmp_path):
+def test_rebuilding_gives_identical_data(config, splits, tmp_path, capfd):
   again = data.load(_config(tmp_path), ALL_TASKS, "validation")
+  # The render says what, where and how long; TFDS's "Downloading and preparing dataset Unknown
+  # size" (nothing is downloaded) and its progress bars stay off the console.
+  out, err = capfd.readouterr()
+  assert f"rendering synthetic_scenes (17x17, 22 images: 12 train, 4 validation, 6 test) into {tmp_path}" in err
+  assert "... done in" in err and "Downloading" not in out + err and "Generating" not in err
   first = next(iter(splits["validation"].eval_batches(4)))
   second = next(iter(again.eval_batches(4)))
   for key in first:

@@ -13,7 +13,6 @@ Rerunning the same command resumes from the workdir's last checkpoint. With --nu
 ``python -m tg_jax.merge --workdir=WORKDIR`` once all are done.
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -23,6 +22,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from tg_jax import console
 from tg_jax import finish as finish_lib
 from tg_jax import workdir as workdir_lib
 from tg_jax.training import trainer
@@ -38,15 +38,6 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 flags.mark_flags_as_required(["config"])
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops libraries' INFO lines (orbax details every save) so progress stays readable."""
-
-  LIBRARY_PATHS = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}", f"{os.sep}etils{os.sep}")
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(p in record.pathname for p in self.LIBRARY_PATHS)
-
-
 def default_workdir(config_argument: str) -> str:
   """``experiments/pairs.py:full`` -> ``workdirs/pairs_full``."""
   path, _, variant = config_argument.partition(":")
@@ -57,7 +48,7 @@ def default_workdir(config_argument: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_libraries()  # libraries' INFO lines (TPU probe, TFDS, orbax) stay off the console
   if _MULTIHOST.value:
     jax.distributed.initialize()
   workdir = _WORKDIR.value

@@ -15,6 +15,8 @@ Datasets: ``synthetic_scenes`` (rendered on first use, the default), ``taskonomy
   the builder.
 - ``available_tasks(builder)``: the tasks the prepared data has labels for (Taskonomy: the label
   folders present).
+- optionally ``describe(config)``: what preparing does, for the console line ``prepare`` prints
+  (e.g. "rendering synthetic_scenes (32x32, 5000 images: ...)"; default "preparing <name>").
 - ``open_split(builder, split, config) -> pipeline.ExampleSource``: an ``ArraySource`` for small
   data or a ``RecordSource`` over a TFDS data source, whose examples hold ``image`` (uint8
   ``[h, w, 3]``) and one label per task (dense regression in natural units, class ids as ints),
@@ -29,18 +31,25 @@ steps.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
+import time
 from typing import Any, Optional, Sequence
 
+from etils import epath
 import ml_collections
 
 from tg_jax import tasks as tasks_lib
 
 
 def _hide_gpus_from_tensorflow():
-  """TensorFlow only reads files here; JAX gets every accelerator's memory."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no start-up banner on every run
+  """TensorFlow only reads and writes files here: JAX gets every accelerator's memory, and
+  TensorFlow's start-up notices stay off the console (set either variable to override)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines off; warnings and errors show
+  # Its oneDNN kernels (and their notice on every import) serve computation TensorFlow does not do here.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   try:
     tf.config.set_visible_devices([], "GPU")
@@ -157,14 +166,23 @@ def check_tasks(name: str, task_names: Sequence[str]) -> tuple[str, ...]:
 
 
 def prepare(config: ml_collections.ConfigDict):
-  """Builds the dataset's cache if needed (printing where) and returns its TFDS builder."""
+  """Builds the dataset's cache if needed (saying what, where and how long) and returns its TFDS builder."""
   module = _dataset_module(config.name)
   if hasattr(module, "load"):
     raise ValueError(f"dataset {config.name!r} is held in memory; it has no cache to prepare")
   builder = module.builder(config)
-  if not builder.is_prepared():
-    print(f"Preparing {config.name} in {builder.data_dir}; this happens once.", file=sys.stderr)
-  return module.prepare(config)
+  # (TFDS warns of a missing dataset_info.json when asked about a folder that does not exist yet.)
+  if epath.Path(builder.data_dir).exists() and builder.is_prepared():
+    return module.prepare(config)
+  what = module.describe(config) if hasattr(module, "describe") else f"preparing {config.name}"
+  print(f"{what} into {builder.data_dir} (once; later runs reuse it) ...", file=sys.stderr, flush=True)
+  start = time.perf_counter()
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and prepared
+  # to ..." to stdout: nothing is downloaded, and the lines here say the rest.
+  with contextlib.redirect_stdout(io.StringIO()):
+    prepared = module.prepare(config)
+  print(f"... done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+  return prepared
 
 
 def load(config: ml_collections.ConfigDict, tasks: Optional[Sequence[str]] = None,

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from tg_jax import console  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tg_jax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tg_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -100,6 +101,7 @@ def print_statistics(config, task_names: Sequence[str], dataset: data.Dataset) -
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  console.quiet_libraries()
   config = data.default_config()
   config.name = _DATASET.value
   if _IMAGE_SIZE.value:

@@ -12,6 +12,8 @@ no scene is seen by two splits and growing one split does not change the others.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -34,6 +36,7 @@ TASKS = tuple(TASK_FEATURES)
 # The paper's five tasks (the authors' --tasks=sdnkt: 2D edges are Taskonomy's edge_texture).
 DEFAULT_TASKS = ("segment_semantic", "depth", "normals", "keypoints2d", "edges2d")
 _RENDER_CHUNK = 64  # scenes rendered per call while generating
+_PROGRESS_EVERY_S = 30.0  # a long render (e.g. 256x256) says how far it got at most this often
 
 
 @dataclasses.dataclass
@@ -94,10 +97,14 @@ class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     split_index = SPLITS.index(split)
     num_scenes = config.num_scenes(split)
+    last_report = time.monotonic()
     for first in range(0, num_scenes, _RENDER_CHUNK):
       scenes = range(first, min(first + _RENDER_CHUNK, num_scenes))
       rendered = render.render_scenes([(config.seed, split_index, s) for s in scenes],
                                       config.views_per_scene, config.image_size)
+      if time.monotonic() - last_report >= _PROGRESS_EVERY_S:
+        print(f"  {split}: {scenes[-1] + 1} of {num_scenes} scenes rendered", file=sys.stderr, flush=True)
+        last_report = time.monotonic()
       for i, (scene, view) in enumerate((s, v) for s in scenes for v in range(config.views_per_scene)):
         example = {key: value[i] for key, value in rendered.items()}
         for name in _FLOAT_LABELS:
@@ -117,10 +124,25 @@ def builder(config) -> SyntheticScenes:
   return SyntheticScenes(config=builder_config, data_dir=config.data_dir, file_format="array_record")
 
 
+def describe(config) -> str:
+  """What preparing renders, for ``tg_jax.data.prepare``'s console line."""
+  images = {split: getattr(config, f"num_{split}_scenes") * config.views_per_scene for split in SPLITS}
+  return (f"rendering synthetic_scenes ({config.image_size}x{config.image_size}, {sum(images.values())} images: "
+          + ", ".join(f"{n} {split}" for split, n in images.items()) + ")")
+
+
 def prepare(config) -> SyntheticScenes:
-  """Renders the dataset into the cache unless it is there already."""
+  """Renders the dataset into the cache unless it is there already.
+
+  TFDS's progress bars (per split, and for shuffling into files under a temporary name) are off
+  while rendering; ``_generate_examples`` reports progress itself when a render takes long.
+  """
   scenes = builder(config)
-  scenes.download_and_prepare()
+  tfds.display_progress_bar(False)
+  try:
+    scenes.download_and_prepare()
+  finally:
+    tfds.display_progress_bar(True)
   return scenes
 
 

@@ -1,0 +1,31 @@
+"""What the command-line programs print: the project's own lines, libraries' only when they matter.
+
+Under ``absl.app`` every INFO record reaches the console, so a first run would open with JAX's
+failed TPU probe ("Unable to initialize backend 'tpu'"), TFDS's dataset bookkeeping and orbax's
+details of every save. ``quiet_libraries()`` keeps INFO lines from ``tg_jax``'s own files and
+warnings and errors from everyone. TensorFlow's C++ start-up notices are silenced where it is
+imported (``tg_jax.data``), through environment variables a user can set otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import logging as absl_logging
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class LibraryFilter(logging.Filter):
+  """Passes warnings and errors, and below that only records logged from ``tg_jax``'s files."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+
+
+def quiet_libraries() -> None:
+  """Installs ``LibraryFilter`` on absl's console handler (once); call it first in ``main``."""
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, LibraryFilter) for f in handler.filters):
+    handler.addFilter(LibraryFilter())
