@@ -14,6 +14,7 @@ import train_fakes
 from tg_jax import balancing
 from tg_jax import models
 from tg_jax import tasks as tasks_lib
+from tg_jax.affinity import meter
 from tg_jax.affinity import tag as tag_lib
 from tg_jax.training import cohort
 from tg_jax.training import config as config_lib
@@ -353,4 +354,4 @@ def test_methods_experiment_lists_the_methods_and_tag(monkeypatch):
     config_lib.validate(config)
     listed = networks.from_config(config)
     assert {n.method for n in listed} >= {"", "mgda", "uncertainty", "pcgrad", "soft"}
-    assert config.tag.enabled and trainer.tag_network(config) in listed
+    assert config.tag.enabled and meter.tag_network(config) in listed

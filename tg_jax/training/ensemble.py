@@ -24,11 +24,12 @@ import numpy as np
 from tg_jax import data
 from tg_jax import tasks as tasks_lib
 from tg_jax import workdir as workdir_lib
+from tg_jax.affinity import meter as meter_lib
 from tg_jax.affinity import tag as tag_lib
 from tg_jax.training import checkpoints
 from tg_jax.training import cohort as cohort_lib
+from tg_jax.training import cohorts as cohorts_lib
 from tg_jax.training import networks as networks_lib
-from tg_jax.training import trainer
 
 
 def _load_split(config: ml_collections.ConfigDict, split: str):
@@ -71,12 +72,12 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str, network_name
       checkpointer.close()
       continue
     run_networks = [networks_lib.parse(n, config.tasks) for n in names]
-    runners = [trainer._CohortRunner(spec, config, 1, image_shape, optimizer, dtype, cohort_lib.LOOP,  # pylint: disable=protected-access
-                                     replicated, replicated)
+    runners = [cohorts_lib.CohortRunner(spec, config, 1, image_shape, optimizer, dtype, cohort_lib.LOOP,
+                                        replicated, replicated)
                for spec in networks_lib.cohorts(run_networks, config.tasks)]
     target: dict[str, Any] = {r.spec.name: r.abstract_state(len(r.spec.networks), image_shape) for r in runners}
-    if config.tag.enabled and trainer.tag_network(config) in run_networks:
-      target[trainer.TAG_STATE] = tag_lib.AffinitySum.zeros(len(trainer.tag_network(config).tasks))
+    if config.tag.enabled and meter_lib.tag_network(config) in run_networks:
+      target[meter_lib.TAG_STATE] = tag_lib.AffinitySum.zeros(len(meter_lib.tag_network(config).tasks))
     states, _ = checkpointer.restore(step, target)
     checkpointer.close()
     for runner in runners:

@@ -1,0 +1,259 @@
+"""A run's cohorts on device: their models, compiled steps and the states of their networks.
+
+``cohort`` holds the pure maths of one cohort (init, train step, validation trackers); this module
+holds what a run keeps between steps. A cohort (``networks.Cohort``: networks of one size and
+method over one model) has a ``CohortRunner`` (its model and jitted functions); its networks are
+split into ``Chunk``s, each trained by one call of the compiled step (``planning`` sizes them to fit
+in memory). ``Cohorts`` owns every chunk's ``CohortState`` and is the only thing that changes them:
+training, validation, checkpoints and host copies of the trackers all go through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterable, Mapping, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+
+from tg_jax import balancing
+from tg_jax import models
+from tg_jax.training import cohort as cohort_lib
+from tg_jax.training import networks as networks_lib
+
+Batch = Mapping[str, jax.Array]
+
+
+def build_model(spec: networks_lib.Cohort, model_config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
+  """The model a cohort's networks share: decoders for its tasks; for soft sharing, one
+  single-task network per task (``cohort.SoftSharedNetworks``)."""
+  if spec.method == networks_lib.SOFT_SHARING:
+    return cohort_lib.SoftSharedNetworks(tuple(models.build(model_config, (t,), spec.size, dtype) for t in spec.tasks))
+  return models.build(model_config, spec.tasks, spec.size, dtype)
+
+
+def make_balancer(method: str, config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """``balancing.get(method, **config.balancing_options[method])``; DWA's period defaults to one
+  validation period, the paper's epoch."""
+  options = dict(config.balancing_options.get(method, {}))
+  if method == "dwa":
+    options.setdefault("period", steps_per_epoch)
+  return balancing.get(method, **options)
+
+
+def parallelism(config: ml_collections.ConfigDict, spec: networks_lib.Cohort, platform: str) -> str:
+  """How a step runs the cohort's networks: ``config.network_parallelism``, or the platform's choice."""
+  if config.network_parallelism == "auto":
+    return cohort_lib.choose_parallelism(platform, len(spec.networks))
+  return config.network_parallelism
+
+
+class CohortRunner:
+  """One cohort's model and jitted functions (train step compiled per chunk size, evaluation,
+  validation trackers); the states they run on live in ``Chunk``s."""
+
+  def __init__(self, spec: networks_lib.Cohort, config: ml_collections.ConfigDict, steps_per_epoch: int,
+               image_shape: Sequence[int], optimizer, dtype: Any, how: str, replicated: NamedSharding,
+               batch_sharding: NamedSharding):
+    self.spec = spec
+    self.model = build_model(spec, config.model, dtype)
+    self.optimizer = optimizer
+    self._replicated = replicated
+    task_names = spec.tasks
+    self.balancer = None
+    gradient_fn = None  # the paper's equal weights
+    if spec.method == networks_lib.SOFT_SHARING:
+      gradient_fn = cohort_lib.soft_sharing_gradients(
+          model=self.model, task_names=task_names, weight=config.soft_sharing.weight,
+          shared_names=cohort_lib.shared_parameter_names(self.model.members[0], image_shape))
+    elif spec.method:
+      self.balancer = make_balancer(spec.method, config, steps_per_epoch)
+      gradient_fn = cohort_lib.balanced_gradients(
+          model=self.model, task_names=task_names, balancer=self.balancer,
+          shared_names=cohort_lib.shared_parameter_names(self.model, image_shape),
+          needs_task_gradients=balancing.needs_task_gradients(spec.method))
+
+    def train_step(state, batch, step, task_mask):
+      return cohort_lib.train_step(state, batch, step, model=self.model, optimizer=optimizer,
+                                   task_names=task_names, task_mask=task_mask, how=how, gradient_fn=gradient_fn)
+
+    def eval_sums(params, batch_stats, batch):
+      return (cohort_lib.eval_loss_sums(params, batch_stats, batch, model=self.model, task_names=task_names,
+                                        how=how),
+              jnp.sum(batch["weight"]))
+
+    self._train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding, replicated, replicated),
+                               out_shardings=replicated, donate_argnums=0)
+    self.eval_sums = jax.jit(eval_sums, in_shardings=(replicated, replicated, batch_sharding),
+                             out_shardings=replicated)
+    self.record_validation = jax.jit(cohort_lib.record_validation, out_shardings=replicated, donate_argnums=0)
+    self._compiled: dict[int, Any] = {}
+
+  def init_state(self, indices: Sequence[int], seed: int, image_shape: Sequence[int]) -> cohort_lib.CohortState:
+    """State of the networks at global list positions ``indices`` (their rngs depend on nothing else).
+
+    Networks are initialised one at a time by one compiled function and then stacked: compiling
+    the vmapped initialiser costs several times more on CPU, and the values are the same.
+    """
+    init_one = jax.jit(functools.partial(cohort_lib.init, self.model, self.optimizer, image_shape=tuple(image_shape),
+                                         num_tasks=len(self.spec.tasks), balancer=self.balancer))
+    states = [init_one(jax.random.fold_in(jax.random.PRNGKey(seed), i)[None]) for i in indices]
+    return jax.device_put(cohort_lib.concatenate(states), self._replicated)
+
+  def abstract_state(self, num_networks: int, image_shape: Sequence[int]) -> cohort_lib.CohortState:
+    """Shapes, dtypes and shardings of the state of ``num_networks`` of this cohort's networks."""
+    rngs = jax.ShapeDtypeStruct((num_networks, 2), jnp.uint32)
+    shapes = jax.eval_shape(functools.partial(cohort_lib.init, self.model, self.optimizer,
+                                              image_shape=tuple(image_shape), num_tasks=len(self.spec.tasks),
+                                              balancer=self.balancer), rngs)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self._replicated), shapes)
+
+  def compiled_step(self, num_networks: int, abstract_batch: Any, image_shape: Sequence[int]):
+    """The train step compiled for ``num_networks`` networks (cached)."""
+    if num_networks not in self._compiled:
+      state = self.abstract_state(num_networks, image_shape)
+      step = jax.ShapeDtypeStruct((), jnp.int32, sharding=self._replicated)
+      mask = jax.ShapeDtypeStruct((num_networks, len(self.spec.tasks)), jnp.bool_, sharding=self._replicated)
+      self._compiled[num_networks] = self._train_step.lower(state, abstract_batch, step, mask).compile()
+    return self._compiled[num_networks]
+
+
+@dataclasses.dataclass
+class Chunk:
+  """Networks trained by one call of their cohort's step, with their state on device.
+
+  Attributes:
+    runner: the cohort's runner; ``runner.spec.tasks`` are the columns of ``[nets, tasks]`` arrays.
+    networks: the chunk's networks, in the cohort's order.
+    task_mask: ``[nets, tasks]`` bool: whether each network trains each of the cohort's tasks.
+    state: the networks' ``CohortState`` (``[nets, ...]`` leaves), replaced by every step.
+  """
+
+  runner: CohortRunner
+  networks: tuple[networks_lib.Network, ...]
+  task_mask: jax.Array
+  state: cohort_lib.CohortState
+
+
+class Cohorts:
+  """Every chunk of a run's cohorts and its networks' state on device.
+
+  Attributes:
+    runners: one per cohort, in ``networks.cohorts`` order (a checkpoint holds one state per cohort).
+    chunks: every cohort's chunks, cohort after cohort: the order of ``train``'s metrics.
+  """
+
+  def __init__(self, runners: Sequence[CohortRunner], chunk_sizes: Mapping[str, Sequence[int]],
+               positions: Mapping[networks_lib.Network, int], seed: int, image_shape: Sequence[int],
+               abstract_batch: Any, replicated: NamedSharding):
+    """Initialises every network from ``seed`` and its position in the experiment's network list.
+
+    Args:
+      runners: the cohorts' runners.
+      chunk_sizes: per cohort name, how many networks each of its chunks trains (``planning``).
+      positions: each network's index in the experiment's whole network list (all shards).
+      seed: the experiment's seed.
+      image_shape: ``[h, w, c]`` of the input images.
+      abstract_batch: shapes and shardings of one global training batch (the steps compile for it).
+      replicated: the sharding of states, steps and masks.
+    """
+    self.runners = tuple(runners)
+    self._image_shape = tuple(image_shape)
+    self._abstract_batch = abstract_batch
+    self._replicated = replicated
+    self.chunks: list[Chunk] = []
+    for runner in self.runners:
+      members, sizes = runner.spec.networks, list(chunk_sizes[runner.spec.name])
+      state = runner.init_state([positions[n] for n in members], seed, image_shape)
+      offset = 0
+      for size, chunk_state in zip(sizes, cohort_lib.split(state, sizes)):
+        spec = dataclasses.replace(runner.spec, networks=members[offset:offset + size])
+        mask = jax.device_put(jnp.asarray(spec.task_mask(), jnp.bool_), replicated)
+        self.chunks.append(Chunk(runner, spec.networks, mask, chunk_state))
+        offset += size
+      logging.info("cohort %s: %d networks over tasks %s, %s per step", runner.spec.name, len(members),
+                   "+".join(runner.spec.tasks), "/".join(map(str, sizes)))
+
+  def _chunks_of(self, runner: CohortRunner) -> list[Chunk]:
+    return [chunk for chunk in self.chunks if chunk.runner is runner]
+
+  def chunk_of(self, network: networks_lib.Network) -> Chunk:
+    """The chunk that trains ``network``."""
+    chunk, = [chunk for chunk in self.chunks if network in chunk.networks]
+    return chunk
+
+  def train(self, batch: Batch, step: int) -> list[dict[str, jax.Array]]:
+    """One training step of every network on the global ``batch``; per chunk, the step's metrics
+    (``cohort.train_step``'s: ``loss`` ``[nets]``, ``learning_rate_scale`` ``[nets]``,
+    ``task_weight`` ``[nets, tasks]``, ...)."""
+    step_array = jax.device_put(jnp.int32(step), self._replicated)
+    metrics = []
+    for chunk in self.chunks:
+      compiled = chunk.runner.compiled_step(len(chunk.networks), self._abstract_batch, self._image_shape)
+      chunk.state, chunk_metrics = compiled(chunk.state, batch, step_array, chunk.task_mask)
+      metrics.append(chunk_metrics)
+    return metrics
+
+  def evaluate(self, batches: Iterable[Batch], use_best: bool) -> dict[str, dict[str, float]]:
+    """``{network name: {task: mean loss}}`` of every network on each of its tasks over ``batches``
+    (global evaluation batches, padding weighted 0), with its current or its best-validation state."""
+    sums: list[Any] = [None] * len(self.chunks)  # per chunk, [nets, tasks] weighted loss sums
+    weight = 0.0
+    for batch in batches:
+      for i, chunk in enumerate(self.chunks):
+        state = chunk.state
+        chunk_sums, batch_weight = chunk.runner.eval_sums(state.best_params if use_best else state.params,
+                                                          state.best_batch_stats if use_best else state.batch_stats,
+                                                          batch)
+        sums[i] = chunk_sums if sums[i] is None else sums[i] + chunk_sums
+      weight += float(batch_weight)
+    losses = {}
+    for chunk, chunk_sums in zip(self.chunks, sums):
+      means = np.asarray(jax.device_get(chunk_sums)) / weight
+      for network, row in zip(chunk.networks, means):
+        losses[network.name] = {t: float(v) for t, v in zip(chunk.runner.spec.tasks, row) if t in network.tasks}
+    return losses
+
+  def validate(self, batches: Iterable[Batch], step: int, record_esa: bool) -> dict[str, dict[str, float]]:
+    """Evaluates the current states on the validation ``batches`` and updates the best-so-far
+    trackers (``cohort.record_validation``; ``record_esa``: this is the ESA table's validation).
+    Returns the losses, as ``evaluate``."""
+    losses = self.evaluate(batches, use_best=False)
+    for chunk in self.chunks:
+      matrix = jnp.asarray([[losses[n.name].get(t, jnp.inf) for t in chunk.runner.spec.tasks]
+                            for n in chunk.networks], jnp.float32)
+      chunk.state = chunk.runner.record_validation(chunk.state, jax.device_put(matrix, self._replicated),
+                                                   jnp.int32(step), jnp.bool_(record_esa), chunk.task_mask)
+    return losses
+
+  def full_state(self) -> dict[str, cohort_lib.CohortState]:
+    """Each cohort's state (its chunks joined), by cohort name: what a checkpoint holds of them."""
+    return {runner.spec.name: cohort_lib.concatenate([c.state for c in self._chunks_of(runner)])
+            for runner in self.runners}
+
+  def load_state(self, states: Mapping[str, cohort_lib.CohortState]) -> None:
+    """The inverse of ``full_state``: splits each cohort's state into its chunks, on device."""
+    for runner in self.runners:
+      chunks = self._chunks_of(runner)
+      for chunk, state in zip(chunks, cohort_lib.split(states[runner.spec.name], [len(c.networks) for c in chunks])):
+        chunk.state = jax.device_put(state, self._replicated)
+
+  def network_values(self, field: str) -> dict[str, np.ndarray]:
+    """Host copy of a ``[nets]`` ``CohortState`` field (``best_step``, ``diverged_step``): each
+    network's value, by name."""
+    return {network.name: value for chunk in self.chunks
+            for network, value in zip(chunk.networks, np.asarray(jax.device_get(getattr(chunk.state, field))))}
+
+  def task_values(self, field: str) -> dict[str, dict[str, np.ndarray]]:
+    """Host copy of a ``[nets, tasks]`` ``CohortState`` field (``best_task_loss``, ``esa_loss``, ...):
+    ``{name: {task: value}}`` over each network's own tasks."""
+    values = {}
+    for chunk in self.chunks:
+      for network, row in zip(chunk.networks, np.asarray(jax.device_get(getattr(chunk.state, field)))):
+        values[network.name] = {t: v for t, v in zip(chunk.runner.spec.tasks, row) if t in network.tasks}
+    return values
