@@ -6,8 +6,10 @@ r"""Selection speed: the paper's Table 4 selections and larger synthetic studies
 (b) 9 tasks, HOA over all 511 groups, budgets 1-5; (c) 12 tasks, HOA over 4,095 groups, budgets 1-4;
 (d) 16 tasks, candidate groups of up to 3 tasks (HOA), budgets 6-8 (covering 16 tasks with groups
 of at most 3 needs 5.5 SNT); (e) as (b) with costs jittered by up to 5% (measured costs off the
-0.5 grid, where the relaxation bounds rather than solves). Times are the best of --repeats runs, in seconds, selection only
-(tables read and predicted beforehand).
+0.5 grid, where the relaxation bounds rather than solves); (f) selection under uncertainty: 5 tasks,
+all subsets and half-size singles, 3 seed replicas, 1000 bootstrap resamples x 9 budgets with the
+baselines' paired differences (study.run with replicas). Times are the best of --repeats runs, in
+seconds, selection only (tables read and predicted beforehand).
 """
 
 import argparse
@@ -21,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tg_jax.selection import hoa, selector, synthetic, tables  # noqa: E402
+from tg_jax.selection import hoa, selector, study, synthetic, tables  # noqa: E402
 
 
 def best_time(function, repeats):
@@ -48,6 +50,21 @@ def synthetic_case(name, num_tasks, max_order, budgets, repeats, cost_jitter=0.0
           "networks_chosen": [len(s.networks) for s in solutions[0]]}
 
 
+def uncertainty_case(repeats, num_seeds=3, resamples=1000):
+  truth = synthetic.random_table(5, seed=0)
+  rng = np.random.default_rng(0)
+  trained = rng.normal(0, 0.05, (truth.num_networks, num_seeds, truth.num_tasks))
+  seeds = tuple(tuple(range(num_seeds)) for _ in range(truth.num_networks))
+  val, test = (tables.Replicas(truth, seeds, truth.losses[:, None, :] * (1 + trained + rng.normal(0, 0.005, trained.shape)))
+               for _ in range(2))
+  budgets = study.default_budgets(truth)
+  seconds, result = best_time(lambda: study.run(val.table, test.table, replicas=(val, test), bootstrap=resamples,
+                                                with_baselines=False), repeats)
+  return {"case": "f_uncertainty_5_tasks_3_seeds", "networks": truth.num_networks, "resamples": resamples,
+          "budgets": len(budgets), "seconds": round(seconds, 3), "goal_seconds": 5.0,
+          "probability_optimal": [round(s.uncertainty.probability_optimal, 3) for s in result.solutions]}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--reference", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -70,6 +87,7 @@ def main():
   results.append(synthetic_case("d_16_tasks_groups_of_3", 16, 3, [6, 7, 8], args.repeats))
   results.append(synthetic_case("e_9_tasks_hoa_costs_off_grid_5pct", 9, None, [1, 2, 3, 4, 5], args.repeats,
                                 cost_jitter=0.05))
+  results.append(uncertainty_case(args.repeats))
   print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
                     "results": results}, indent=2))
 

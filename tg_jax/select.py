@@ -3,6 +3,11 @@ r"""Chooses networks for each inference budget from results tables; no training,
   python -m tg_jax.select --results=WORKDIR/results/val.csv --test_results=WORKDIR/results/test.csv \
       --predict=hoa --budgets=1,1.5,2 --json=selection.json
 
+  # Tables with a seed column (tasks,cost,seed,...; rows of one network's seeds): selection on the mean
+  # over seeds, with 95% intervals, the probability that each grouping is optimal and paired
+  # differences against the baselines, from --bootstrap resamples:
+  python -m tg_jax.select --results=val.csv --test_results=test.csv --bootstrap=1000
+
   # The authors' published tables (Early Stopping Approximation: select on ESA losses, assign tasks
   # by the converged networks' validation losses, score on test):
   python -m tg_jax.select --format=standley --results=setting1_esa.tsv \
@@ -18,7 +23,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from tg_jax.selection import selector, study, tables
+from tg_jax.selection import selector, study, tables, uncertainty
 
 _RESULTS = flags.DEFINE_string("results", None, "Table the selection runs on (validation losses, or ESA losses).")
 _TEST_RESULTS = flags.DEFINE_string("test_results", None, "Test losses of the same networks; scores the choices.")
@@ -39,7 +44,12 @@ _NORMALISE = flags.DEFINE_enum("normalise", "none", ["none", "single"],
 _CAPS = flags.DEFINE_list("caps", None, "Hard caps, task=max_loss,...: a task may only be served by a network "
                           "whose loss on it is at most max_loss.")
 _RANDOM_SAMPLES = flags.DEFINE_integer("random_samples", 1000, "Random valid solutions averaged for the baseline.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline and of the bootstrap.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", uncertainty.DEFAULT_RESAMPLES,
+                                  "Bootstrap resamples of the seed replicas (tables with a seed column); 0: none.")
+_RISK_QUANTILE = flags.DEFINE_float("risk_quantile", None, "Select on each network's upper quantile over its seeds "
+                                    "(e.g. 0.9) instead of its mean: prefer networks whose one training run is "
+                                    "reliably good. Needs a seed column.")
 
 
 class UsageError(ValueError):
@@ -68,18 +78,32 @@ def _parse_budgets(entries: Optional[list[str]]) -> Optional[list[float]]:
     raise UsageError(f"--budgets: {','.join(entries)!r} is not a list of numbers, e.g. --budgets=1,1.5,2") from None
 
 
-def _read(path: str) -> tables.ResultsTable:
-  return tables.read(path, _FORMAT.value, _TASK_NAMES.value)
+def _read(path: str) -> tables.Replicas:
+  if _FORMAT.value == "csv":
+    if _TASK_NAMES.value:
+      raise UsageError("task names come from the CSV header; --task_names is only for --format=standley")
+    return tables.read_replicas(path)
+  return tables.Replicas.from_table(tables.read(path, _FORMAT.value, _TASK_NAMES.value))
 
 
 def run_command() -> str:
   """Runs the command from parsed flags; returns the text to print."""
   if not _RESULTS.value:
     raise UsageError("--results is required: the path of a results table, e.g. WORKDIR/results/val.csv")
-  val = _read(_RESULTS.value)
-  test = _read(_TEST_RESULTS.value) if _TEST_RESULTS.value else None
-  converged = _read(_CONVERGED_RESULTS.value) if _CONVERGED_RESULTS.value else None
+  val_replicas = _read(_RESULTS.value)
+  test_replicas = _read(_TEST_RESULTS.value) if _TEST_RESULTS.value else None
+  converged_replicas = _read(_CONVERGED_RESULTS.value) if _CONVERGED_RESULTS.value else None
+  val, test = val_replicas.table, test_replicas.table if test_replicas else None
+  converged = converged_replicas.table if converged_replicas else None
   reference = converged or val
+  # Intervals need every replica of the networks that assign tasks (the converged ones) and their test.
+  assigning = converged_replicas or val_replicas
+  replicas = None
+  if test_replicas is not None and assigning.replicated:
+    replicas = (assigning, test_replicas)
+  elif _RISK_QUANTILE.value is not None:
+    raise UsageError("--risk_quantile needs seed replicas: tables with a seed column (tasks,cost,seed,...) for "
+                     "--results (or --converged_results) and --test_results")
   objective = selector.Objective(weights=_parse_mapping(_WEIGHTS.value, "weights"),
                                  caps=_parse_mapping(_CAPS.value, "caps"))
   if _NORMALISE.value == "single":
@@ -87,7 +111,8 @@ def run_command() -> str:
                                    normalisers=selector.Objective.normalised_by(reference).normalisers)
   result = study.run(val, test, predict=_PREDICT.value, budgets=_parse_budgets(_BUDGETS.value),
                      objective=objective, converged=converged, random_samples=_RANDOM_SAMPLES.value,
-                     seed=_SEED.value)
+                     seed=_SEED.value, replicas=replicas, bootstrap=_BOOTSTRAP.value,
+                     risk_quantile=_RISK_QUANTILE.value)
   if all(solution.infeasible for solution in result.solutions):
     raise selector.NoFeasibleSolution(result.solutions[0].infeasible)
   text = study.format_text(result)

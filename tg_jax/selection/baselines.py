@@ -96,23 +96,30 @@ class RandomBaseline:
   attempts: int
 
 
-def random_solutions(val: ResultsTable, test: Optional[ResultsTable], budget: float, samples: int = 1000,
-                     seed: int = 0, max_attempts_per_sample: int = 100) -> RandomBaseline:
-  """Mean of ``samples`` random valid solutions; fills that leave a task unserved are redrawn."""
+def random_fills(val: ResultsTable, budget: float, samples: int = 1000, seed: int = 0,
+                 max_attempts_per_sample: int = 100) -> tuple[list[tuple[int, ...]], int]:
+  """Up to ``samples`` random valid solutions (rows, ascending) and the fills drawn to find them;
+  fills that leave a task unserved are redrawn."""
   rng = np.random.default_rng(seed)
   serves = val.solves
-  val_totals, test_totals, attempts = [], [], 0
-  while len(val_totals) < samples and attempts < samples * max_attempts_per_sample:
+  fills, attempts = [], 0
+  while len(fills) < samples and attempts < samples * max_attempts_per_sample:
     attempts += 1
     chosen = _random_fill(val.costs, serves, budget, rng)
     if chosen is not None:
-      scored = score(val, test, chosen)
-      val_totals.append(scored.val_loss)
-      test_totals.append(scored.test_loss)
-  if not val_totals:
+      fills.append(tuple(sorted(chosen)))
+  return fills, attempts
+
+
+def random_solutions(val: ResultsTable, test: Optional[ResultsTable], budget: float, samples: int = 1000,
+                     seed: int = 0, max_attempts_per_sample: int = 100) -> RandomBaseline:
+  """Mean of ``samples`` random valid solutions (``random_fills``)."""
+  fills, attempts = random_fills(val, budget, samples, seed, max_attempts_per_sample)
+  if not fills:
     return RandomBaseline(None, None, 0, attempts)
-  test_loss = None if test is None else float(np.mean(test_totals))
-  return RandomBaseline(float(np.mean(val_totals)), test_loss, len(val_totals), attempts)
+  scored = [score(val, test, fill) for fill in fills]
+  test_loss = None if test is None else float(np.mean([s.test_loss for s in scored]))
+  return RandomBaseline(float(np.mean([s.val_loss for s in scored])), test_loss, len(fills), attempts)
 
 
 @dataclasses.dataclass(frozen=True)

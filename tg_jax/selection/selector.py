@@ -56,8 +56,9 @@ class Objective:
       values[table.task_names.index(task)] = float(value)
     return values
 
-  def scores(self, table: ResultsTable) -> np.ndarray:
-    """``[networks, tasks]`` per-task objective terms; inf where a network may not serve a task."""
+  def scores(self, table: ResultsTable, losses: Optional[np.ndarray] = None) -> np.ndarray:
+    """``[..., networks, tasks]`` per-task objective terms of ``losses`` (default: the table's);
+    inf where a network may not serve a task."""
     weights = self._per_task(table, self.weights, 1.0, "weights")
     normalisers = self._per_task(table, self.normalisers, 1.0, "normalisers")
     caps = self._per_task(table, self.caps, np.inf, "caps")
@@ -66,8 +67,8 @@ class Objective:
     if np.any(~np.isfinite(normalisers)) or np.any(normalisers <= 0):
       raise ValueError(f"objective normalisers must be finite and > 0, got "
                        f"{dict(zip(table.task_names, normalisers))}")
-    scores = table.losses * (weights / normalisers)
-    return np.where(table.losses <= caps, scores, np.inf)
+    losses = table.losses if losses is None else losses
+    return np.where(losses <= caps, losses * (weights / normalisers), np.inf)
 
   @classmethod
   def normalised_by(cls, table: ResultsTable, tasks_reference: str = "single") -> "Objective":

@@ -20,8 +20,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tg_jax.selection import baselines, hoa, selector
-from tg_jax.selection.tables import ResultsTable, TableError, network_key
+from tg_jax.selection import baselines, hoa, selector, uncertainty
+from tg_jax.selection.tables import Replicas, ResultsTable, TableError, network_key
 
 PREDICTIONS = ("none", "hoa")
 
@@ -73,6 +73,7 @@ class Solution:
   predicted_val_loss: Optional[float] = None
   unused: tuple[str, ...] = ()
   infeasible: Optional[str] = None
+  uncertainty: Optional[uncertainty.Uncertainty] = None
 
   @property
   def untrained(self) -> tuple[str, ...]:
@@ -90,6 +91,8 @@ class Solution:
              "untrained": list(self.untrained), "unused": list(self.unused)}
     if self.infeasible is not None:
       value["infeasible"] = self.infeasible
+    if self.uncertainty is not None:
+      value.update(self.uncertainty.to_json())
     return value
 
 
@@ -180,14 +183,30 @@ def _baseline_entry(table: ResultsTable, scored: Optional[baselines.Scored], bud
 def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "none",
         budgets: Optional[Sequence[float]] = None, objective: Optional[selector.Objective] = None,
         converged: Optional[ResultsTable] = None, random_samples: int = 1000, seed: int = 0,
-        with_baselines: bool = True) -> Selection:
+        with_baselines: bool = True, replicas: Optional[tuple[Replicas, Replicas]] = None,
+        bootstrap: int = uncertainty.DEFAULT_RESAMPLES, risk_quantile: Optional[float] = None) -> Selection:
   """Selects networks for every budget and scores them and the baselines.
 
   A budget within which no set of networks serves every task gets a solution with no networks and
   an ``infeasible`` message naming the cheapest set that would. ``with_baselines=False`` leaves the
   baselines out (a study comparing several methods on one set of networks computes them once,
   with ``baselines_for``).
+
+  ``replicas``: every seed replica of the converged networks, ``(validation, test)``, whose means
+  are ``converged`` and ``test``. Each solution then carries its ``uncertainty`` from ``bootstrap``
+  resamples (``tg_jax.selection.uncertainty``). ``risk_quantile`` selects on each network's upper
+  quantile over its replicas instead of its mean (``uncertainty.risk_table``; needs ``replicas``).
   """
+  if risk_quantile is not None and replicas is None:
+    raise ValueError("selecting by a risk quantile needs seed replicas (a results table with a seed column)")
+  if replicas is not None and converged is None:
+    converged = replicas[0].table
+  risk_offsets = np.zeros_like(val.losses)
+  if risk_quantile is not None:
+    offsets = uncertainty.risk_table(replicas[0], risk_quantile).losses - replicas[0].table.losses
+    replica_rows = _rows_by_key(replicas[0].table)
+    risk_offsets = offsets[[replica_rows[val.network_key(r)] for r in range(val.num_networks)]]
+    val = dataclasses.replace(val, losses=val.losses + risk_offsets)
   if predict not in PREDICTIONS:
     raise ValueError(f"unknown prediction {predict!r}; choose one of {', '.join(PREDICTIONS)}")
   converged = val if converged is None else converged
@@ -233,10 +252,70 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         objective=solution.objective, predicted_val_loss=solution.loss if table is not converged else None,
         unused=unused))
 
+  if replicas is not None and bootstrap:
+    solutions = _with_uncertainty(solutions, val, converged, replicas, predict, budgets, objective, risk_offsets,
+                                  random_samples, bootstrap, seed)
   return Selection(
       tasks=tuple(val.task_names), predict=predict, budgets=tuple(budgets), solutions=tuple(solutions),
       baselines=baselines_for(converged, test, budgets, random_samples, seed) if with_baselines else None,
       hoa_accuracy=hoa.accuracy(converged) if predict == "hoa" else None)
+
+
+def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converged: ResultsTable,
+                      replicas: tuple[Replicas, Replicas], predict: str, budgets: Sequence[float],
+                      objective: Optional[selector.Objective], risk_offsets, random_samples: int, resamples: int,
+                      seed: int) -> list[Solution]:
+  """``solutions`` with their uncertainty: the same selection re-run on bootstrap resamples of the
+  replicas, and paired differences against the all-task, independent and Random baselines."""
+  val_replicas, test_replicas = replicas
+  replica_rows = _rows_by_key(val_replicas.table)
+  if set(_rows_by_key(converged)) != set(replica_rows):
+    raise TableError("the replicas must hold exactly the converged table's networks")
+  test_replicas = test_replicas.aligned_to(val_replicas)
+  # The selection table's networks as rows of the replicas (the selector's candidates).
+  candidates = [replica_rows[val.network_key(r)] for r in range(val.num_networks)]
+
+  def choose(means: np.ndarray, budgets: Sequence[float]) -> list[list[Optional[uncertainty.Grouping]]]:
+    """The selection of ``run`` on resampled validation means ``[resamples, replica rows, tasks]``."""
+    if predict == "hoa":
+      predicted = [hoa.predict(dataclasses.replace(val, losses=m[candidates])) for m in means]
+      table, losses = predicted[0], np.stack([t.losses for t in predicted])
+    else:
+      table, losses = val, means[:, candidates] + risk_offsets
+    scores = (objective or selector.Objective()).scores(table, losses)
+    try:
+      rows = uncertainty.BatchSelector(table.network_tasks, table.costs, table.task_names).select(scores, budgets)
+    except uncertainty.TooManyStructures:
+      rows = [[None if isinstance(s, selector.NoFeasibleSolution) else s.networks
+               for s in selector.select_many(dataclasses.replace(table, losses=l), budgets, objective,
+                                             infeasible="explain")] for l in losses]
+    chosen = []
+    for resample, per_budget in zip(means, rows):
+      chosen.append([])
+      for picked in per_budget:
+        keys = [] if picked is None else [table.network_key(r) for r in picked]
+        if not keys or not all(key in replica_rows for key in keys):
+          chosen[-1].append(None)  # infeasible, or a predicted network that was never trained
+          continue
+        assignment = selector.assign(resample, [replica_rows[key] for key in keys])
+        chosen[-1].append(tuple(sorted(set(assignment))))
+    return chosen
+
+  groupings = [None if s.infeasible or s.untrained else tuple(sorted(replica_rows[n.key] for n in s.networks))
+               for s in solutions]
+  compared = []
+  for budget in budgets:
+    entries = []
+    for name, scored in (("all_task", baselines.all_task_network(val_replicas.table, None, budget)),
+                         ("independent", baselines.independent_networks(val_replicas.table, None, budget))):
+      if scored is not None:
+        entries.append(uncertainty.Baseline(name, (scored.networks,)))
+    fills, _ = baselines.random_fills(val_replicas.table.subset(candidates), budget, random_samples, seed)
+    if fills:
+      entries.append(uncertainty.Baseline("random", tuple(tuple(candidates[r] for r in f) for f in fills)))
+    compared.append(entries)
+  assessed = uncertainty.assess(val_replicas, test_replicas, budgets, groupings, choose, compared, resamples, seed)
+  return [s if a is None else dataclasses.replace(s, uncertainty=a) for s, a in zip(solutions, assessed)]
 
 
 def baselines_for(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequence[float], random_samples: int,
@@ -264,6 +343,24 @@ def _number(value: Optional[float]) -> str:
   return "-" if value is None else f"{value:.4f}"
 
 
+def _interval(interval: Optional[tuple[float, float]]) -> str:
+  return "" if interval is None else f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def _uncertainty_lines(assessed: uncertainty.Uncertainty) -> list[str]:
+  if assessed.test_loss_interval is None:
+    lines = ["one replica per network: no interval (train every network with 2+ seeds, config.networks.seeds)"]
+  else:
+    lines = [f"95% intervals over {assessed.replicates} seeds: val{_interval(assessed.val_loss_interval)}, "
+             f"test{_interval(assessed.test_loss_interval)} (winner's-curse correction {assessed.optimism:+.4f})"]
+  alternatives = ", ".join(f"{' & '.join(a.networks)} ({a.probability:.2f})" for a in assessed.alternatives)
+  lines.append(f"probability optimal {assessed.probability_optimal:.2f}"
+               + (f"; alternatives: {alternatives}" if alternatives else ""))
+  if assessed.differences:
+    lines.append("; ".join(d.describe() for d in assessed.differences))
+  return lines
+
+
 def format_text(result: Selection) -> str:
   """The per-budget report: chosen networks, which tasks each serves, totals, baselines."""
   lines = []
@@ -283,6 +380,8 @@ def format_text(result: Selection) -> str:
     if solution.unused:
       lines.append(f"  chosen on predictions but left out, as it serves no task once trained: "
                    f"{', '.join(solution.unused)}")
+    if solution.uncertainty is not None:
+      lines += ["  " + line for line in _uncertainty_lines(solution.uncertainty)]
   lines.append("")
   lines.append("Total loss by budget (validation / test):")
   header = ["method"] + [f"{b:g}" for b in result.budgets]

@@ -6,6 +6,12 @@ trained on, ``cost`` its inference cost in standard-network units (SNT), and eac
 network's loss on the task, empty where the network does not solve it. The authors' own tab-separated
 format (``read_standley``) is read too.
 
+Seed replicas: a table may have a ``seed`` column right after ``cost``
+(``tasks,cost,seed,<task>,...``); rows with the same tasks and cost are then replicas of one network,
+trained with different seeds. ``read_replicas`` keeps every replica (``Replicas``); ``read_csv``
+gives each network's mean over its replicas, so everything that selects on one loss per network works
+unchanged. A table without the column holds one replica per network.
+
 numpy only: people run this on laptops against tables from other codebases.
 """
 
@@ -16,7 +22,7 @@ import dataclasses
 import io
 import math
 import os
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -29,6 +35,7 @@ STANDLEY_FULL_COST = 1.0
 # Costs measured from FLOPs land near, not on, a network's nominal size (channels are integers): a
 # network "has size s" when its cost is within this fraction of s.
 SIZE_TOLERANCE = 0.05
+SEED_COLUMN = "seed"
 
 
 def network_key(tasks: Iterable[str], cost: float) -> tuple[frozenset, float]:
@@ -168,6 +175,81 @@ class ResultsTable:
     return self.subset(order)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Replicas:
+  """Every replica (training seed) of every network of a table.
+
+  Attributes:
+    table: one row per network, its losses the mean over its replicas (what selection uses).
+    seeds: per network, the seeds of its replicas, ascending.
+    samples: ``[networks, replicas, tasks]`` loss of each replica; ``inf`` where the network does not
+      solve the task, NaN past a network's own number of replicas.
+  """
+
+  table: ResultsTable
+  seeds: tuple[tuple[int, ...], ...]
+  samples: np.ndarray
+
+  @classmethod
+  def from_table(cls, rows: ResultsTable, seeds: Optional[Sequence[int]] = None) -> "Replicas":
+    """Groups ``rows`` that share tasks and cost into one network when ``seeds`` (one per row) are
+    given; without seeds every row is a network with one replica."""
+    if seeds is None:
+      return cls(rows, tuple((0,) for _ in range(rows.num_networks)), rows.losses[:, None, :])
+    groups: dict = {}
+    for row in range(rows.num_networks):
+      groups.setdefault(rows.network_key(row), []).append(row)
+    count = max(len(members) for members in groups.values())
+    samples = np.full((len(groups), count, rows.num_tasks), np.nan)
+    network_seeds, firsts = [], []
+    for i, members in enumerate(groups.values()):
+      members = sorted(members, key=lambda r: seeds[r])
+      member_seeds = tuple(int(seeds[r]) for r in members)
+      if len(set(member_seeds)) != len(member_seeds):
+        raise TableError(f"network {rows.network_label(members[0])} has seed {member_seeds} twice; each replica "
+                         f"of a network needs its own seed")
+      samples[i, :len(members)] = rows.losses[members]
+      network_seeds.append(member_seeds)
+      firsts.append(members[0])
+    means = np.nanmean(samples, axis=1)
+    table = ResultsTable(rows.task_names, tuple(rows.network_tasks[r] for r in firsts), rows.costs[firsts], means)
+    return cls(table, tuple(network_seeds), samples)
+
+  @property
+  def counts(self) -> np.ndarray:
+    """``[networks]`` how many replicas each network has."""
+    return np.asarray([len(s) for s in self.seeds])
+
+  @property
+  def replicated(self) -> bool:
+    return bool(self.counts.max() > 1)
+
+  def subset(self, rows: Sequence[int]) -> "Replicas":
+    rows = list(rows)
+    count = max(len(self.seeds[r]) for r in rows)
+    return Replicas(self.table.subset(rows), tuple(self.seeds[r] for r in rows), self.samples[rows, :count])
+
+  def aligned_to(self, reference: "Replicas", what: str = "test table") -> "Replicas":
+    """This table's networks in ``reference``'s order, each with the same seeds (val and test of one
+    replica are one trained network: resampling keeps them paired)."""
+    aligned = self.table.aligned_to(reference.table, what)
+    order = {self.table.network_key(r): r for r in range(self.table.num_networks)}
+    rows = [order[aligned.network_key(r)] for r in range(aligned.num_networks)]
+    result = self.subset(rows)
+    differing = [reference.table.network_label(r) for r in range(len(rows)) if result.seeds[r] != reference.seeds[r]]
+    if differing:
+      raise TableError(f"the {what}'s replicas have other seeds than the validation table's for "
+                       f"{', '.join(differing)}; both tables must hold the same trained replicas")
+    return result
+
+  def rows(self) -> list[tuple[tuple[str, ...], float, int, dict[str, float]]]:
+    """``(tasks, cost, seed, {task: loss})`` per replica, network by network."""
+    table = self.table
+    return [(table.network_tasks[n], float(table.costs[n]), seed,
+             {t: float(self.samples[n, r, j]) for j, t in enumerate(table.task_names) if t in table.network_tasks[n]})
+            for n in range(table.num_networks) for r, seed in enumerate(self.seeds[n])]
+
+
 def _where(source: str, line: int, column: Optional[str] = None) -> str:
   return f"{source}: line {line}" + (f", column {column!r}" if column else "")
 
@@ -193,8 +275,8 @@ def _validated(task_names, network_tasks, costs, losses, source: str) -> Results
     raise TableError(f"{source}: {error}") from None
 
 
-def parse_csv(text: str, source: str = "<csv>") -> ResultsTable:
-  """Parses the CSV format described in the module docstring."""
+def parse_replicas(text: str, source: str = "<csv>") -> "Replicas":
+  """Parses the CSV format described in the module docstring, keeping every replica."""
   reader = csv.reader(io.StringIO(text))
   rows = [(number, row) for number, row in enumerate(reader, start=1) if any(cell.strip() for cell in row)]
   if not rows:
@@ -202,10 +284,12 @@ def parse_csv(text: str, source: str = "<csv>") -> ResultsTable:
                      f"per network")
   header_line, header = rows[0]
   header = [cell.strip() for cell in header]
-  if header[:2] != ["tasks", "cost"] or len(header) < 3:
-    raise TableError(f"{_where(source, header_line)}: the header must start 'tasks,cost,' followed by one "
-                     f"column per task; got {','.join(header)!r}")
-  task_names = header[2:]
+  seeded = header[2:3] == [SEED_COLUMN]
+  first_task = 3 if seeded else 2
+  if header[:2] != ["tasks", "cost"] or len(header) <= first_task:
+    raise TableError(f"{_where(source, header_line)}: the header must start 'tasks,cost,' (optionally "
+                     f"'tasks,cost,seed,') followed by one column per task; got {','.join(header)!r}")
+  task_names = header[first_task:]
   seen = set()
   for name in task_names:
     if not name:
@@ -218,7 +302,7 @@ def parse_csv(text: str, source: str = "<csv>") -> ResultsTable:
                        f"{TASK_SEPARATOR!r}, which joins the tasks of a network")
     seen.add(name)
   column = {name: i for i, name in enumerate(task_names)}
-  network_tasks, costs, losses = [], [], []
+  network_tasks, costs, seeds, losses = [], [], [], []
   for line, row in rows[1:]:
     row = [cell.strip() for cell in row]
     if len(row) != len(header):
@@ -238,8 +322,13 @@ def parse_csv(text: str, source: str = "<csv>") -> ResultsTable:
     if cost < 0:
       raise TableError(f"{_where(source, line, 'cost')}: negative cost {cost:g}; costs are inference costs "
                        f"in standard-network units and must be >= 0")
+    if seeded:
+      try:
+        seeds.append(int(row[2]))
+      except ValueError:
+        raise TableError(f"{_where(source, line, SEED_COLUMN)}: {row[2]!r} is not an integer seed") from None
     values = np.full(len(task_names), np.inf)
-    for name, cell in zip(task_names, row[2:]):
+    for name, cell in zip(task_names, row[first_task:]):
       trained = name in tasks
       if not cell:
         if trained:
@@ -255,7 +344,16 @@ def parse_csv(text: str, source: str = "<csv>") -> ResultsTable:
     losses.append(values)
   if not network_tasks:
     raise TableError(f"{source}: the table has a header but no networks")
-  return _validated(task_names, network_tasks, costs, losses, source)
+  table = _validated(task_names, network_tasks, costs, losses, source)
+  try:
+    return Replicas.from_table(table, seeds if seeded else None)
+  except TableError as error:
+    raise TableError(f"{source}: {error}") from None
+
+
+def parse_csv(text: str, source: str = "<csv>") -> ResultsTable:
+  """Parses the CSV format described in the module docstring: one row per network (replicas averaged)."""
+  return parse_replicas(text, source).table
 
 
 def parse_standley(text: str, task_names: Sequence[str] = STANDLEY_TASK_NAMES,
@@ -312,6 +410,10 @@ def read_csv(path: str) -> ResultsTable:
   return parse_csv(_read_text(path), source=path)
 
 
+def read_replicas(path: str) -> Replicas:
+  return parse_replicas(_read_text(path), source=path)
+
+
 def read_standley(path: str, task_names: Sequence[str] = STANDLEY_TASK_NAMES) -> ResultsTable:
   return parse_standley(_read_text(path), task_names, source=path)
 
@@ -330,17 +432,27 @@ def read(path: str, format: str = "csv", task_names: Optional[Sequence[str]] = N
   return read_csv(path)
 
 
-def to_csv(table: ResultsTable) -> str:
+def to_csv(table: Union[ResultsTable, Replicas]) -> str:
+  """The CSV text; a ``Replicas`` with more than one replica of some network gets the seed column."""
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(["tasks", "cost", *table.task_names])
+  cells = lambda losses: [repr(float(losses[t])) if t in losses else "" for t in task_names]
+  if isinstance(table, Replicas) and table.replicated:
+    task_names = table.table.task_names
+    writer.writerow(["tasks", "cost", SEED_COLUMN, *task_names])
+    for tasks, cost, seed, losses in table.rows():
+      writer.writerow([TASK_SEPARATOR.join(tasks), repr(cost), seed, *cells(losses)])
+    return out.getvalue()
+  table = table.table if isinstance(table, Replicas) else table
+  task_names = table.task_names
+  writer.writerow(["tasks", "cost", *task_names])
   for row in range(table.num_networks):
-    cells = [repr(float(v)) if np.isfinite(v) else "" for v in table.losses[row]]
-    writer.writerow([TASK_SEPARATOR.join(table.network_tasks[row]), repr(float(table.costs[row])), *cells])
+    losses = {t: v for t, v in zip(task_names, table.losses[row]) if np.isfinite(v)}
+    writer.writerow([TASK_SEPARATOR.join(table.network_tasks[row]), repr(float(table.costs[row])), *cells(losses)])
   return out.getvalue()
 
 
-def write_csv(table: ResultsTable, path: str) -> None:
+def write_csv(table: Union[ResultsTable, Replicas], path: str) -> None:
   """Writes ``table`` atomically, so a reader never sees half a file."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
