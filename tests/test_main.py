@@ -25,6 +25,7 @@ def _missing(workdir):
 def test_merged_shards_equal_one_unsharded_run(tmp_path):
   config = train_fakes.tiny_config()
   config.num_epochs = 2
+  config.evaluation.ensemble = True
   trainer.train_and_evaluate(config, str(tmp_path / "whole"))
   sharded = workdir_lib.Workdir(str(tmp_path / "sharded"))
   for index in range(2):
@@ -39,8 +40,7 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path):
   # Pairs only: HOA chooses groups of 3 tasks that were never trained; the retraining phase trains
   # exactly those, and then every HOA solution is scored on test.
   assert _missing(sharded.path) == ["toy_depth+toy_normals+toy_segment"]
-  config.evaluation.ensemble = True
-  printed = finish.finish(config, sharded.path)
+  printed = merge.run(sharded.path)
   assert "constant predictor" in printed
   assert [n.name for n in sharded.retrain.read_run().networks] == ["toy_depth+toy_normals+toy_segment"]
   assert _missing(sharded.path) == []

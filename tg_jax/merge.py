@@ -10,11 +10,14 @@ comes from the shard that trained TAG's network.
 """
 
 import os
+import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
 import ml_collections
 
+from tg_jax import console
 from tg_jax import finish as finish_lib
 from tg_jax import records
 from tg_jax import workdir as workdir_lib
@@ -73,13 +76,20 @@ def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDic
   return config
 
 
+def run(workdir: str, allow_missing: bool = False) -> Optional[str]:
+  """Merges the shards, then retrains, selects and reports as ``tg_jax.main`` does; returns the text
+  to print, or None when the retraining phase was preempted (run the same command again)."""
+  return finish_lib.finish(merge(workdir, allow_missing), workdir)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  workdir = flags.FLAGS.workdir
-  config = merge(workdir, flags.FLAGS.allow_missing)
-  if finish_lib.finish(config, workdir) == finish_lib.PREEMPTED:
-    raise SystemExit(finish_lib.EXIT_PREEMPTED)
+  console.quiet_libraries()
+  text = run(flags.FLAGS.workdir, flags.FLAGS.allow_missing)
+  if text is None:
+    sys.exit(finish_lib.EXIT_PREEMPTED)
+  print(text)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import sys
 
 from absl import app, flags
 
+from tg_jax import console
 from tg_jax.reporting import report
 from tg_jax.selection import selector, tables
 
@@ -17,6 +18,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
+  console.quiet_libraries()
   try:
     budgets = [float(b) for b in _BUDGETS.value] if _BUDGETS.value else None
     path = report.write_report(_WORKDIR.value, budgets, random_samples=_RANDOM_SAMPLES.value)
