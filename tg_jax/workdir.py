@@ -145,9 +145,10 @@ class Workdir:
 
   # Readers.
 
-  def read_table(self, split: str) -> Optional[tables.ResultsTable]:
+  def read_table(self, split: str) -> Optional[tables.Replicas]:
+    """The split's table with every seed replica (one replica per network without a seed column)."""
     path = self.table(split)
-    return tables.read_csv(path) if os.path.exists(path) else None
+    return tables.read_replicas(path) if os.path.exists(path) else None
 
   def read_run(self) -> Optional[records.RunRecord]:
     """``results/networks.json``; None before a run has finished."""
@@ -189,6 +190,7 @@ class StudyTables:
     ensemble: ``ensemble.json``: ensembling gains of the selection's networks.
     runs: the ``RunRecord``s of the main run and of the retraining phase (when finished).
     retrained: names of the networks the retraining phase trained.
+    replicas: every seed replica of ``val`` and ``test``'s networks, when some network has 2+.
   """
 
   val: Optional[tables.ResultsTable]
@@ -200,6 +202,7 @@ class StudyTables:
   ensemble: Optional[dict] = None
   runs: tuple[records.RunRecord, ...] = ()
   retrained: tuple[str, ...] = ()
+  replicas: Optional[tuple[tables.Replicas, tables.Replicas]] = None
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -219,7 +222,7 @@ class StudyTables:
     return records.names_of(self.runs, keys, self.task_names)
 
 
-def _concat(first: Optional[tables.ResultsTable], second: Optional[tables.ResultsTable]):
+def _concat(first: Optional[tables.Replicas], second: Optional[tables.Replicas]) -> Optional[tables.Replicas]:
   if first is None or second is None:
     return first if second is None else second
   return first.concat(second)
@@ -239,10 +242,13 @@ def load_study(workdir: Workdir) -> StudyTables:
   retrained_val = retrained_test = None
   if retrained_run is not None:  # an unfinished retraining phase's tables are not final yet
     retrained_val, retrained_test = workdir.retrain.read_table("val"), workdir.retrain.read_table("test")
+  val = _concat(val if main_converged else None, retrained_val)
+  test = _concat(test if main_converged else None, retrained_test)
+  replicated = val is not None and test is not None and val.replicated
   return StudyTables(
-      val=_concat(val if main_converged else None, retrained_val),
-      test=_concat(test if main_converged else None, retrained_test),
-      esa=esa, main_converged=main_converged, methods=workdir.read_methods(), tag=workdir.read_tag(),
+      val=None if val is None else val.table, test=None if test is None else test.table,
+      esa=None if esa is None else esa.table, main_converged=main_converged,
+      replicas=(val, test.aligned_to(val)) if replicated else None, methods=workdir.read_methods(), tag=workdir.read_tag(),
       ensemble=read_json(workdir.ensemble),
       runs=tuple(run for run in (main_run, retrained_run) if run is not None),
       retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else ())

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tg_jax.selection import hoa, study, tables
+from tg_jax.selection import baselines as baselines_lib
+from tg_jax.selection import hoa, study, tables, uncertainty
 from tg_jax.workdir import StudyTables
 from tg_jax.selection import tag as tag_selection
 from tg_jax.selection.selector import COST_TOLERANCE
@@ -61,6 +62,17 @@ def pair_relative_performance(table: ResultsTable) -> np.ndarray:
 def pair_affinity(relative: np.ndarray) -> np.ndarray:
   """Symmetric pairwise affinity: the mean of the two directions of ``pair_relative_performance``."""
   return (relative + relative.T) / 2
+
+
+def pair_intervals(test: tables.Replicas) -> Optional[dict[str, tuple[np.ndarray, np.ndarray]]]:
+  """95% intervals of Table 1 (``"relative"``) and Table 2 (``"affinity"``) over seed replicates, or
+  None with fewer than two replicas of every pair and half-size network."""
+  relative = uncertainty.replicate_values(test, pair_relative_performance)
+  relative_intervals = uncertainty.t_intervals(relative)
+  if relative_intervals is None:
+    return None
+  return {"relative": relative_intervals,
+          "affinity": uncertainty.t_intervals(np.stack([pair_affinity(r) for r in relative]))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +158,7 @@ class Comparison:
   methods: dict[str, list[Optional[float]]]
   runs: dict[str, study.Selection]
   baselines: Optional[study.Baselines] = None
+  intervals: dict[str, list[Optional[tuple[float, float]]]] = dataclasses.field(default_factory=dict)
 
 
 def _has_all_groups(table: ResultsTable) -> bool:
@@ -193,13 +206,15 @@ def _ensemble_rows(ensemble: dict, runs: dict, test: ResultsTable, budgets: Sequ
   return {f"{method} + ensembling": totals}
 
 
-def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None) -> dict[str, study.Selection]:
+def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None,
+               bootstrap: int = uncertainty.DEFAULT_RESAMPLES) -> dict[str, study.Selection]:
   """``{method: Selection}``: the selection of every method the tables allow, each scored on test.
 
   Optimal needs every group of tasks converged; HOA the pairs; ESA the early table; TAG
   ``tag.json``. Each selection is scored on test with the networks it chose, looked up among the
   converged networks (a chosen network without converged results has no test loss: see
-  ``untrained_choices``).
+  ``untrained_choices``). With seed replicas, Optimal, HOA and "selected" carry their uncertainty
+  from ``bootstrap`` resamples.
   """
   val, test, esa = study_tables.val, study_tables.test, study_tables.esa
   if val is None and esa is None:
@@ -207,10 +222,12 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
   budgets = _budgets(study_tables, budgets)
   candidates = None if val is None else selection_candidates(val)
   options = dict(budgets=budgets, with_baselines=False)
+  # Selections on the converged tables get their uncertainty from the seed replicas.
+  certain = dict(options, replicas=study_tables.replicas, bootstrap=bootstrap)
   runs: dict[str, study.Selection] = {}
   if study_tables.main_converged and candidates is not None:
     if _has_all_groups(candidates):
-      runs["optimal"] = study.run(candidates, test, converged=val, **options)
+      runs["optimal"] = study.run(candidates, test, converged=val, **certain)
   if esa is not None:
     if val is None:  # an ESA-only run before its retraining phase
       runs["esa"] = _not_yet_converged(study.run(selection_candidates(esa), **options))
@@ -218,7 +235,7 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
       runs["esa"] = study.run(selection_candidates(esa), test, converged=val, **options)
   if study_tables.main_converged and candidates is not None:
     try:
-      runs["hoa"] = study.run(candidates, test, predict="hoa", converged=val, **options)
+      runs["hoa"] = study.run(candidates, test, predict="hoa", converged=val, **certain)
     except TableError:
       pass  # no pair networks: HOA is not part of this study
   if study_tables.tag is not None and val is not None:
@@ -227,7 +244,7 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
       runs["tag"] = study.run(tag_table, test, converged=val, **options)
   if "optimal" not in runs and study_tables.main_converged and candidates is not None:
     # Not every subset converged: the best selection among the networks that did (not the optimum).
-    runs["selected"] = study.run(candidates, test, converged=val, **options)
+    runs["selected"] = study.run(candidates, test, converged=val, **certain)
   return {name: dataclasses.replace(run, method=name) for name, run in runs.items()}
 
 
@@ -238,11 +255,12 @@ def _budgets(study_tables: StudyTables, budgets: Optional[Sequence[float]]) -> l
 
 def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None,
                     random_samples: int = 1000, seed: int = 0,
-                    runs: Optional[dict[str, study.Selection]] = None) -> Comparison:
+                    runs: Optional[dict[str, study.Selection]] = None,
+                    bootstrap: int = uncertainty.DEFAULT_RESAMPLES) -> Comparison:
   """Every method's selection (``selections``, or ``runs`` already made for these budgets) and the
   baselines, with Table 4's rows."""
   budgets = _budgets(study_tables, budgets)
-  runs = selections(study_tables, budgets) if runs is None else runs
+  runs = selections(study_tables, budgets, bootstrap) if runs is None else runs
   val, test = study_tables.val, study_tables.test
   methods = {name: [s.test_loss for s in result.solutions] for name, result in runs.items()}
   comparison = Comparison(budgets, methods, runs)
@@ -255,7 +273,38 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
       methods[name] = [None if e is None else e.test_loss for e in entries]
   methods.update(_method_network_rows(study_tables.methods, study_tables.task_names, budgets))
   add_ensemble_rows(comparison, study_tables)
+  if study_tables.replicas is not None:
+    comparison.intervals = _table4_intervals(comparison, study_tables, random_samples, seed)
   return comparison
+
+
+def _table4_intervals(comparison: Comparison, study_tables: StudyTables, random_samples: int,
+                      seed: int) -> dict[str, list[Optional[tuple[float, float]]]]:
+  """95% intervals of Table 4's totals: a selection's own (winner's curse corrected) where it has
+  one, else over the replicates of its fixed networks (ESA and TAG chose on other data; baselines)."""
+  val, test = study_tables.replicas
+  rows = {val.table.network_key(r): r for r in range(val.table.num_networks)}
+
+  def fixed(networks) -> Optional[tuple[float, float]]:
+    if not networks or any(n.key not in rows for n in networks):
+      return None
+    return uncertainty.fixed_interval(val, test, [tuple(sorted(rows[n.key] for n in networks))])
+
+  intervals = {}
+  for name, run in comparison.runs.items():
+    intervals[name] = [None if s.test_loss is None else
+                       s.uncertainty.test_loss_interval if s.uncertainty is not None else fixed(s.networks)
+                       for s in run.solutions]
+  for name, entries in (comparison.baselines or {}).items():
+    if name != "random":
+      intervals[name] = [None if e is None else fixed(e.networks) for e in entries]
+  candidates = _candidate_rows(val.table)
+  random = []
+  for budget in comparison.budgets:
+    fills, _ = baselines_lib.random_fills(val.table.subset(candidates), budget, random_samples, seed)
+    random.append(uncertainty.fixed_interval(val, test, [tuple(candidates[r] for r in f) for f in fills]))
+  intervals["random"] = random
+  return intervals
 
 
 def add_ensemble_rows(comparison: Comparison, study_tables: StudyTables) -> None:

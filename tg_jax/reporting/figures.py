@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -46,10 +46,17 @@ def loss_against_budget(comparison: analysis.Comparison, path: str, title: str =
     values = np.array([np.nan if v is None else v for v in losses], dtype=float)
     if np.all(np.isnan(values)):
       continue
-    axes.plot(budgets, values, label=name, **_style(name, extra))
+    style = _style(name, extra)
+    axes.plot(budgets, values, label=name, **style)
+    intervals = comparison.intervals.get(name)
+    if intervals:
+      low = np.array([np.nan if v is None else v[0] for v in intervals], dtype=float)
+      high = np.array([np.nan if v is None else v[1] for v in intervals], dtype=float)
+      axes.fill_between(budgets, low, high, color=style["color"], alpha=0.12, linewidth=0)
     extra += name not in METHOD_STYLES
   axes.set_xlabel("inference budget (standard networks)")
-  axes.set_ylabel("total test loss (sum over tasks)")
+  axes.set_ylabel("total test loss (sum over tasks)"
+                  + ("\nshaded: 95% interval over seeds" if comparison.intervals else ""))
   axes.set_title(title)
   axes.grid(alpha=0.3)
   axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -91,6 +98,8 @@ def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (),
     test = solution.test_loss
     axes_row.set_title(f"budget {solution.budget:g}: {len(networks)} network(s)"
                        + (f", test loss {test:.4f}" if test is not None else "")
+                       + (f", p={solution.uncertainty.probability_optimal:.2f} optimal"
+                          if solution.uncertainty is not None else "")
                        + (" (hatched: predicted, not trained yet)" if solution.untrained else ""), fontsize=9)
     axes_row.set_xlim(-0.1, 1.1)
     axes_row.set_ylim(-0.45, 1.25)
@@ -102,21 +111,27 @@ def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (),
   plt.close(figure)
 
 
-def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str) -> None:
-  """A task-by-task matrix (rows: the task measured; columns: the task it is trained with)."""
+def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str,
+            significant: Optional[np.ndarray] = None) -> None:
+  """A task-by-task matrix (rows: the task measured; columns: the task it is trained with); with
+  ``significant``, entries whose interval includes zero are greyed out."""
   figure, axes = plt.subplots(figsize=(1.2 + 0.75 * len(labels), 1.0 + 0.7 * len(labels)), dpi=110)
   finite = matrix[np.isfinite(matrix)]
   limit = float(np.max(np.abs(finite))) if finite.size else 1.0
-  image = axes.imshow(matrix * 100, cmap="RdBu", vmin=-100 * limit, vmax=100 * limit)
+  shown = matrix if significant is None else np.where(significant, matrix, np.nan)
+  axes.imshow(np.where(np.isfinite(matrix) & ~np.isfinite(shown), 1.0, np.nan), cmap="Greys", vmin=0, vmax=4)
+  image = axes.imshow(shown * 100, cmap="RdBu", vmin=-100 * limit, vmax=100 * limit)
   axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
   axes.set_yticks(range(len(labels)), labels, fontsize=8)
   for (i, j), value in np.ndenumerate(matrix):
     if np.isfinite(value):
       # White on the darkest cells, where black would not read.
+      dark = np.isfinite(shown[i, j]) and abs(value) > 0.6 * limit
       axes.text(j, i, f"{100 * value:+.1f}", ha="center", va="center", fontsize=7,
-                color="white" if abs(value) > 0.6 * limit else "black")
+                color="white" if dark else "black" if np.isfinite(shown[i, j]) else "0.45")
   figure.colorbar(image, ax=axes, label="% better than half-size single-task")
-  axes.set_title(title, fontsize=9)
+  axes.set_title(title + ("" if significant is None else "\n(grey: within the seed noise)"),
+                 fontsize=9)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

@@ -35,10 +35,26 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
   return lines
 
 
-def _matrix_table(matrix: np.ndarray, labels: Sequence[str]) -> list[str]:
-  rows = [[label] + ["" if not np.isfinite(v) else f"{100 * v:+.1f}%" for v in matrix[i]]
-          for i, label in enumerate(labels)]
+def _matrix_table(matrix: np.ndarray, labels: Sequence[str],
+                  intervals: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[str]:
+  """Percentages; with intervals, each entry's 95% interval and a * where it excludes zero."""
+
+  def cell(i: int, j: int) -> str:
+    if not np.isfinite(matrix[i, j]):
+      return ""
+    if intervals is None:
+      return f"{100 * matrix[i, j]:+.1f}%"
+    low, high = intervals[0][i, j], intervals[1][i, j]
+    mark = "*" if low > 0 or high < 0 else ""
+    return f"{100 * matrix[i, j]:+.1f}%{mark} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+  rows = [[label] + [cell(i, j) for j in range(len(labels))] for i, label in enumerate(labels)]
   return _markdown_table(["task \\ trained with"] + list(labels), rows)
+
+
+def _significant(intervals: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+  low, high = intervals
+  return np.isfinite(low) & ((low > 0) | (high < 0))
 
 
 def _not_beaten(networks: Sequence[records.NetworkRecord]) -> list[tuple[str, str]]:
@@ -107,6 +123,46 @@ def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
   if study_tables.ensemble is not None:
     lines.append(f"- `{_FILES.ensemble}`: test losses of ensembles of the chosen networks;")
   lines.append(f"- `{_FILES.networks}`: schedule, sizes and the constant predictor's losses.")
+  return lines + [""]
+
+
+def _robust_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison, main_method: str,
+                  robust_pairs: Optional[np.ndarray]) -> list[str]:
+  """What the data support, from the intervals: which relations, groupings and method differences are
+  resolved; with one seed, which conclusions cannot be drawn at all."""
+  lines = ["## What is robust", ""]
+  if study_tables.replicas is None:
+    return lines + [
+        "Every network was trained with one seed, so nothing here has an interval. Table 1's signs, the "
+        "groupings chosen and the order of the methods in Table 4 are each one draw of the training noise; "
+        "on this scale another seed can flip them. Train every network with 2+ seeds "
+        "(`config.networks.seeds`) before drawing conclusions from them.", ""]
+  replicates = int(study_tables.replicas[0].counts.min())
+  lines.append(f"From {replicates} seeds per network (95% intervals over seeds):")
+  if robust_pairs is not None:
+    names = study_tables.task_names
+    found = [f"{names[j]} {'helps' if r > 0 else 'hurts'} {names[i]}"
+             for (i, j), r in np.ndenumerate(analysis.pair_relative_performance(study_tables.test))
+             if robust_pairs[i, j]]
+    total = len(names) * (len(names) - 1)
+    lines.append(f"- Table 1: {len(found)} of {total} entries are resolved"
+                 + (f": {', '.join(found)}" if found else "; the others are within the seed noise") + ".")
+  run = comparison.runs[main_method]
+  certain = [s for s in run.solutions if s.uncertainty is not None]
+  if certain:
+    likely = [f"{s.budget:g}" for s in certain if s.uncertainty.probability_optimal > 0.5]
+    unsure = [f"{s.budget:g} (p={s.uncertainty.probability_optimal:.2f})" for s in certain
+              if s.uncertainty.probability_optimal <= 0.5]
+    lines.append(f"- The {main_method} grouping is the optimum in most resamples (p > 0.5) at budget(s) "
+                 f"{', '.join(likely) or 'none'}" + (f"; not resolved at {', '.join(unsure)}" if unsure else "") + ".")
+    for baseline in ("all_task", "independent", "random"):
+      resolved, unresolved = [], []
+      for solution in certain:
+        difference = next((d for d in solution.uncertainty.differences if d.baseline == baseline), None)
+        if difference is not None:
+          (resolved if difference.resolved else unresolved).append(f"{solution.budget:g}: {difference.describe()}")
+      if resolved or unresolved:
+        lines.append(f"- Against {baseline}: " + "; ".join(resolved + unresolved) + ".")
   return lines + [""]
 
 
@@ -229,7 +285,9 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
            f"Tasks: {', '.join(study_tables.task_names)}. Losses: lower is better; totals sum over tasks. "
            f"Regenerate with `python -m tg_jax.report --workdir={workdir}`.", ""]
   lines += _sources(study_tables)
+  robust_at = len(lines)  # "what is robust" goes here once the tables below are computed
 
+  robust_pairs = None
   try:
     if test is None:
       raise TableError("no converged networks yet")
@@ -238,16 +296,21 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     lines += ["## Pairwise relationships", "", f"Not available: {error}", ""]
   else:
     affinity = analysis.pair_affinity(relative)
+    intervals = None if study_tables.replicas is None else analysis.pair_intervals(study_tables.replicas[1])
     figures.heatmap(relative, test.task_names, os.path.join(figure_dir, "table1_pairs.png"),
-                    "Row task trained with column task (test)")
+                    "Row task trained with column task (test)",
+                    significant=None if intervals is None else _significant(intervals["relative"]))
     lines += ["## Table 1: each task trained with another, against its half-size single-task network (test)", "",
               "Entry (row, column): how much lower the row task's test loss is in the pair network with the "
               "column task than in the row task's half-size single-task network (positive: the column task "
-              f"helps). From `{_FILES.table('test')}`.", ""]
-    lines += _matrix_table(relative, test.task_names)
+              f"helps). From `{_FILES.table('test')}`."
+              + ("" if intervals is None else " Mean over seeds, with its 95% interval over seeds; * where the "
+                 "interval excludes zero (the heatmap greys the others out)."), ""]
+    lines += _matrix_table(relative, test.task_names, None if intervals is None else intervals["relative"])
     lines += ["", f"![Table 1]({_FILES.figures}/table1_pairs.png)", "",
               "## Table 2: pairwise affinity (mean of both directions)", ""]
-    lines += _matrix_table(affinity, test.task_names) + [""]
+    lines += _matrix_table(affinity, test.task_names, None if intervals is None else intervals["affinity"]) + [""]
+    robust_pairs = None if intervals is None else _significant(intervals["relative"])
 
   budgets_used = comparison.budgets
   lines += ["## Table 4: total test loss per method and inference budget", "",
@@ -256,7 +319,14 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
             f"(`{_FILES.table('val')}`, `{_FILES.table('test')}`"
             + (f", `{_FILES.retrain.results}/*.csv`" if study_tables.retrained else "") + "). "
             "'-': the method has no answer within that budget.", ""]
-  rows = [[name] + [_format(v, 3) for v in losses] for name, losses in comparison.methods.items()]
+  def total(name: str, i: int, value: Optional[float]) -> str:
+    interval = comparison.intervals.get(name, [None] * len(budgets_used))[i]
+    return _format(value, 3) + ("" if interval is None or value is None else
+                                f" [{interval[0]:.3f}, {interval[1]:.3f}]")
+
+  rows = [[name] + [total(name, i, v) for i, v in enumerate(losses)] for name, losses in comparison.methods.items()]
+  if comparison.intervals:
+    lines += ["Each total with its 95% interval over seeds (a selection's shifted for its winner's curse).", ""]
   lines += _markdown_table(["method"] + [f"{b:g}" for b in budgets_used], rows)
   lines += [""] + _table4_notes(comparison)
   unscored = analysis.untrained_choices(comparison.runs)
@@ -274,7 +344,9 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
                     title=f"{main_method} grouping per budget")
   lines += [f"## Figure 5: the {main_method} grouping at each budget", "",
             "Networks (large: full size, small: half size) joined to the tasks they serve; grey: decoders a "
-            "network has but does not use.", "", f"![Figure 5]({_FILES.figures}/figure5_groupings.png)", ""]
+            "network has but does not use"
+            + ("; p: the share of bootstrap resamples over seeds in which the grouping is the optimum"
+               if comparison.intervals else "") + ".", "", f"![Figure 5]({_FILES.figures}/figure5_groupings.png)", ""]
   lines += _groupings_lines(comparison)
   lines += _compute_lines(study_tables, comparison)
   lines += _approximation_lines(study_tables)
@@ -284,7 +356,9 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     lines += _ensemble_lines(study_tables.ensemble)
   if study_tables.runs:
     lines += _improvement_section(study_tables)
-  workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison.methods})
+  lines[robust_at:robust_at] = _robust_lines(study_tables, comparison, main_method, robust_pairs)
+  workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison.methods,
+                                       "intervals": comparison.intervals})
   path = paths.report
   temporary = f"{path}.tmp-{os.getpid()}"
   with open(temporary, "w", encoding="utf-8") as f:

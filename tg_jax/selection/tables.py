@@ -229,6 +229,13 @@ class Replicas:
     count = max(len(self.seeds[r]) for r in rows)
     return Replicas(self.table.subset(rows), tuple(self.seeds[r] for r in rows), self.samples[rows, :count])
 
+  def concat(self, other: "Replicas") -> "Replicas":
+    count = max(self.samples.shape[1], other.samples.shape[1])
+    pad = lambda samples: np.concatenate(
+        [samples, np.full((samples.shape[0], count - samples.shape[1], samples.shape[2]), np.nan)], axis=1)
+    return Replicas(self.table.concat(other.table), self.seeds + other.seeds,
+                    np.concatenate([pad(self.samples), pad(other.samples)]))
+
   def aligned_to(self, reference: "Replicas", what: str = "test table") -> "Replicas":
     """This table's networks in ``reference``'s order, each with the same seeds (val and test of one
     replica are one trained network: resampling keeps them paired)."""

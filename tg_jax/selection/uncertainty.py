@@ -112,11 +112,8 @@ class Uncertainty:
 
 def _t_interval(values: np.ndarray, shift: float = 0.0) -> Optional[tuple[float, float]]:
   """Student-t interval of the mean of ``values`` (per-replicate totals), shifted by ``shift``."""
-  if values.size < 2:
-    return None
-  half = stats.t.ppf(0.5 + CONFIDENCE / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
-  centre = float(values.mean()) + shift
-  return (centre - float(half), centre + float(half))
+  interval = t_intervals(np.asarray(values, dtype=np.float64))
+  return None if interval is None else (float(interval[0]) + shift, float(interval[1]) + shift)
 
 
 def risk_table(replicas: Replicas, quantile: float) -> ResultsTable:
@@ -327,3 +324,32 @@ class BatchSelector:
         if np.isfinite(totals[b, winner]):
           chosen[b][i] = tuple(sorted({int(best_row[b, p]) for p in self._structures[winner]}))
     return chosen
+
+
+def fixed_interval(val: Replicas, test: Replicas, groupings: Sequence[Grouping]) -> Optional[tuple[float, float]]:
+  """95% interval of the mean test total of ``groupings`` (one grouping, or Random's fills) chosen
+  without these losses (a baseline, or a method that selected on other data such as ESA or TAG):
+  Student-t over per-replicate totals, each task served by the grouping's best network on
+  validation means."""
+  if not groupings:
+    return None
+  replicates = int(min(val.counts[list({r for g in groupings for r in g})]))
+  totals = np.mean([_replicate_totals(test.samples, _grouping_total(val.table.losses, g)[1], replicates)
+                    for g in groupings], axis=0)
+  return _t_interval(totals)
+
+
+def replicate_values(replicas: Replicas, statistic: Callable[[ResultsTable], np.ndarray]) -> np.ndarray:
+  """``statistic`` of the table of each replicate ``[replicates, ...]`` (replicates every network has)."""
+  replicates = int(replicas.counts.min())
+  return np.stack([statistic(dataclasses.replace(replicas.table, losses=replicas.samples[:, r]))
+                   for r in range(replicates)])
+
+
+def t_intervals(values: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """Elementwise 95% Student-t intervals of the mean over the first axis (replicates); None for one."""
+  if values.shape[0] < 2:
+    return None
+  half = stats.t.ppf(0.5 + CONFIDENCE / 2, values.shape[0] - 1) * values.std(axis=0, ddof=1) / np.sqrt(values.shape[0])
+  centre = values.mean(axis=0)
+  return centre - half, centre + half
