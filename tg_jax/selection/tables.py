@@ -439,15 +439,20 @@ def read(path: str, format: str = "csv", task_names: Optional[Sequence[str]] = N
   return read_csv(path)
 
 
-def to_csv(table: Union[ResultsTable, Replicas]) -> str:
-  """The CSV text; a ``Replicas`` with more than one replica of some network gets the seed column."""
+def to_csv(table: Union[ResultsTable, Replicas], seed_column: Optional[bool] = None) -> str:
+  """The CSV text, with the seed column when ``seed_column`` says so; by default when ``table`` is a
+  ``Replicas`` with more than one replica of some network. (A shard of a seeded run may hold one
+  replica per network, and still needs its seeds.)"""
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
   cells = lambda losses: [repr(float(losses[t])) if t in losses else "" for t in task_names]
-  if isinstance(table, Replicas) and table.replicated:
-    task_names = table.table.task_names
+  if seed_column is None:
+    seed_column = isinstance(table, Replicas) and table.replicated
+  if seed_column:
+    replicas = table if isinstance(table, Replicas) else Replicas.from_table(table)
+    task_names = replicas.table.task_names
     writer.writerow(["tasks", "cost", SEED_COLUMN, *task_names])
-    for tasks, cost, seed, losses in table.rows():
+    for tasks, cost, seed, losses in replicas.rows():
       writer.writerow([TASK_SEPARATOR.join(tasks), repr(cost), seed, *cells(losses)])
     return out.getvalue()
   table = table.table if isinstance(table, Replicas) else table
@@ -459,11 +464,11 @@ def to_csv(table: Union[ResultsTable, Replicas]) -> str:
   return out.getvalue()
 
 
-def write_csv(table: Union[ResultsTable, Replicas], path: str) -> None:
-  """Writes ``table`` atomically, so a reader never sees half a file."""
+def write_csv(table: Union[ResultsTable, Replicas], path: str, seed_column: Optional[bool] = None) -> None:
+  """Writes ``table`` atomically, so a reader never sees half a file (``seed_column``: see ``to_csv``)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   temporary = f"{path}.tmp-{os.getpid()}"
   with open(temporary, "w", encoding="utf-8") as f:
-    f.write(to_csv(table))
+    f.write(to_csv(table, seed_column))
   os.replace(temporary, path)
