@@ -120,3 +120,34 @@ def test_risk_quantile_prefers_the_reliable_network():
   by_risk = study.run(replicas.table, replicas.table, replicas=(replicas, replicas), budgets=[1.0], bootstrap=20,
                       random_samples=5, risk_quantile=0.9)
   assert by_mean.solutions[0].networks[0].cost == 1.0 and by_risk.solutions[0].networks[0].cost == 0.5
+
+
+def test_with_per_example_losses_the_intervals_cover_the_evaluation_sets_own_noise():
+  covered, naive_covered, total = 0, 0, 0
+  num_examples = 40
+  for draw in range(40):
+    rng = np.random.default_rng(draw)
+    truth = synthetic.random_table(4, seed=draw, noise=0.0, pair_spread=0.03)
+    trained = rng.normal(0, 0.03, (truth.num_networks, 3, 1, truth.num_tasks))
+    # Each split is one fixed set of examples, as hard for every network: its mean difficulty is off
+    # 1 by sampling noise that every network and replica shares.
+    split_losses = []
+    for _ in range(2):
+      difficulty = rng.gamma(4.0, 0.25, (1, 1, num_examples, truth.num_tasks))
+      split_losses.append(truth.losses[:, None, None, :] * (1 + trained) * difficulty)
+    val, test = (_replicas(truth, losses.mean(axis=2)) for losses in split_losses)
+    examples = uncertainty.Examples(*(np.where(np.isfinite(l), l, np.nan) for l in split_losses))
+    options = dict(budgets=[1.5, 2.5], bootstrap=200, random_samples=10, with_baselines=False, seed=draw)
+    result = study.run(val.table, test.table, replicas=(val, test), examples=examples, **options)
+    naive = study.run(val.table, test.table, replicas=(val, test), **options)
+    rows = {truth.network_key(r): r for r in range(truth.num_networks)}
+    for solution, seeds_only in zip(result.solutions, naive.solutions):
+      served = [rows[solution.networks[solution.assignment[t]].key] for t in truth.task_names]
+      true_total = truth.losses[served, np.arange(truth.num_tasks)].sum()
+      low, high = solution.uncertainty.test_loss_interval
+      covered += low <= true_total <= high
+      low, high = seeds_only.uncertainty.test_loss_interval
+      naive_covered += low <= true_total <= high
+      total += 1
+  assert 0.90 <= covered / total <= 0.99, (covered / total, naive_covered / total)
+  assert naive_covered / total < 0.8  # seeds alone cannot see the shared evaluation noise

@@ -184,7 +184,8 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         budgets: Optional[Sequence[float]] = None, objective: Optional[selector.Objective] = None,
         converged: Optional[ResultsTable] = None, random_samples: int = 1000, seed: int = 0,
         with_baselines: bool = True, replicas: Optional[tuple[Replicas, Replicas]] = None,
-        bootstrap: int = uncertainty.DEFAULT_RESAMPLES, risk_quantile: Optional[float] = None) -> Selection:
+        bootstrap: int = uncertainty.DEFAULT_RESAMPLES, risk_quantile: Optional[float] = None,
+        examples: Optional[uncertainty.Examples] = None) -> Selection:
   """Selects networks for every budget and scores them and the baselines.
 
   A budget within which no set of networks serves every task gets a solution with no networks and
@@ -194,8 +195,10 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
 
   ``replicas``: every seed replica of the converged networks, ``(validation, test)``, whose means
   are ``converged`` and ``test``. Each solution then carries its ``uncertainty`` from ``bootstrap``
-  resamples (``tg_jax.selection.uncertainty``). ``risk_quantile`` selects on each network's upper
-  quantile over its replicas instead of its mean (``uncertainty.risk_table``; needs ``replicas``).
+  resamples (``tg_jax.selection.uncertainty``), which also redraw the evaluation examples when
+  ``examples`` (per-example losses of the replicas, in their order) are given. ``risk_quantile``
+  selects on each network's upper quantile over its replicas instead of its mean
+  (``uncertainty.risk_table``; needs ``replicas``).
   """
   if risk_quantile is not None and replicas is None:
     raise ValueError("selecting by a risk quantile needs seed replicas (a results table with a seed column)")
@@ -254,7 +257,7 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
 
   if replicas is not None and bootstrap:
     solutions = _with_uncertainty(solutions, val, converged, replicas, predict, budgets, objective, risk_offsets,
-                                  random_samples, bootstrap, seed)
+                                  random_samples, bootstrap, seed, examples)
   return Selection(
       tasks=tuple(val.task_names), predict=predict, budgets=tuple(budgets), solutions=tuple(solutions),
       baselines=baselines_for(converged, test, budgets, random_samples, seed) if with_baselines else None,
@@ -264,7 +267,7 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
 def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converged: ResultsTable,
                       replicas: tuple[Replicas, Replicas], predict: str, budgets: Sequence[float],
                       objective: Optional[selector.Objective], risk_offsets, random_samples: int, resamples: int,
-                      seed: int) -> list[Solution]:
+                      seed: int, examples: Optional[uncertainty.Examples]) -> list[Solution]:
   """``solutions`` with their uncertainty: the same selection re-run on bootstrap resamples of the
   replicas, and paired differences against the all-task, independent and Random baselines."""
   val_replicas, test_replicas = replicas
@@ -314,7 +317,8 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
     if fills:
       entries.append(uncertainty.Baseline("random", tuple(tuple(candidates[r] for r in f) for f in fills)))
     compared.append(entries)
-  assessed = uncertainty.assess(val_replicas, test_replicas, budgets, groupings, choose, compared, resamples, seed)
+  assessed = uncertainty.assess(val_replicas, test_replicas, budgets, groupings, choose, compared, resamples, seed,
+                                examples)
   return [s if a is None else dataclasses.replace(s, uncertainty=a) for s, a in zip(solutions, assessed)]
 
 

@@ -110,10 +110,22 @@ class Uncertainty:
             "differences": [d.to_json() for d in self.differences]}
 
 
-def _t_interval(values: np.ndarray, shift: float = 0.0) -> Optional[tuple[float, float]]:
-  """Student-t interval of the mean of ``values`` (per-replicate totals), shifted by ``shift``."""
-  interval = t_intervals(np.asarray(values, dtype=np.float64))
-  return None if interval is None else (float(interval[0]) + shift, float(interval[1]) + shift)
+def _t_interval(values: np.ndarray, shift: float = 0.0,
+                evaluation_variance: float = 0.0) -> Optional[tuple[float, float]]:
+  """Student-t interval of the mean of ``values`` (per-replicate totals), shifted by ``shift``;
+  ``evaluation_variance``: the variance the evaluation set's own sampling adds to that mean (shared
+  by every replicate, so the spread over replicates cannot show it)."""
+  values = np.asarray(values, dtype=np.float64)
+  if values.size < 2:
+    return None
+  seed_variance = values.var(ddof=1) / values.size
+  # Welch-Satterthwaite: the example bootstrap's variance is known from many resamples, so only the
+  # seeds' share of the variance carries their few degrees of freedom.
+  freedom = (seed_variance + evaluation_variance) ** 2 / max(seed_variance ** 2 / (values.size - 1), 1e-300)
+  standard_error = np.sqrt(seed_variance + evaluation_variance)
+  half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, min(freedom, 1e6)) * standard_error)
+  centre = float(values.mean()) + shift
+  return (centre - half, centre + half)
 
 
 def risk_table(replicas: Replicas, quantile: float) -> ResultsTable:
@@ -132,17 +144,35 @@ def risk_table(replicas: Replicas, quantile: float) -> ResultsTable:
 def _resampled_means(samples: np.ndarray, counts: np.ndarray, draws: np.ndarray) -> np.ndarray:
   """``[resamples, networks, tasks]`` means of each network's replicas picked by ``draws``
   (``[resamples, networks, replicas]`` uniform numbers in [0, 1); a network draws as many replicas
-  as it has)."""
+  as it has). ``samples``: ``[networks, replicas, tasks]``, or one such array per resample."""
+  samples = np.broadcast_to(samples, draws.shape[:1] + samples.shape[-3:])
   picks = np.floor(draws * counts[None, :, None]).astype(int)
-  picked = np.take_along_axis(samples[None], picks[..., None], axis=2)  # [resamples, networks, replicas, tasks]
-  used = np.arange(samples.shape[1])[None, None, :] < counts[None, :, None]
+  picked = np.take_along_axis(samples, picks[..., None], axis=2)  # [resamples, networks, replicas, tasks]
+  used = np.arange(samples.shape[2])[None, None, :] < counts[None, :, None]
   means = np.sum(np.where(used[..., None], picked, 0.0), axis=2) / counts[None, :, None]
   # A resample of n replicas varies (n - 1) / n as much as a fresh draw would; with 3-5 seeds that
   # understates the winner's curse, so deviations from the mean are scaled back up.
-  centre = np.nanmean(np.where(used[0][..., None], samples, np.nan), axis=1)
-  inflation = np.sqrt(counts / np.maximum(counts - 1, 1))[None, :, None]
   with np.errstate(invalid="ignore"):  # inf - inf where a network does not solve a task
+    centre = np.sum(np.where(used[..., None], samples, 0.0), axis=2) / counts[None, :, None]
+    inflation = np.sqrt(counts / np.maximum(counts - 1, 1))[None, :, None]
     return np.where(np.isfinite(means), centre + inflation * (means - centre), means)
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+  """Per-example losses of every replica, ``[networks, replicas, examples, tasks]`` for validation
+  and test (NaN where a network does not solve a task or has fewer replicas): the bootstrap then
+  resamples the evaluation examples too, the same examples for every network."""
+
+  val: np.ndarray
+  test: np.ndarray
+
+  def reweighted(self, split: str, weights: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """``[resamples, networks, replicas, tasks]`` losses under example ``weights`` ``[resamples,
+    examples]`` (each row summing to 1); ``samples``' inf (unsolved) and NaN (no replica) kept."""
+    losses = getattr(self, split)
+    weighted = np.einsum("be,nret->bnrt", weights, np.nan_to_num(losses, nan=0.0, posinf=0.0))
+    return np.where(np.isfinite(samples)[None], weighted, samples[None])
 
 
 def _grouping_total(losses: np.ndarray, grouping: Grouping) -> tuple[float, tuple[int, ...]]:
@@ -169,7 +199,7 @@ class Baseline:
 def assess(val: Replicas, test: Replicas, budgets: Sequence[float], groupings: Sequence[Optional[Grouping]],
            choose: Callable[[np.ndarray, Sequence[float]], list[list[Optional[Grouping]]]],
            baselines: Sequence[Sequence[Baseline]] = (), resamples: int = DEFAULT_RESAMPLES,
-           seed: int = 0) -> list[Optional[Uncertainty]]:
+           seed: int = 0, examples: Optional[Examples] = None) -> list[Optional[Uncertainty]]:
   """The uncertainty of each budget's grouping.
 
   Args:
@@ -182,12 +212,31 @@ def assess(val: Replicas, test: Replicas, budgets: Sequence[float], groupings: S
     baselines: per budget, the baselines to difference against.
     resamples: bootstrap resamples.
     seed: of the resampling.
+    examples: per-example losses; then each resample also redraws the evaluation examples, and the
+      intervals add the evaluation set's sampling variance.
   """
   counts = val.counts
   rng = np.random.default_rng(seed)
   draws = rng.random((resamples, val.table.num_networks, val.samples.shape[1]))
-  val_means = _resampled_means(val.samples, counts, draws)
-  test_means = _resampled_means(test.samples, counts, draws)
+  val_samples, test_samples = val.samples, test.samples
+  replica_means = None  # per example resample, each replica's losses: the evaluation set's noise
+  if examples is not None:
+    weights = {split: rng.multinomial(losses.shape[2], np.full(losses.shape[2], 1 / losses.shape[2]), resamples)
+               / losses.shape[2] for split, losses in (("val", examples.val), ("test", examples.test))}
+    val_samples = examples.reweighted("val", weights["val"], val.samples)
+    test_samples = examples.reweighted("test", weights["test"], test.samples)
+    replica_means = {"val": np.nanmean(val_samples, axis=2), "test": np.nanmean(test_samples, axis=2)}
+
+  def evaluation_variance(split: str, assignments: Sequence[tuple[float, Sequence[int]]]) -> float:
+    """Variance over example resamples of a signed sum of assignments' totals (replica means)."""
+    if replica_means is None:
+      return 0.0
+    tasks = np.arange(val.table.num_tasks)
+    totals = sum(sign * np.sum(replica_means[split][:, list(a), tasks], axis=1) for sign, a in assignments)
+    return float(np.var(totals, ddof=1))
+
+  val_means = _resampled_means(val_samples, counts, draws)
+  test_means = _resampled_means(test_samples, counts, draws)
   chosen = choose(val_means, budgets)
   results = []
   for i, grouping in enumerate(groupings):
@@ -197,7 +246,7 @@ def assess(val: Replicas, test: Replicas, budgets: Sequence[float], groupings: S
     # Replicates: the replicas every network of the grouping (and of the baselines) has.
     members = set(grouping) | {r for b in (baselines[i] if baselines else ()) for g in b.groupings for r in g}
     replicates = int(min(counts[list(members)]))
-    val_total, assignment = _grouping_total(val.table.losses, grouping)
+    assignment = _grouping_total(val.table.losses, grouping)[1]
     frequencies = collections.Counter(choice[i] for choice in chosen if choice[i] is not None)
     val_optimism, test_optimism = [], []
     for b, choice in enumerate(chosen):
@@ -216,11 +265,12 @@ def assess(val: Replicas, test: Replicas, budgets: Sequence[float], groupings: S
     for baseline in (baselines[i] if baselines else ()):
       if set(baseline.groupings) == {grouping}:
         continue  # the baseline is this grouping (e.g. the all-task network at budget 1)
-      baseline_totals = np.mean([_replicate_totals(test.samples, _grouping_total(val.table.losses, g)[1], replicates)
-                                 for g in baseline.groupings], axis=0)
+      baseline_assignments = [_grouping_total(val.table.losses, g)[1] for g in baseline.groupings]
+      baseline_totals = np.mean([_replicate_totals(test.samples, a, replicates) for a in baseline_assignments], axis=0)
       # The grouping's optimism lowers its own total only: the baseline was not chosen on this data.
       paired = baseline_totals - grouping_totals - test_shift
-      interval = _t_interval(paired)
+      signed = [(1.0 / len(baseline_assignments), a) for a in baseline_assignments] + [(-1.0, assignment)]
+      interval = _t_interval(paired, evaluation_variance=evaluation_variance("test", signed))
       if interval is None:
         continue
       reference = float(np.mean(baseline_totals))
@@ -230,8 +280,10 @@ def assess(val: Replicas, test: Replicas, budgets: Sequence[float], groupings: S
                          for g, count in frequencies.most_common() if g != grouping)[:MAX_ALTERNATIVES]
     results.append(Uncertainty(
         replicates=replicates,
-        val_loss_interval=_t_interval(_replicate_totals(val.samples, assignment, replicates), val_shift),
-        test_loss_interval=_t_interval(grouping_totals, test_shift), optimism=test_shift,
+        val_loss_interval=_t_interval(_replicate_totals(val.samples, assignment, replicates), val_shift,
+                                      evaluation_variance("val", [(1.0, assignment)])),
+        test_loss_interval=_t_interval(grouping_totals, test_shift, evaluation_variance("test", [(1.0, assignment)])),
+        optimism=test_shift,
         probability_optimal=frequencies[grouping] / resamples, alternatives=alternatives,
         differences=tuple(differences)))
   return results
