@@ -58,8 +58,9 @@ def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDic
   for split in workdir_lib.SPLITS:
     rows = []
     for shard in finished:
-      table = shard.read_table(split)
-      if table is not None:
+      replicas = shard.read_table(split)
+      if replicas is not None:
+        table = replicas.table
         rows += [(table.network_tasks[row], float(table.costs[row]),
                   {t: float(v) for t, v in zip(table.task_names, table.losses[row]) if t in table.network_tasks[row]})
                  for row in range(table.num_networks)]
