@@ -1,10 +1,12 @@
-"""The multi-network trainer: cohort maths, data parallelism, resume, divergence, config guards."""
+"""The multi-network trainer: cohort maths, data parallelism, resume, divergence, config guards, seed replicas."""
 
 import csv
 import functools
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +14,17 @@ import numpy as np
 import pytest
 
 import train_fakes
+from tg_jax import merge
 from tg_jax import models
 from tg_jax import records
+from tg_jax import workdir as workdir_lib
+from tg_jax.affinity import meter
 from tg_jax.training import baseline
 from tg_jax.training import checkpoints
 from tg_jax.training import cohort
+from tg_jax.training import cohorts
 from tg_jax.training import networks
+from tg_jax.training import retrain
 from tg_jax.training import trainer
 
 TASKS = train_fakes.TOY_TASKS
@@ -226,6 +233,10 @@ def test_a_workdir_of_another_config_refuses_to_resume(tmp_path, monkeypatch):
     ("networks.subsets", "triples", "unknown config.networks.subsets 'triples'"),
     ("networks.extra", ("toy_depht",), "names task"),
     ("batch_size", 15, "must be divisible by the 2 devices"),
+    ("networks.seeds", 0, r"networks.seeds must be a count >= 1 or a non-empty list of distinct seeds >= 0, got 0"),
+    ("networks.seeds", (1, 1), r"networks.seeds must be .* got \(1, 1\)"),
+    ("networks.seeds", (), "networks.seeds must be"),
+    ("networks.extra", ("toy_depth#1",), r"names seed replicas \(toy_depth#1\).*config.networks.seeds"),
 ])
 def test_config_errors_name_the_key(tmp_path, monkeypatch, key, value, message):
   overrides = {key: value}
@@ -273,3 +284,206 @@ def test_constant_predictor_is_the_training_mean():
   losses = baseline.losses(batches, constants)
   assert losses["toy_depth"] == pytest.approx(1.0)
   assert losses["toy_segment"] == pytest.approx(np.log(2.0), rel=1e-5)
+
+
+def test_seed_replicas_are_named_listed_grouped_and_initialised_apart():
+  config = train_fakes.tiny_config()
+  config.networks.seeds = (0, 3)
+  listed = networks.from_config(config)
+  one_seed = networks.from_config(train_fakes.tiny_config())
+  assert listed == one_seed + [n.replica(3) for n in one_seed]  # seed after seed; seed 0 is the one-seed list
+  assert [n.name for n in listed[9:11]] == ["toy_depth#3", "toy_normals#3"] and listed[-1].name == "toy_segment@0.5#3"
+  assert all(networks.parse(n.name, TASKS) == n for n in listed)
+  assert networks.parse("toy_depth+toy_normals:mgda#2", TASKS) == records.Network(("toy_depth", "toy_normals"), 1.0,
+                                                                                "mgda", 2)
+  with pytest.raises(ValueError, match="seed 'x' is not a non-negative integer"):
+    networks.parse("toy_depth#x", TASKS)
+  assert [(c.name, len(c.networks)) for c in networks.cohorts(listed, TASKS)] == [
+      ("size_1", 6), ("size_0.5", 3), ("size_1_seed3", 6), ("size_0.5_seed3", 3)]
+  positions = networks.positions(listed)
+  assert [positions[n] for n in listed] == list(range(9)) * 2
+  # Initialisation: seed 0 keeps a one-seed run's key, fold_in(PRNGKey(seed), position); others fold in their seed.
+  np.testing.assert_array_equal(cohorts.network_rng(7, 4, 0), jax.random.fold_in(jax.random.PRNGKey(7), 4))
+  assert not np.array_equal(cohorts.network_rng(7, 4, 3), cohorts.network_rng(7, 4, 0))
+  # Training batches: seed 0 reads a one-seed run's stream; other replicas streams of their own.
+  assert trainer.data_seed(7, 0) == 7 and len({trainer.data_seed(7, s) for s in range(4)} | {8}) == 5
+  # TAG measures the first seed's replica; ensembles and the retraining phase get names of one seed.
+  config.tag.enabled = True
+  config.networks.subsets = "all"
+  assert meter.measured_network(config, networks.from_config(config)).name == "toy_depth+toy_normals+toy_segment"
+  config.networks.seeds = (3, 5)
+  assert meter.measured_network(config, networks.from_config(config)).seed == 3
+  derived = retrain.derived_config(config, ["toy_depth#3", "toy_depth", "toy_normals+toy_segment#5"])
+  assert tuple(derived.networks.extra) == ("toy_depth", "toy_normals+toy_segment")
+  assert tuple(derived.networks.seeds) == (3, 5) and len(networks.from_config(derived)) == 4
+
+
+def test_network_records_without_a_seed_read_as_seed_0_and_rows_are_named_by_their_lowest_seed():
+  losses = {"toy_depth": 0.5}
+  record = records.NetworkRecord(
+      name="toy_depth", tasks=("toy_depth",), size=1.0, method="", cost=1.0, status=records.TRAINED, best_step=2,
+      val=losses, test=losses, esa=losses, val_peak=losses, val_peak_step={"toy_depth": 2},
+      improvement_over_constant={"val": losses, "test": losses})
+  value = record.to_json()
+  assert value.pop("seed") == 0 and records.NetworkRecord.from_json(value) == record
+  replicas = [records.NetworkRecord(**{**record.to_json(), "tasks": ("toy_depth",), "seed": s,
+                                       "name": f"toy_depth#{s}"}) for s in (5, 3)]
+  schedule = records.Schedule(2, 8, 8, (2, 4, 6, 8), 4)
+  run = records.RunRecord(tuple(replicas), {}, schedule)
+  assert records.names_of([run], [(("toy_depth",), 1.0), (("toy_normals",), 0.5)], TASKS) == [
+      "toy_depth#3", "toy_normals@0.5"]
+
+
+def _seed_config(seeds):
+  """Five networks (two sizes, a masked cohort of three, a balancing method's cohort), 4 steps,
+  ``seeds`` replicas of each."""
+  config = train_fakes.tiny_config()
+  config.num_epochs = 2
+  config.networks.subsets = "singles"
+  config.networks.half_size_singles = False
+  config.networks.extra = ("toy_segment@0.5", "toy_depth+toy_normals:equal")
+  config.networks.seeds = seeds
+  return config
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(tmp_path_factory):
+  """The one-seed and the two-seed run of ``_seed_config``, and the two-seed run's training batches
+  as ``(step, images)`` in the order they were read."""
+  root = tmp_path_factory.mktemp("seeds")
+  batches = []
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train_fakes.FAKE_DATA, "on_step", None)
+    trainer.train_and_evaluate(_seed_config(1), str(root / "one"))
+    patch.setattr(train_fakes.FAKE_DATA, "on_step", lambda step, batch: batches.append((step, batch["image"].copy())))
+    trainer.train_and_evaluate(_seed_config(2), str(root / "two"))
+  return workdir_lib.Workdir(str(root / "one")), workdir_lib.Workdir(str(root / "two")), batches
+
+
+def _csv(workdir, split):
+  with open(workdir.table(split)) as f:
+    return list(csv.reader(f))
+
+
+def _assert_same_results(workdir, reference, exact=True):
+  """The same tables, per-example losses, network records and methods.json: bitwise, or (``exact``
+  False) the same rows, names and seeds with losses equal to float32 rounding carried through training.
+
+  A shard trains its networks in smaller cohorts, other XLA programs than the whole run's: their
+  losses agree to float32 rounding (``test_main``'s merged shards: under 1e-4 relative), while another
+  seed moves every loss by 3e-4 to 0.3.
+  """
+  close = lambda ours, theirs, what: np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6, err_msg=what)
+  for split in workdir_lib.SPLITS:
+    ours, theirs = _csv(workdir, split), _csv(reference, split)
+    if exact:
+      assert ours == theirs, split
+      continue
+    assert ours[0] == theirs[0] and [r[:3] for r in ours] == [r[:3] for r in theirs], split
+    close(*(np.asarray([[float(c) if c else np.nan for c in r[3:]] for r in rows[1:]]) for rows in (ours, theirs)),
+          split)
+  for split in workdir_lib.EXAMPLE_SPLITS:
+    ours, theirs = workdir.read_examples(split), reference.read_examples(split)
+    assert (ours.tasks, ours.networks) == (theirs.tasks, theirs.networks), split
+    if exact:
+      np.testing.assert_array_equal(ours.losses, theirs.losses)
+    else:
+      close(ours.losses, theirs.losses, split)
+  ours, theirs = workdir.read_run().networks, reference.read_run().networks
+  if exact:
+    assert ours == theirs
+    assert workdir.read_methods() == reference.read_methods()
+    return
+  assert [(n.name, n.seed, n.status) for n in ours] == [(n.name, n.seed, n.status) for n in theirs]
+  for a, b in zip(ours, theirs):
+    close([a.val[t] for t in a.tasks] + [a.test[t] for t in a.tasks],
+          [b.val[t] for t in b.tasks] + [b.test[t] for t in b.tasks], a.name)
+  assert list(workdir.read_methods()) == list(reference.read_methods())
+
+
+def test_two_seeds_train_every_network_twice_and_seed_0_is_the_one_seed_run_bitwise(seeded_runs):
+  one, two, batches = seeded_runs
+  for split in workdir_lib.SPLITS:
+    single, replicated = _csv(one, split), _csv(two, split)
+    assert replicated[0] == single[0][:2] + ["seed"] + single[0][2:], split
+    assert [row[2] for row in replicated[1:]] == ["0", "1"] * 4, split  # network by network, seeds ascending
+    seed_0 = [row[:2] + row[3:] for row in replicated[1:] if row[2] == "0"]
+    seed_1 = [row[:2] + row[3:] for row in replicated[1:] if row[2] == "1"]
+    assert seed_0 == single[1:], split  # the same float32 losses, written alike
+    for first, second in zip(seed_0, seed_1):  # replicas differ on every task they solve
+      assert first[:2] == second[:2] and all(a != b for a, b in zip(first[2:], second[2:]) if a), split
+  base = one.read_run().networks
+  run = two.read_run().networks
+  assert [n.name for n in run] == [n.name for n in base] + [f"{n.name}#1" for n in base]
+  assert [n.seed for n in run] == [0] * 5 + [1] * 5
+  assert run[:5] == base  # the seed-0 replicas' records are the one-seed run's, every step and loss
+  # A balancing method's network: one methods.json entry per replica, by name.
+  methods, single_methods = two.read_methods(), one.read_methods()
+  method = "toy_depth+toy_normals:equal"
+  assert list(methods) == [method, f"{method}#1"] and methods[f"{method}#1"]["seed"] == 1
+  assert methods[method] == single_methods[method] and methods[method]["val"] != methods[f"{method}#1"]["val"]
+  # Each step read two different batches, one per seed (independent data order).
+  by_step = {}
+  for step, images in batches:
+    by_step.setdefault(step, []).append(images)
+  assert sorted(by_step) == [0, 1, 2, 3]
+  assert all(len(images) == 2 and not np.array_equal(*images) for images in by_step.values())
+
+
+def test_examples_files_hold_the_per_example_losses_behind_the_tables(seeded_runs):
+  _, two, _ = seeded_runs
+  names = [n.name for n in two.read_run().networks if not n.method]
+  for split in workdir_lib.EXAMPLE_SPLITS:
+    examples, table = two.read_examples(split), two.read_table(split)
+    assert examples.losses.shape == (8, 40, 3) and examples.losses.dtype == np.float32  # [rows, examples, tasks]
+    assert examples.tasks == table.table.task_names
+    assert list(examples.networks) == [n for pair in zip(names[:4], names[4:]) for n in pair]  # the CSV's rows
+    for row, (tasks, _, _, losses) in enumerate(table.rows()):
+      for column, task in enumerate(examples.tasks):
+        values = examples.losses[row, :, column]
+        if task not in tasks:
+          assert np.isnan(values).all()
+          continue
+        # The table's loss is a float32 sum over batches (in XLA's order) divided by the count; the
+        # file's mean is float64 over the same float32 losses: they agree to float32 rounding of a
+        # 40-term sum, a relative 40 * 2**-24 ~ 2.4e-6 at worst.
+        np.testing.assert_allclose(values.astype(np.float64).mean(), losses[task], rtol=1e-5)
+
+
+def test_resume_of_a_two_seed_run_matches_an_uninterrupted_one_bitwise(seeded_runs, tmp_path, monkeypatch):
+  _, two, _ = seeded_runs
+
+  def preempt_at_step_1(step, batch):
+    if step == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  resumed = workdir_lib.Workdir(str(tmp_path / "resumed"))
+  monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", preempt_at_step_1)
+  summary = trainer.train_and_evaluate(_seed_config(2), resumed.path)
+  assert summary["status"] == trainer.STATUS_PREEMPTED and summary["step"] == 2
+  monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", None)
+  assert trainer.train_and_evaluate(_seed_config(2), resumed.path)["status"] == trainer.STATUS_COMPLETE
+  _assert_same_results(resumed, two)
+
+
+def test_sharded_two_seed_run_merges_into_the_unsharded_results(seeded_runs, tmp_path, monkeypatch):
+  _, two, _ = seeded_runs
+  monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", None)
+  sharded = workdir_lib.Workdir(str(tmp_path / "sharded"))
+  for index in range(2):
+    trainer.train_and_evaluate(_seed_config(2), sharded.shard(index, 2).path, shard_index=index, num_shards=2)
+  # Striding over the 10 replicas gives shard 0 seed 0's replicas of three networks (one with a method)
+  # and seed 1's of two: one replica of each of its networks, and still the seed column.
+  first = sharded.shard(0, 2)
+  assert _csv(first, "val")[0][2] == "seed" and first.read_table("val").seeds == ((0,), (0,), (1,), (1,))
+  merge.merge(sharded.path)
+  _assert_same_results(sharded, two, exact=False)
+
+
+def test_select_prints_intervals_for_a_two_seed_workdir(seeded_runs):
+  _, two, _ = seeded_runs
+  printed = subprocess.run([sys.executable, "-m", "tg_jax.select", f"--results={two.table('val')}",
+                            f"--test_results={two.table('test')}", "--bootstrap=200"],
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                           text=True, check=True).stdout
+  assert "95% intervals over 2 seeds" in printed

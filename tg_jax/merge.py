@@ -2,11 +2,12 @@ r"""Joins the results of an array job's shards, then retrains, selects and repor
 
   python -m tg_jax.merge --workdir=WORKDIR
 
-Each shard (``tg_jax.main --shard_index=i --num_shards=n``) trained a slice of the network list
-into ``WORKDIR/shards/shard_<i>_of_<n>/``. The merged tables list the networks in the order of the
-unsharded list, so they equal what one job training everything would write; ``methods.json`` (the
-networks trained with a balancing method or soft sharing) is joined the same way and ``tag.json``
-comes from the shard that trained TAG's network.
+Each shard (``tg_jax.main --shard_index=i --num_shards=n``) trained a slice of the network list (every
+seed replica of every network) into ``WORKDIR/shards/shard_<i>_of_<n>/``. The merged tables and the
+per-example losses behind them list the networks in the order of the unsharded list, so they equal
+what one job training everything would write; ``methods.json`` (the networks trained with a
+balancing method or soft sharing) is joined the same way and ``tag.json`` comes from the shard that
+trained TAG's network.
 """
 
 import os
@@ -15,6 +16,7 @@ from typing import Optional
 
 from absl import app
 from absl import flags
+from absl import logging
 import ml_collections
 
 from tg_jax import console
@@ -49,25 +51,20 @@ def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDic
   if any(run.schedule != runs[0].schedule for run in runs):
     raise ValueError(f"the shards in {workdir}/shards ran different schedules; merge only shards of one experiment")
   network_records = sorted((n for run in runs for n in run.networks), key=lambda n: order[n.name])
-  # A table row is known by its tasks and cost; the records say which network that is.
-  rank = {n.key: order[n.name] for n in network_records if not n.method}
   methods, tag = {}, None
   for shard in finished:
     methods.update(shard.read_methods())
     tag = shard.read_tag() or tag
+  seeded = len(networks_lib.seeds(config)) > 1
   for split in workdir_lib.SPLITS:
-    rows = []
-    for shard in finished:
-      replicas = shard.read_table(split)
-      if replicas is not None:
-        table = replicas.table
-        rows += [(table.network_tasks[row], float(table.costs[row]),
-                  {t: float(v) for t, v in zip(table.task_names, table.losses[row]) if t in table.network_tasks[row]})
-                 for row in range(table.num_networks)]
-    rows.sort(key=lambda row: rank[tables.network_key(row[0], row[1])])
-    table = results.results_table(tuple(config.tasks), rows, split)
-    if table is not None:
-      paths.write_table(split, table)
+    rows = [row for shard in finished for row in _table_rows(shard, split, seeded)]
+    rows.sort(key=lambda row: order[row.name])
+    table = results.results_table(tuple(config.tasks), rows, split, seeded)
+    if table is None:
+      continue
+    paths.write_table(split, table.replicas, seed_column=seeded)
+    if split in workdir_lib.EXAMPLE_SPLITS:
+      _merge_examples(paths, split, finished, table)
   if methods:
     workdir_lib.write_json(paths.methods, {name: methods[name] for name in sorted(methods, key=order.__getitem__)})
   if tag is not None:
@@ -75,6 +72,38 @@ def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDic
   paths.write_run(records.RunRecord(tuple(network_records), runs[0].constant_predictor, runs[0].schedule,
                                     tuple(os.path.basename(shard.path) for shard in finished)))
   return config
+
+
+def _table_rows(shard: workdir_lib.Workdir, split: str, seeded: bool) -> list[results.TableRow]:
+  """The rows of a shard's ``split`` table, each named after the network its shard's records say it is.
+
+  A row is known by its tasks and cost, and by its seed when the run has more than one (a one-seed
+  table has no seed column, whatever the seed).
+  """
+  replicas = shard.read_table(split)
+  if replicas is None:
+    return []
+  networks = {(n.key, n.seed if seeded else None): n for n in shard.read_run().networks if not n.method}
+  rows = []
+  for tasks, cost, seed, losses in replicas.rows():
+    network = networks[tables.network_key(tasks, cost), seed if seeded else None]
+    rows.append(results.TableRow(network.name, tuple(tasks), cost, network.seed, losses))
+  return rows
+
+
+def _merge_examples(paths: workdir_lib.Workdir, split: str, shards: list[workdir_lib.Workdir],
+                    table: results.NamedTable) -> None:
+  """``results/examples_<split>.npz`` from the shards', in the merged table's rows; left out with a
+  warning when a shard has none (written before the file existed)."""
+  losses = {}
+  for shard in shards:
+    examples = shard.read_examples(split)
+    if examples is None:
+      logging.warning("%s has no per-example losses; %s is not written", shard.relative(shard.examples(split)),
+                      paths.relative(paths.examples(split)))
+      return
+    losses.update(examples.by_network())
+  paths.write_examples(split, workdir_lib.Examples.from_networks(table.names, table.replicas.table.task_names, losses))
 
 
 def run(workdir: str, allow_missing: bool = False) -> Optional[str]:

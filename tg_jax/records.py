@@ -1,8 +1,9 @@
 """The records that cross from training to selection and reporting; plain Python, no jax.
 
-- ``Network``: who a network is (its tasks, size and training method), named ``<tasks>[@size][:method]``.
-  Every module names networks this way; a results table, which knows only tasks and measured cost,
-  maps its rows to names through the run's ``NetworkRecord``s (``RunRecord.name_of``).
+- ``Network``: who a network is (its tasks, size, training method and seed replica), named
+  ``<tasks>[@size][:method][#seed]``. Every module names networks this way; a results table, which
+  knows only tasks, measured cost and (with replicas) seed, maps its rows to names through the run's
+  ``NetworkRecord``s (``names_of``).
 - ``Schedule``: when a run validates, where it stops, which validation is the ESA table.
 - ``NetworkRecord`` and ``RunRecord``: ``results/networks.json``, always with the schedule, so a
   reader can tell converged results from an early-stopped run's.
@@ -17,6 +18,7 @@ from tg_jax.selection import tables
 
 SIZE_SEPARATOR = "@"
 METHOD_SEPARATOR = ":"
+SEED_SEPARATOR = "#"
 EQUAL_WEIGHTS = ""  # the paper's training: the unweighted mean of the task losses
 SOFT_SHARING = "soft"
 FULL_SIZE = 1.0
@@ -24,31 +26,57 @@ FULL_SIZE = 1.0
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Network:
-  """One network: the tasks it is trained on, its size in SNT and its training method.
+  """One network: the tasks it is trained on, its size in SNT, its training method and its seed.
 
   Attributes:
     tasks: task names, in the experiment's task order.
     size: intended inference cost in standard networks (1.0 full, 0.5 half) of its encoder; a
       ``soft`` network has one encoder per task, so its inference cost is ``len(tasks) * size``.
     method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, or ``"soft"``.
+    seed: which replica (``config.networks.seeds``): replicas of one network differ only in their
+      initialisation and the order of their training batches. Seed 0, the default replica, is the
+      network a one-seed experiment trains.
   """
 
   tasks: tuple[str, ...]
   size: float
   method: str = EQUAL_WEIGHTS
+  seed: int = 0
 
   @property
   def name(self) -> str:
-    """``depth+normals`` for size 1, ``depth@0.5`` otherwise, ``...:mgda`` with a method; unique
-    within an experiment."""
+    """``depth+normals`` for size 1, ``depth@0.5`` otherwise, ``...:mgda`` with a method, ``...#2``
+    for seed 2 (seed 0 has no suffix, so one-seed names are seed-free); unique within an experiment."""
     joined = tables.TASK_SEPARATOR.join(self.tasks)
     name = joined if self.size == FULL_SIZE else f"{joined}{SIZE_SEPARATOR}{self.size:g}"
-    return f"{name}{METHOD_SEPARATOR}{self.method}" if self.method else name
+    if self.method:
+      name = f"{name}{METHOD_SEPARATOR}{self.method}"
+    return f"{name}{SEED_SEPARATOR}{self.seed}" if self.seed else name
+
+  @property
+  def base(self) -> "Network":
+    """The network without its seed: what every replica of it trains (seed 0's identity)."""
+    return dataclasses.replace(self, seed=0)
+
+  def replica(self, seed: int) -> "Network":
+    """This network trained with ``seed``."""
+    return dataclasses.replace(self, seed=int(seed))
 
   @property
   def encoders(self) -> int:
     """How many encoders inference runs: one per task for soft sharing, else one."""
     return len(self.tasks) if self.method == SOFT_SHARING else 1
+
+
+def split_seed(name: str) -> tuple[str, int]:
+  """``("depth+normals", 2)`` from ``"depth+normals#2"``; a name without ``#<seed>`` is seed 0."""
+  base, separator, seed = name.rpartition(SEED_SEPARATOR)
+  if not separator:
+    return name, 0
+  if not seed.isdigit():
+    raise ValueError(f"network {name!r}: seed {seed!r} is not a non-negative integer; write e.g. "
+                     f"'{base}{SEED_SEPARATOR}1', or no '{SEED_SEPARATOR}' for seed 0")
+  return base, int(seed)
 
 
 def name_of(tasks: Iterable[str], size: float, task_order: Sequence[str]) -> str:
@@ -107,7 +135,8 @@ class NetworkRecord:
   """One network's entry in ``results/networks.json``.
 
   Attributes:
-    name, tasks, size, method: the ``Network``.
+    name, tasks, size, method, seed: the ``Network`` (``seed``: its replica; 0 in records written
+      before replicas existed).
     cost: measured inference cost in SNT (a soft-sharing network counts one encoder per task).
     status: ``"trained"`` or ``"diverged"`` (then ``diverged_step`` says when).
     best_step: the step of the network's reported checkpoint: its lowest mean validation loss.
@@ -132,10 +161,11 @@ class NetworkRecord:
   val_peak_step: dict[str, int]
   improvement_over_constant: dict[str, dict[str, float]]
   diverged_step: Optional[int] = None
+  seed: int = 0
 
   @property
   def network(self) -> Network:
-    return Network(self.tasks, self.size, self.method)
+    return Network(self.tasks, self.size, self.method, self.seed)
 
   @property
   def key(self) -> tuple[frozenset, float]:
@@ -193,6 +223,14 @@ class RunRecord:
 
 def names_of(runs: Sequence[RunRecord], keys: Iterable[tuple[Sequence[str], float]],
              task_order: Sequence[str]) -> list[str]:
-  """Names of ``(tasks, cost)`` table rows, looked up in the first of ``runs`` that has them."""
-  by_key = {r.key: r.name for run in reversed(runs) for r in run.networks if not r.method}
+  """Names of ``(tasks, cost)`` table rows, looked up in the first of ``runs`` that has them.
+
+  A network with seed replicas is named by its replica of the lowest seed (seed 0 unless the
+  experiment lists other seeds), so the names of one call are all of one seed: what an ensemble of
+  them needs. ``split_seed`` gives the network behind a replica's name.
+  """
+  by_key = {}
+  for run in reversed(runs):  # the first run's lowest seed is assigned last, so it wins
+    for r in sorted((r for r in run.networks if not r.method), key=lambda r: r.seed, reverse=True):
+      by_key[r.key] = r.name
   return [by_key.get(tables.network_key(tasks, cost)) or name_of(tasks, cost, task_order) for tasks, cost in keys]

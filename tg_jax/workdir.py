@@ -2,12 +2,21 @@
 
 Plain Python and numpy (no jax), so the selection and reporting side reads workdirs on a laptop.
 
+``results/examples_<split>.npz`` (``Workdir.examples``, ``Examples``) keeps, for the validation and test
+tables, every example's loss under each row's reported checkpoint, so intervals over examples need no
+re-evaluation: ``losses`` ``[rows, examples, tasks]`` float32 (NaN where the row's network does not
+solve the task), ``tasks`` (the CSV's task columns) and ``networks`` (each row's network name, rows in
+the CSV's order). Each row's mean over examples is its CSV loss up to float32 summation order.
+
 ```
 WORKDIR/config.json                the run's config; a resume with a different config is refused
 WORKDIR/checkpoints/<step>/        orbax: every cohort's state, the step and the network names  (trainer)
 WORKDIR/results/val.csv            per network, the validation losses of its reported checkpoint  (trainer, merge)
+                                   (one row per seed replica, with a seed column, when networks.seeds > 1)
 WORKDIR/results/test.csv           test losses of the same checkpoint                             (trainer, merge)
 WORKDIR/results/esa.csv            validation losses at the early-stopping step                    (trainer, merge)
+WORKDIR/results/examples_val.npz   per-example losses behind val.csv (``Examples``)                (trainer, merge)
+WORKDIR/results/examples_test.npz  per-example losses behind test.csv                             (trainer, merge)
 WORKDIR/results/networks.json      records.RunRecord: every network's record and the schedule     (trainer, merge)
 WORKDIR/results/methods.json       networks trained with a balancing method or soft sharing        (trainer, merge)
 WORKDIR/results/tag.json           TAG's averaged lookahead affinities                             (trainer, merge)
@@ -28,12 +37,15 @@ import dataclasses
 import glob
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
 
 from tg_jax import records
 from tg_jax.selection import tables
 
 SPLITS = ("val", "test", "esa")  # the results tables, results/<split>.csv
+EXAMPLE_SPLITS = ("val", "test")  # the tables with per-example losses, results/examples_<split>.npz
 
 
 class WorkdirError(ValueError):
@@ -62,6 +74,49 @@ def read_json(path: str) -> Optional[Any]:
                        f"it, or delete it and rerun the command that writes it") from None
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Examples:
+  """Per-example losses of a results table's rows (``results/examples_<split>.npz``).
+
+  Attributes:
+    losses: ``[rows, examples, tasks]`` float32, each example's loss under the row's reported
+      checkpoint; NaN where the row's network does not solve the task.
+    tasks: the task columns, as the table's.
+    networks: each row's network name (``records.Network.name``), in the table's row order.
+  """
+
+  losses: np.ndarray
+  tasks: tuple[str, ...]
+  networks: tuple[str, ...]
+
+  def __post_init__(self):
+    object.__setattr__(self, "losses", np.asarray(self.losses, np.float32))
+    object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
+    object.__setattr__(self, "networks", tuple(str(n) for n in self.networks))
+    if self.losses.ndim != 3 or self.losses.shape[0] != len(self.networks) or self.losses.shape[2] != len(self.tasks):
+      raise ValueError(f"per-example losses of shape {self.losses.shape} do not fit {len(self.networks)} rows and "
+                       f"{len(self.tasks)} tasks; expected [rows, examples, tasks]")
+
+  @classmethod
+  def from_networks(cls, networks: Sequence[str], tasks: Sequence[str],
+                    losses: dict[str, dict[str, np.ndarray]]) -> "Examples":
+    """Rows ``networks`` over columns ``tasks`` from ``{name: {task: [examples] losses}}`` (a
+    network's own tasks only; NaN elsewhere)."""
+    count = len(next(iter(next(iter(losses.values())).values()))) if losses else 0
+    array = np.full((len(networks), count, len(tasks)), np.nan, np.float32)
+    for row, name in enumerate(networks):
+      for column, task in enumerate(tasks):
+        if task in losses[name]:
+          array[row, :, column] = losses[name][task]
+    return cls(array, tuple(tasks), tuple(networks))
+
+  def by_network(self) -> dict[str, dict[str, np.ndarray]]:
+    """The inverse of ``from_networks``: ``{name: {task: [examples]}}`` over the solved tasks."""
+    return {name: {task: self.losses[row, :, column] for column, task in enumerate(self.tasks)
+                   if not np.isnan(self.losses[row, :, column]).all()}
+            for row, name in enumerate(self.networks)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
   """Paths of one workdir (a run, its retraining phase or one shard of an array job)."""
@@ -87,6 +142,12 @@ class Workdir:
     if split not in SPLITS:
       raise ValueError(f"unknown results table {split!r}; tables: {', '.join(SPLITS)}")
     return self._join("results", f"{split}.csv")
+
+  def examples(self, split: str) -> str:
+    """``results/examples_<split>.npz``: per-example losses behind ``results/<split>.csv`` (``Examples``)."""
+    if split not in EXAMPLE_SPLITS:
+      raise ValueError(f"no per-example losses for {split!r}; splits with them: {', '.join(EXAMPLE_SPLITS)}")
+    return self._join("results", f"examples_{split}.npz")
 
   @property
   def networks(self) -> str:
@@ -160,6 +221,18 @@ class Workdir:
     except (KeyError, TypeError, ValueError) as error:
       raise WorkdirError(f"{self.networks}: {error}") from None
 
+  def read_examples(self, split: str) -> Optional[Examples]:
+    """``results/examples_<split>.npz``; None if absent (runs before it existed, unfinished runs)."""
+    path = self.examples(split)
+    if not os.path.exists(path):
+      return None
+    try:
+      with np.load(path) as arrays:
+        return Examples(arrays["losses"], tuple(arrays["tasks"]), tuple(arrays["networks"]))
+    except (OSError, KeyError, ValueError) as error:
+      raise WorkdirError(f"{path} cannot be read ({error}); delete it and rerun the training command (or "
+                         f"python -m tg_jax.merge) to rewrite it") from None
+
   def read_methods(self) -> dict[str, Any]:
     return read_json(self.methods) or {}
 
@@ -168,8 +241,20 @@ class Workdir:
 
   # Writers.
 
-  def write_table(self, split: str, table: tables.ResultsTable) -> None:
-    tables.write_csv(table, self.table(split))
+  def write_table(self, split: str, table: Union[tables.ResultsTable, tables.Replicas],
+                  seed_column: Optional[bool] = None) -> None:
+    """``results/<split>.csv`` (``seed_column``: see ``tables.to_csv``)."""
+    tables.write_csv(table, self.table(split), seed_column)
+
+  def write_examples(self, split: str, examples: Examples) -> None:
+    """``results/examples_<split>.npz``, atomically."""
+    path = self.examples(split)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as f:
+      np.savez(f, losses=examples.losses, tasks=np.asarray(examples.tasks, str),
+               networks=np.asarray(examples.networks, str))
+    os.replace(temporary, path)
 
   def write_run(self, run: records.RunRecord) -> None:
     write_json(self.networks, run.to_json())

@@ -35,11 +35,13 @@ def tag_network(config: ml_collections.ConfigDict) -> networks_lib.Network:
 
 def measured_network(config: ml_collections.ConfigDict,
                      networks: Sequence[networks_lib.Network]) -> Optional[networks_lib.Network]:
-  """``tag_network(config)`` when TAG is enabled, else None; an error if ``networks`` (the
-  experiment's, all shards) do not include it."""
+  """``tag_network(config)``'s replica of the experiment's first seed (seed 0 unless
+  ``networks.seeds`` lists others) when TAG is enabled, else None; an error if ``networks`` (the
+  experiment's, all shards) do not include it. TAG measures one replica: its affinities average
+  over the run's measurements, not over seeds."""
   if not config.tag.enabled:
     return None
-  network = tag_network(config)
+  network = tag_network(config).replica(networks_lib.seeds(config)[0])
   if network not in networks:
     raise ValueError(f"tag.network {network.name!r} is not trained by this experiment; add it to "
                      f"config.networks.extra or name a listed network in tag.network")

@@ -447,20 +447,28 @@ def split_shared(params: Any, shared_names: Sequence[str]) -> tuple[dict, dict]:
           {k: v for k, v in params.items() if k not in shared_names})
 
 
-def eval_loss_sums(params: Any, batch_stats: Any, batch: Batch, *, model: nn.Module,
-                   task_names: Sequence[str], how: str = VMAP) -> jax.Array:
-  """``[nets, tasks]`` sums over the batch of per-example losses, weighted by ``batch['weight']``.
+def eval_losses(params: Any, batch_stats: Any, batch: Batch, *, model: nn.Module, task_names: Sequence[str],
+                how: str = VMAP) -> tuple[jax.Array, jax.Array]:
+  """``([nets, tasks] sums, [nets, tasks, batch] per-example losses)`` of the networks on ``batch``.
 
-  Divide the sums over a split by the split's total weight for mean losses; padding examples have
-  weight 0.
+  The sums are over the batch, weighted by ``batch['weight']``: divide the sums over a split by the
+  split's total weight for mean losses (padding examples have weight 0). The per-example losses are
+  unweighted; padding examples' are meaningless.
   """
-  def sums_one(params, batch_stats):
+  def losses_one(params, batch_stats):
     outputs = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
     losses = task_losses(outputs, batch, task_names)
     # Padded examples may carry arbitrary labels; where() keeps a NaN there from leaking in.
-    return jnp.sum(jnp.where(batch["weight"] > 0, losses, 0.0) * batch["weight"], axis=1)
+    return jnp.sum(jnp.where(batch["weight"] > 0, losses, 0.0) * batch["weight"], axis=1), losses
 
-  return over_networks(sums_one, how)(params, batch_stats)
+  return over_networks(losses_one, how)(params, batch_stats)
+
+
+def eval_loss_sums(params: Any, batch_stats: Any, batch: Batch, *, model: nn.Module,
+                   task_names: Sequence[str], how: str = VMAP) -> jax.Array:
+  """``[nets, tasks]`` sums over the batch of per-example losses, weighted by ``batch['weight']``
+  (``eval_losses``' sums, without keeping the per-example losses: what validation needs)."""
+  return eval_losses(params, batch_stats, batch, model=model, task_names=task_names, how=how)[0]
 
 
 def record_validation(state: CohortState, losses: jax.Array, step: jax.Array, record_esa: jax.Array,

@@ -1,8 +1,8 @@
 """A run's cohorts on device: their models, compiled steps and the states of their networks.
 
 ``cohort`` holds the pure maths of one cohort (init, train step, validation trackers); this module
-holds what a run keeps between steps. A cohort (``networks.Cohort``: networks of one size and
-method over one model) has a ``CohortRunner`` (its model and jitted functions); its networks are
+holds what a run keeps between steps. A cohort (``networks.Cohort``: networks of one size, method
+and seed over one model) has a ``CohortRunner`` (its model and jitted functions); its networks are
 split into ``Chunk``s, each trained by one call of the compiled step (``planning`` sizes them to fit
 in memory). ``Cohorts`` owns every chunk's ``CohortState`` and is the only thing that changes them:
 training, validation, checkpoints and host copies of the trackers all go through it.
@@ -10,9 +10,10 @@ training, validation, checkpoints and host copies of the trackers all go through
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from absl import logging
 import jax
@@ -27,6 +28,16 @@ from tg_jax.training import cohort as cohort_lib
 from tg_jax.training import networks as networks_lib
 
 Batch = Mapping[str, jax.Array]
+# Per network name, per task: ``[examples]`` float32 losses over an evaluation split, in its order.
+ExampleLosses = dict[str, dict[str, np.ndarray]]
+
+
+def network_rng(seed: int, position: int, replica_seed: int) -> jax.Array:
+  """A network's initialisation key: ``fold_in(PRNGKey(seed), position)`` (``position``: its place in
+  the one-seed network list, ``networks.positions``), with ``replica_seed`` folded in for replicas
+  other than seed 0, so seed 0 is initialised exactly as a one-seed run's network."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), position)
+  return jax.random.fold_in(key, replica_seed) if replica_seed else key
 
 
 def build_model(spec: networks_lib.Cohort, model_config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
@@ -61,6 +72,7 @@ class CohortRunner:
                image_shape: Sequence[int], optimizer, dtype: Any, how: str, replicated: NamedSharding,
                batch_sharding: NamedSharding):
     self.spec = spec
+    self.how = how
     self.model = build_model(spec, config.model, dtype)
     self.optimizer = optimizer
     self._replicated = replicated
@@ -87,22 +99,40 @@ class CohortRunner:
                                         how=how),
               jnp.sum(batch["weight"]))
 
+    def eval_examples(params, batch_stats, batch):
+      sums, losses = cohort_lib.eval_losses(params, batch_stats, batch, model=self.model, task_names=task_names,
+                                            how=how)
+      return sums, jnp.sum(batch["weight"]), losses, batch["weight"]
+
     self._train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding, replicated, replicated),
                                out_shardings=replicated, donate_argnums=0)
     self.eval_sums = jax.jit(eval_sums, in_shardings=(replicated, replicated, batch_sharding),
                              out_shardings=replicated)
+    # The same sums, plus ``[nets, tasks, batch]`` per-example losses and the ``[batch]`` weights.
+    self.eval_examples = jax.jit(eval_examples, in_shardings=(replicated, replicated, batch_sharding),
+                                 out_shardings=replicated)
     self.record_validation = jax.jit(cohort_lib.record_validation, out_shardings=replicated, donate_argnums=0)
     self._compiled: dict[int, Any] = {}
 
-  def init_state(self, indices: Sequence[int], seed: int, image_shape: Sequence[int]) -> cohort_lib.CohortState:
-    """State of the networks at global list positions ``indices`` (their rngs depend on nothing else).
+  def with_spec(self, spec: networks_lib.Cohort) -> "CohortRunner":
+    """This runner for another cohort of the same model (size, method and tasks; another seed's
+    replicas): the jitted functions and compiled steps are shared, so replicas compile nothing more."""
+    if (spec.size, spec.method, spec.tasks) != (self.spec.size, self.spec.method, self.spec.tasks):
+      raise ValueError(f"cohort {spec.name} over {spec.tasks} cannot share the model of cohort {self.spec.name} "
+                       f"over {self.spec.tasks}")
+    runner = copy.copy(self)  # shares the model, the jitted functions and the cache of compiled steps
+    runner.spec = spec
+    return runner
+
+  def init_state(self, rngs: Sequence[jax.Array], image_shape: Sequence[int]) -> cohort_lib.CohortState:
+    """State of networks initialised from ``rngs`` (one key each, ``network_rng``).
 
     Networks are initialised one at a time by one compiled function and then stacked: compiling
     the vmapped initialiser costs several times more on CPU, and the values are the same.
     """
     init_one = jax.jit(functools.partial(cohort_lib.init, self.model, self.optimizer, image_shape=tuple(image_shape),
                                          num_tasks=len(self.spec.tasks), balancer=self.balancer))
-    states = [init_one(jax.random.fold_in(jax.random.PRNGKey(seed), i)[None]) for i in indices]
+    states = [init_one(rng[None]) for rng in rngs]
     return jax.device_put(cohort_lib.concatenate(states), self._replicated)
 
   def abstract_state(self, num_networks: int, image_shape: Sequence[int]) -> cohort_lib.CohortState:
@@ -121,6 +151,21 @@ class CohortRunner:
       mask = jax.ShapeDtypeStruct((num_networks, len(self.spec.tasks)), jnp.bool_, sharding=self._replicated)
       self._compiled[num_networks] = self._train_step.lower(state, abstract_batch, step, mask).compile()
     return self._compiled[num_networks]
+
+
+def make_runners(specs: Sequence[networks_lib.Cohort], config: ml_collections.ConfigDict, steps_per_epoch: int,
+                 image_shape: Sequence[int], optimizer, dtype: Any, platform: str, replicated: NamedSharding,
+                 batch_sharding: NamedSharding) -> list[CohortRunner]:
+  """One runner per cohort; cohorts of one model run the same way (another seed's replicas of a
+  cohort) share one runner's compiled functions (``CohortRunner.with_spec``)."""
+  runners: list[CohortRunner] = []
+  for spec in specs:
+    how = parallelism(config, spec, platform)
+    twin = next((r for r in runners if (r.spec.size, r.spec.method, r.spec.tasks, r.how)
+                 == (spec.size, spec.method, spec.tasks, how)), None)
+    runners.append(twin.with_spec(spec) if twin else CohortRunner(
+        spec, config, steps_per_epoch, image_shape, optimizer, dtype, how, replicated, batch_sharding))
+  return runners
 
 
 @dataclasses.dataclass
@@ -151,12 +196,13 @@ class Cohorts:
   def __init__(self, runners: Sequence[CohortRunner], chunk_sizes: Mapping[str, Sequence[int]],
                positions: Mapping[networks_lib.Network, int], seed: int, image_shape: Sequence[int],
                abstract_batch: Any, replicated: NamedSharding):
-    """Initialises every network from ``seed`` and its position in the experiment's network list.
+    """Initialises every network from ``seed``, its position and its replica seed (``network_rng``).
 
     Args:
       runners: the cohorts' runners.
       chunk_sizes: per cohort name, how many networks each of its chunks trains (``planning``).
-      positions: each network's index in the experiment's whole network list (all shards).
+      positions: each network's index in the experiment's one-seed network list (all shards;
+        ``networks.positions``).
       seed: the experiment's seed.
       image_shape: ``[h, w, c]`` of the input images.
       abstract_batch: shapes and shardings of one global training batch (the steps compile for it).
@@ -169,7 +215,7 @@ class Cohorts:
     self.chunks: list[Chunk] = []
     for runner in self.runners:
       members, sizes = runner.spec.networks, list(chunk_sizes[runner.spec.name])
-      state = runner.init_state([positions[n] for n in members], seed, image_shape)
+      state = runner.init_state([network_rng(seed, positions[n], n.seed) for n in members], image_shape)
       offset = 0
       for size, chunk_state in zip(sizes, cohort_lib.split(state, sizes)):
         spec = dataclasses.replace(runner.spec, networks=members[offset:offset + size])
@@ -187,37 +233,70 @@ class Cohorts:
     chunk, = [chunk for chunk in self.chunks if network in chunk.networks]
     return chunk
 
-  def train(self, batch: Batch, step: int) -> list[dict[str, jax.Array]]:
-    """One training step of every network on the global ``batch``; per chunk, the step's metrics
-    (``cohort.train_step``'s: ``loss`` ``[nets]``, ``learning_rate_scale`` ``[nets]``,
-    ``task_weight`` ``[nets, tasks]``, ...)."""
+  @property
+  def seeds(self) -> tuple[int, ...]:
+    """The replica seeds of the networks, in cohort order: the batch streams ``train`` needs."""
+    return tuple(dict.fromkeys(runner.spec.seed for runner in self.runners))
+
+  def train(self, batches: Mapping[int, Batch], step: int) -> list[dict[str, jax.Array]]:
+    """One training step of every network on its seed's global batch (``batches``: per replica
+    seed); per chunk, the step's metrics (``cohort.train_step``'s: ``loss`` ``[nets]``,
+    ``learning_rate_scale`` ``[nets]``, ``task_weight`` ``[nets, tasks]``, ...)."""
     step_array = jax.device_put(jnp.int32(step), self._replicated)
     metrics = []
     for chunk in self.chunks:
       compiled = chunk.runner.compiled_step(len(chunk.networks), self._abstract_batch, self._image_shape)
-      chunk.state, chunk_metrics = compiled(chunk.state, batch, step_array, chunk.task_mask)
+      chunk.state, chunk_metrics = compiled(chunk.state, batches[chunk.runner.spec.seed], step_array,
+                                            chunk.task_mask)
       metrics.append(chunk_metrics)
     return metrics
 
   def evaluate(self, batches: Iterable[Batch], use_best: bool) -> dict[str, dict[str, float]]:
     """``{network name: {task: mean loss}}`` of every network on each of its tasks over ``batches``
     (global evaluation batches, padding weighted 0), with its current or its best-validation state."""
+    return self._evaluate(batches, use_best, per_example=False)[0]
+
+  def evaluate_examples(self, batches: Iterable[Batch],
+                        use_best: bool) -> tuple[dict[str, dict[str, float]], ExampleLosses]:
+    """``evaluate``'s mean losses and, from the same pass, every network's per-example losses on
+    each of its tasks (``ExampleLosses``; padding dropped). Slower than ``evaluate`` (the losses come
+    back to the host), so only the final passes take them."""
+    return self._evaluate(batches, use_best, per_example=True)
+
+  def _evaluate(self, batches: Iterable[Batch], use_best: bool,
+                per_example: bool) -> tuple[dict[str, dict[str, float]], Optional[ExampleLosses]]:
     sums: list[Any] = [None] * len(self.chunks)  # per chunk, [nets, tasks] weighted loss sums
+    per_batch: list[list[jax.Array]] = [[] for _ in self.chunks]  # per chunk, per batch [nets, tasks, batch]
+    batch_weights: list[jax.Array] = []  # per batch, [batch]
     weight = 0.0
     for batch in batches:
       for i, chunk in enumerate(self.chunks):
         state = chunk.state
-        chunk_sums, batch_weight = chunk.runner.eval_sums(state.best_params if use_best else state.params,
-                                                          state.best_batch_stats if use_best else state.batch_stats,
-                                                          batch)
+        variables = ((state.best_params, state.best_batch_stats) if use_best else (state.params, state.batch_stats))
+        if per_example:
+          chunk_sums, batch_weight, chunk_losses, weights = chunk.runner.eval_examples(*variables, batch)
+          per_batch[i].append(chunk_losses)
+        else:
+          chunk_sums, batch_weight = chunk.runner.eval_sums(*variables, batch)
         sums[i] = chunk_sums if sums[i] is None else sums[i] + chunk_sums
       weight += float(batch_weight)
+      if per_example:
+        batch_weights.append(weights)
     losses = {}
     for chunk, chunk_sums in zip(self.chunks, sums):
       means = np.asarray(jax.device_get(chunk_sums)) / weight
       for network, row in zip(chunk.networks, means):
         losses[network.name] = {t: float(v) for t, v in zip(chunk.runner.spec.tasks, row) if t in network.tasks}
-    return losses
+    if not per_example:
+      return losses, None
+    real = np.concatenate(jax.device_get(batch_weights)) > 0
+    examples: ExampleLosses = {}
+    for chunk, chunk_batches in zip(self.chunks, per_batch):
+      values = np.concatenate(jax.device_get(chunk_batches), axis=-1)[..., real]  # [nets, tasks, examples]
+      for network, row in zip(chunk.networks, values):
+        examples[network.name] = {t: np.asarray(v, np.float32) for t, v in zip(chunk.runner.spec.tasks, row)
+                                  if t in network.tasks}
+    return losses, examples
 
   def validate(self, batches: Iterable[Batch], step: int, record_esa: bool) -> dict[str, dict[str, float]]:
     """Evaluates the current states on the validation ``batches`` and updates the best-so-far

@@ -92,6 +92,8 @@ def base_config(variant: str | None = CPU) -> ml_collections.ConfigDict:
   config.networks.half_size_singles = True  # one extra single-task network per task at half_size
   config.networks.half_size = 0.5
   config.networks.extra = ()                # explicit names, e.g. ("depth+normals@0.8",)
+  # Seed replicas, every network trained once per seed: a count (1: seed 0 only) or seeds, e.g. (0, 5).
+  config.networks.seeds = ml_collections.FieldReference(1, field_type=object)
 
   config.batch_size = 64 if full else 32    # global, over all devices and hosts
   config.eval_batch_size = 128 if full else 100
@@ -172,6 +174,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.network_parallelism in ("auto", "vmap", "loop"),
        f"network_parallelism must be 'auto', 'vmap' or 'loop', got {config.network_parallelism!r}")
   need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
+  seeds = config.networks.get("seeds", 1)
+  is_int = lambda value: isinstance(value, int) and not isinstance(value, bool)
+  listed = isinstance(seeds, (list, tuple)) and seeds and all(is_int(s) and s >= 0 for s in seeds)
+  need((is_int(seeds) and seeds >= 1) or (listed and len(set(seeds)) == len(seeds)),
+       f"networks.seeds must be a count >= 1 or a non-empty list of distinct seeds >= 0, got {seeds!r}; "
+       f"e.g. networks.seeds = 3 (seeds 0, 1, 2) or networks.seeds = (0, 5)")
   need(config.selection.predict in ("hoa", "esa", "none"),
        f"selection.predict must be 'hoa', 'esa' or 'none', got {config.selection.predict!r}")
   from tg_jax import balancing  # pylint: disable=g-import-not-at-top

@@ -76,8 +76,9 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str, network_name
                                         replicated, replicated)
                for spec in networks_lib.cohorts(run_networks, config.tasks)]
     target: dict[str, Any] = {r.spec.name: r.abstract_state(len(r.spec.networks), image_shape) for r in runners}
-    if config.tag.enabled and meter_lib.tag_network(config) in run_networks:
-      target[meter_lib.TAG_STATE] = tag_lib.AffinitySum.zeros(len(meter_lib.tag_network(config).tasks))
+    measured = meter_lib.measured_network(config, networks_lib.from_config(config))
+    if measured in run_networks:
+      target[meter_lib.TAG_STATE] = tag_lib.AffinitySum.zeros(len(measured.tasks))
     states, _ = checkpointer.restore(step, target)
     checkpointer.close()
     for runner in runners:
@@ -113,8 +114,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, network_names: Seq
   Args:
     config: the run's config.
     workdir: the run's workdir (or the merged workdir of an array job, whose shards hold checkpoints).
-    network_names: networks as named in the results (``Network.name``, method suffixes allowed); a
-      name may repeat (an ensemble of a network with itself is the network).
+    network_names: networks as named in the results (``Network.name``, method suffixes allowed), all
+      of one seed replica (an ensemble averages networks of one training seed; ``records.names_of``
+      names a table's rows that way); a name may repeat (an ensemble of a network with itself is the
+      network).
     split: ``"test"`` or ``"validation"``.
 
   Returns:
@@ -122,6 +125,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, network_names: Seq
     "best_single_loss": the lowest of the members' own mean losses, "single_losses": {name: loss}}}``.
   """
   parsed = [networks_lib.parse(n, config.tasks) for n in network_names]
+  seeds = sorted({n.seed for n in parsed})
+  if len(seeds) > 1:
+    raise ValueError(f"ensemble of networks {', '.join(network_names)} mixes seed replicas {seeds}; pass the "
+                     f"names of one seed's replicas (e.g. all without '#<seed>' for seed 0)")
   solvers = {t: [n.name for n in parsed if t in n.tasks] for t in config.tasks}
   solvers = {t: names for t, names in solvers.items() if len(names) >= 2}
   if not solvers:

@@ -3,14 +3,22 @@
 A network is a task subset, a size (its encoder's cost in standard networks, SNT) and a training
 method: ``""``, the paper's equal task weights, or a balancing method of ``tg_jax.balancing``
 (``mgda``, ``uncertainty``, ``pcgrad``, ...), or ``soft`` (soft parameter sharing: one network per
-task, their encoders pulled together by an L2 penalty). Names read ``<tasks>[@size][:method]``, e.g.
-``depth+normals@0.5`` or ``depth+normals+edges2d:mgda``. An experiment names its networks with a
-few switches (``config.networks``): every single task, every pair, every subset, half-size
-single-task networks, or an explicit list. Equal-weight networks of one size form a *cohort*: one
-model is built over the cohort's task union and its networks are stacked on a leading axis and
-trained by one vmapped step, each network masked to its own tasks (see ``trainer``). A network with
-a method is a cohort of its own (same size, method and tasks): balancers assume every task they see
-is trained, so such a cohort's model carries exactly the network's tasks and nothing is masked. A
+task, their encoders pulled together by an L2 penalty). Names read ``<tasks>[@size][:method][#seed]``,
+e.g. ``depth+normals@0.5``, ``depth+normals+edges2d:mgda`` or ``depth+normals#1``. An experiment names
+its networks with a few switches (``config.networks``): every single task, every pair, every subset,
+half-size single-task networks, or an explicit list.
+
+Seed replicas (``config.networks.seeds``: a count, or a list of seeds): every listed network is
+trained once per seed, as networks of the same run. Replica ``s`` of a network differs from replica
+0 in its initialisation (``cohorts.network_rng``: the seed folded into the network's key) and in its
+training batches (``trainer``: one batch stream per seed); replica 0 is bitwise the network a one-seed
+run trains. Its name carries ``#<s>`` (seed 0 none), so one-seed names are as they always were.
+
+Equal-weight networks of one size and seed form a *cohort*: one model is built over the cohort's
+task union and its networks are stacked on a leading axis and trained by one vmapped step on their
+seed's batch, each network masked to its own tasks (see ``trainer``). A network with a method is a
+cohort of its own (same size, method, tasks and seed): balancers assume every task they see is
+trained, so such a cohort's model carries exactly the network's tasks and nothing is masked. A
 cohort too large for device memory is split into *chunks* of at most ``chunk_size`` networks.
 
 A network's identity (``records.Network``) is jax-free, shared with selection and reporting; this
@@ -28,7 +36,7 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from tg_jax import balancing
-from tg_jax.records import EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING, Network
+from tg_jax.records import EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING, Network, split_seed
 from tg_jax.selection import tables
 
 SUBSET_CHOICES = ("singles", "pairs", "all")
@@ -40,14 +48,16 @@ def methods() -> list[str]:
 
 
 def parse(name: str, known_tasks: Sequence[str]) -> Network:
-  """The inverse of ``Network.name``: ``"depth+normals"``, ``"depth@0.5"``, ``"depth+normals:mgda"``.
+  """The inverse of ``Network.name``: ``"depth+normals"``, ``"depth@0.5"``, ``"depth+normals:mgda"``,
+  ``"depth+normals#1"`` (seed 1's replica).
 
   Tasks are put in the order of ``known_tasks`` so one subset has one name.
   """
-  name_and_size, _, method = name.partition(METHOD_SEPARATOR)
-  if method not in (EQUAL_WEIGHTS, *methods()) or (METHOD_SEPARATOR in name and not method):
-    raise ValueError(f"network {name!r}: unknown method {method!r}; write <tasks>[@size][:method] with method "
-                     f"one of {', '.join(methods())} (or no ':method' for the paper's equal weights)")
+  base, seed = split_seed(name)
+  name_and_size, _, method = base.partition(METHOD_SEPARATOR)
+  if method not in (EQUAL_WEIGHTS, *methods()) or (METHOD_SEPARATOR in base and not method):
+    raise ValueError(f"network {name!r}: unknown method {method!r}; write <tasks>[@size][:method][#seed] with "
+                     f"method one of {', '.join(methods())} (or no ':method' for the paper's equal weights)")
   subset, _, size_text = name_and_size.partition(SIZE_SEPARATOR)
   try:
     size = float(size_text) if size_text else 1.0
@@ -65,7 +75,7 @@ def parse(name: str, known_tasks: Sequence[str]) -> Network:
   if method and len(names) < 2:
     raise ValueError(f"network {name!r}: method {method!r} balances or shares between tasks and needs at "
                      f"least two; drop ':{method}' for a single-task network")
-  return Network(tuple(t for t in known_tasks if t in names), size, method)
+  return Network(tuple(t for t in known_tasks if t in names), size, method, seed)
 
 
 def subsets(tasks: Sequence[str], which: str) -> list[tuple[str, ...]]:
@@ -81,12 +91,23 @@ def subsets(tasks: Sequence[str], which: str) -> list[tuple[str, ...]]:
   return [combo for k in range(1, largest + 1) for combo in itertools.combinations(tasks, k)]
 
 
+def seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The replica seeds ``config.networks.seeds`` names: a count ``n`` is ``0, ..., n - 1``; a list is
+  itself. ``(0,)`` for configs without the key (written before replicas existed)."""
+  value = config.networks.get("seeds", 1)
+  if isinstance(value, int) and not isinstance(value, bool):
+    return tuple(range(value))
+  return tuple(int(s) for s in value)
+
+
 def from_config(config: ml_collections.ConfigDict) -> list[Network]:
-  """The experiment's networks, in a fixed order (the order of the results tables).
+  """The experiment's networks, in a fixed order (the order of networks.json and of checkpoints).
 
   Reads ``config.tasks`` and ``config.networks``: ``subsets`` (see ``subsets``; ``""`` for none),
   ``size`` (of those networks), ``half_size_singles`` (add one size-``half_size`` network per task),
-  ``extra`` (explicit names such as ``"depth+normals@0.8"`` or ``"depth+normals:pcgrad"``).
+  ``extra`` (explicit names such as ``"depth+normals@0.8"`` or ``"depth+normals:pcgrad"``), ``seeds``
+  (``seeds``): the list of those networks once per seed, seed after seed, so with one seed (the
+  default, 0) it is the list itself.
   """
   tasks = tuple(config.tasks)
   if not tasks:
@@ -100,6 +121,10 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
   if spec.half_size_singles:
     networks += [Network((task,), float(spec.half_size)) for task in tasks]
   networks += [parse(name, tasks) for name in spec.extra]
+  seeded = [n.name for n in networks if n.seed]
+  if seeded:
+    raise ValueError(f"config.networks.extra names seed replicas ({', '.join(seeded)}); list networks without "
+                     f"'#<seed>' and set config.networks.seeds: every network is trained once per seed")
   names = [n.name for n in networks]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
@@ -107,7 +132,16 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
   if not networks:
     raise ValueError("config.networks selects no network; set networks.subsets to one of "
                      f"{', '.join(SUBSET_CHOICES)} or list networks in networks.extra")
-  return networks
+  return [network.replica(seed) for seed in seeds(config) for network in networks]
+
+
+def positions(networks: Sequence[Network]) -> dict[Network, int]:
+  """Each network's position in the experiment's one-seed list (``from_config``'s list with every
+  replica of a network at the position of its first replica): what its initialisation folds in."""
+  base: dict[Network, int] = {}
+  for network in networks:
+    base.setdefault(network.base, len(base))
+  return {network: base[network.base] for network in networks}
 
 
 def shard(networks: Sequence[Network], shard_index: int, num_shards: int) -> list[Network]:
@@ -126,25 +160,30 @@ def shard(networks: Sequence[Network], shard_index: int, num_shards: int) -> lis
 
 @dataclasses.dataclass(frozen=True)
 class Cohort:
-  """Networks of one size and method, trained together by one vmapped step.
+  """Networks of one size, method and seed, trained together by one vmapped step on one batch.
 
   Attributes:
     size: the networks' size (SNT).
     tasks: the union of the networks' tasks, in experiment order: the model's decoders.
     networks: the networks, in list order.
     method: the networks' method (``Network.method``); with a method, ``tasks`` are every network's.
+    seed: the networks' replica seed (``Network.seed``): which batch stream they train on.
   """
 
   size: float
   tasks: tuple[str, ...]
   networks: tuple[Network, ...]
   method: str = EQUAL_WEIGHTS
+  seed: int = 0
 
   @property
   def name(self) -> str:
-    """``size_1`` for equal weights; ``size_1_mgda_depth-normals`` with a method (checkpoint keys)."""
+    """``size_1`` for equal weights; ``size_1_mgda_depth-normals`` with a method; ``..._seed2`` for
+    seed 2's replicas (checkpoint keys)."""
     name = f"size_{self.size:g}"
-    return f"{name}_{self.method}_{'-'.join(self.tasks)}" if self.method else name
+    if self.method:
+      name = f"{name}_{self.method}_{'-'.join(self.tasks)}"
+    return f"{name}_seed{self.seed}" if self.seed else name
 
   def task_mask(self) -> list[list[bool]]:
     """``[networks, tasks]``: whether each network trains each of the cohort's tasks."""
@@ -159,22 +198,24 @@ class Cohort:
 
 
 def cohorts(networks: Iterable[Network], task_order: Sequence[str]) -> list[Cohort]:
-  """Equal-weight networks grouped by size, largest first; then one cohort per network with a method.
+  """Equal-weight networks grouped by seed (in list order) and size (largest first); then one cohort
+  per network with a method.
 
   A method network's balancer (or soft-sharing penalty) sees every task of its cohort as trained,
   so it never shares a model with networks of other tasks.
   """
-  by_size: dict[float, list[Network]] = {}
+  by_seed: dict[int, dict[float, list[Network]]] = {}
   with_method = []
   for network in networks:
     if network.method:
       with_method.append(network)
     else:
-      by_size.setdefault(network.size, []).append(network)
+      by_seed.setdefault(network.seed, {}).setdefault(network.size, []).append(network)
   result = []
-  for size in sorted(by_size, reverse=True):
-    members = by_size[size]
-    union = {t for n in members for t in n.tasks}
-    result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members)))
-  result += [Cohort(n.size, n.tasks, (n,), n.method) for n in with_method]
+  for seed, by_size in by_seed.items():
+    for size in sorted(by_size, reverse=True):
+      members = by_size[size]
+      union = {t for n in members for t in n.tasks}
+      result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members), seed=seed))
+  result += [Cohort(n.size, n.tasks, (n,), n.method, n.seed) for n in with_method]
   return result

@@ -5,6 +5,7 @@ Where each file lives is ``tg_jax.workdir``'s business.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,21 +16,66 @@ from absl import logging
 
 from tg_jax.selection import tables
 
-def results_table(task_order: Sequence[str], rows: Sequence[tuple[tuple[str, ...], float, Mapping[str, float]]],
-                  what: str) -> Optional[tables.ResultsTable]:
-  """A table from ``(tasks, cost, {task: loss})`` rows; ``None`` if no row is left.
+
+@dataclasses.dataclass(frozen=True)
+class TableRow:
+  """One row of a results table: a network replica's losses.
+
+  Attributes:
+    name: the network's name (``records.Network.name``, with its ``#seed``).
+    tasks, cost: the network's tasks and inference cost in SNT (the row's identity in the table).
+    seed: the replica's seed.
+    losses: ``{task: loss}`` over the network's tasks.
+  """
+
+  name: str
+  tasks: tuple[str, ...]
+  cost: float
+  seed: int
+  losses: Mapping[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedTable:
+  """A results table and the network name of each of its CSV rows.
+
+  Attributes:
+    replicas: the table (``tables.Replicas``: rows of one network's replicas are its seeds).
+    names: per CSV row, in the CSV's order, the network (replica) name.
+    seeded: whether the CSV has the seed column (the run has more than one seed).
+  """
+
+  replicas: tables.Replicas
+  names: tuple[str, ...]
+  seeded: bool
+
+
+def results_table(task_order: Sequence[str], rows: Sequence[TableRow], what: str,
+                  seeded: bool) -> Optional[NamedTable]:
+  """The table of ``rows``; ``None`` if no row is left.
 
   Columns are the tasks of ``task_order`` that some row solves; a task no network solves (every
-  network of it diverged, or a shard without it) is left out with a warning.
+  network of it diverged, or a shard without it) is left out with a warning. ``seeded`` (the run has
+  more than one seed): rows of one network's replicas are grouped, network by network in order of
+  first appearance, seeds ascending (``tables.Replicas``), and the CSV carries the seed column;
+  otherwise each row is a network, in the order given.
   """
   if not rows:
     logging.warning("%s table: no network to report", what)
     return None
-  solved = {t for _, _, losses in rows for t in losses}
+  solved = {t for row in rows for t in row.losses}
   missing = [t for t in task_order if t not in solved]
   if missing:
     logging.warning("%s table: no network solves %s; leaving those columns out", what, ", ".join(missing))
-  return tables.ResultsTable.from_rows([t for t in task_order if t in solved], list(rows))
+  table = tables.ResultsTable.from_rows([t for t in task_order if t in solved],
+                                        [(row.tasks, row.cost, row.losses) for row in rows])
+  if not seeded:
+    return NamedTable(tables.Replicas.from_table(table), tuple(row.name for row in rows), False)
+  replicas = tables.Replicas.from_table(table, [row.seed for row in rows])
+  name_of = {(table.network_key(i), row.seed): row.name for i, row in enumerate(rows)}
+  names = tuple(name_of[replicas.table.network_key(n), seed]
+                for n in range(replicas.table.num_networks) for seed in replicas.seeds[n])
+  return NamedTable(replicas, names, True)
 
 
 class RunLog:

@@ -14,16 +14,22 @@ from typing import Callable
 
 import ml_collections
 
+from tg_jax import records
+
 # The trainer's signature (``trainer.train_and_evaluate``); tests pass fakes.
 Train = Callable[[ml_collections.ConfigDict, str], dict]
 
 
 def derived_config(config: ml_collections.ConfigDict, names: list[str]) -> ml_collections.ConfigDict:
-  """``config`` training just ``names``, for the whole schedule, with nothing measured on the side."""
+  """``config`` training just ``names``, for the whole schedule, with nothing measured on the side.
+
+  ``networks.seeds`` is kept: each chosen network is trained with every seed of the main run (a
+  replica's ``#<seed>`` in ``names`` names the network, so it is dropped).
+  """
   derived = ml_collections.ConfigDict(config.to_dict())
   derived.networks.subsets = ""
   derived.networks.half_size_singles = False
-  derived.networks.extra = tuple(names)
+  derived.networks.extra = tuple(dict.fromkeys(records.split_seed(name)[0] for name in names))
   derived.stop_fraction = 1.0
   derived.selection.predict = "none"
   if "tag" in derived:

@@ -1,8 +1,10 @@
 """What a run reports while it trains and when it ends, from the networks' state in ``Cohorts``.
 
 Training-loss lines, ``log.jsonl`` events (train, diverged, eval, preempted, done), TensorBoard
-scalars, divergence warnings, the results tables (``results/{val,esa,test}.csv``) and the networks'
-records (``results/networks.json``, ``methods.json``). Where each file lives is ``tg_jax.workdir``'s
+scalars, divergence warnings, the results tables (``results/{val,esa,test}.csv``: one row per replica,
+with the seed column when the run has more than one seed), the per-example losses behind the
+validation and test tables (``results/examples_{val,test}.npz``) and the networks' records
+(``results/networks.json``, ``methods.json``). Where each file lives is ``tg_jax.workdir``'s
 business; only the writer process (process 0) writes files, every process logs.
 """
 
@@ -24,8 +26,6 @@ from tg_jax.training import networks as networks_lib
 from tg_jax.training import results
 
 VALIDATION = "validation"  # the data pipeline's name of the validation split, and the constant predictor's key
-
-TableRow = tuple[tuple[str, ...], float, dict[str, float]]  # (tasks, cost, {task: loss}), as results_table takes
 
 
 class Reporter:
@@ -53,6 +53,7 @@ class Reporter:
     # The selector's tables hold the paper's candidates, equal-weight networks; networks with a
     # method go to results/methods.json.
     self._table_networks = [n for n in networks if not n.method]
+    self._seeded = len(networks_lib.seeds(config)) > 1  # tables with a seed column
     self._costs = costs
     self._task_order = tuple(config.tasks)
     self._base_learning_rate = config.optimizer.learning_rate
@@ -128,12 +129,21 @@ class Reporter:
       self._run_log.write("preempted", step)
     logging.warning("checkpoint saved at step %d; rerun the same command to resume", step)
 
-  def finish(self, test_losses: Mapping[str, Mapping[str, float]]) -> records.RunRecord:
+  def finish(self, test_losses: Mapping[str, Mapping[str, float]],
+             examples: Mapping[str, cohorts_lib.ExampleLosses]) -> records.RunRecord:
     """Writes ``test.csv`` from the best-validation states' ``test_losses`` (``{name: {task: loss}}``),
-    ``networks.json`` and ``methods.json``; returns the run's record."""
+    ``examples_val.npz`` and ``examples_test.npz`` from ``examples`` (``{"val"|"test": per-example
+    losses}`` of the best-validation states, from the passes that gave ``test_losses`` and, for
+    validation, the same parameters the trackers recorded), ``networks.json`` and ``methods.json``;
+    returns the run's record."""
     diverged = self._cohorts.network_values("diverged_step")
-    self._write_table("test", [(n.tasks, self._costs[n], test_losses[n.name]) for n in self._table_networks
-                               if diverged[n.name] == cohort_lib.NOT_YET])
+    test = self._write_table("test", [self._row(n, test_losses[n.name]) for n in self._table_networks
+                                      if diverged[n.name] == cohort_lib.NOT_YET])
+    val = results.results_table(self._task_order, self._rows("best_task_loss"), "val", self._seeded)
+    for split, table in (("val", val), ("test", test)):
+      if table is not None and self._is_writer:
+        self._paths.write_examples(split, workdir_lib.Examples.from_networks(
+            table.names, table.replicas.table.task_names, examples[split]))
     run = records.RunRecord(network_records(self._networks, self._costs, self._cohorts, test_losses,
                                             self._constant_losses),
                             self._constant_losses, self._schedule)
@@ -152,21 +162,26 @@ class Reporter:
       self._run_log.close()
       self._scalars.close()
 
-  def _rows(self, field: str) -> list[TableRow]:
+  def _row(self, network: networks_lib.Network, losses: Mapping[str, float]) -> results.TableRow:
+    return results.TableRow(network.name, network.tasks, self._costs[network], network.seed, dict(losses))
+
+  def _rows(self, field: str) -> list[results.TableRow]:
     """Table rows of a ``[nets, tasks]`` tracker, healthy equal-weight networks only."""
     diverged, values = self._cohorts.network_values("diverged_step"), self._cohorts.task_values(field)
-    return [(n.tasks, self._costs[n], {t: float(v) for t, v in values[n.name].items()})
+    return [self._row(n, {t: float(v) for t, v in values[n.name].items()})
             for n in self._table_networks if diverged[n.name] == cohort_lib.NOT_YET]
 
-  def _write_table(self, split: str, rows: Sequence[TableRow]) -> None:
-    table = results.results_table(self._task_order, rows, split)
+  def _write_table(self, split: str, rows: Sequence[results.TableRow]) -> Optional[results.NamedTable]:
+    table = results.results_table(self._task_order, rows, split, self._seeded)
     if table is not None and self._is_writer:
-      self._paths.write_table(split, table)
+      self._paths.write_table(split, table.replicas, seed_column=table.seeded)
+    return table
 
 
 def method_summaries(network_records: Sequence[records.NetworkRecord], network_steps: int) -> dict[str, Any]:
-  """``results/methods.json``: per trained network with a method, the validation and test losses of
-  its reported checkpoint (the tables' conventions)."""
+  """``results/methods.json``: per trained network with a method (each seed replica under its own
+  name, with its ``seed`` when not 0), the validation and test losses of its reported checkpoint
+  (the tables' conventions)."""
   methods = {}
   for entry in network_records:
     if not entry.method:
@@ -176,6 +191,8 @@ def method_summaries(network_records: Sequence[records.NetworkRecord], network_s
       continue
     methods[entry.name] = {"method": entry.method, "tasks": list(entry.tasks), "size": entry.size,
                            "cost": entry.cost, "val": entry.val, "test": entry.test, "network_steps": network_steps}
+    if entry.seed:
+      methods[entry.name]["seed"] = entry.seed
   return methods
 
 
@@ -197,8 +214,9 @@ def network_records(networks: Sequence[networks_lib.Network], costs: Mapping[net
     improvement = {key: {t: 1.0 - losses[t] / constant_losses[split][t] for t in network.tasks}
                    for split, key, losses in ((VALIDATION, "val", val), ("test", "test", test))}
     entries.append(records.NetworkRecord(
-        name=network.name, tasks=network.tasks, size=network.size, method=network.method, cost=costs[network],
-        status=records.TRAINED if diverged_step is None else records.DIVERGED, diverged_step=diverged_step,
+        name=network.name, tasks=network.tasks, size=network.size, method=network.method, seed=network.seed,
+        cost=costs[network], status=records.TRAINED if diverged_step is None else records.DIVERGED,
+        diverged_step=diverged_step,
         best_step=int(best_steps[network.name]), val=val, test=test, esa=values("esa_loss"),
         val_peak=values("task_peak_loss"),
         val_peak_step={t: int(s) for t, s in values("task_peak_step").items()},

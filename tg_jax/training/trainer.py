@@ -2,12 +2,14 @@
 
 ``train_and_evaluate(config, workdir)`` is the whole run:
 
-1. The network list (``networks.from_config``) is grouped into cohorts by size; each cohort is one
-   model over its task union, its networks stacked on a leading axis (``cohort.CohortState``), in
-   chunks as large as memory allows (``planning``), held on device by ``cohorts.Cohorts``.
-2. Every step reads one global batch and runs each cohort chunk's jitted, vmapped step on it. The
-   batch is sharded over the devices of a one-axis mesh (``"data"``); the step is written for the
-   global batch, so XLA averages gradients and batch statistics over devices (and hosts, after
+1. The network list (``networks.from_config``: every network once per seed of
+   ``config.networks.seeds``) is grouped into cohorts by seed and size; each cohort is one model over
+   its task union, its networks stacked on a leading axis (``cohort.CohortState``), in chunks as
+   large as memory allows (``planning``), held on device by ``cohorts.Cohorts``.
+2. Every step reads one global batch per seed (seed 0's is a one-seed run's batch; ``data_seed``)
+   and runs each cohort chunk's jitted, vmapped step on its seed's batch. The batch is sharded over
+   the devices of a one-axis mesh (``"data"``); the step is written for the global batch, so XLA
+   averages gradients and batch statistics over devices (and hosts, after
    ``jax.distributed.initialize``).
 3. After each "epoch" (``config.epoch_fraction`` of the training set) every network is validated on
    each of its tasks; trackers keep each network's best-validation checkpoint and each task's best
@@ -15,7 +17,8 @@
    ``tracking.Reporter`` writes the tables and logs.
 4. Checkpoints (orbax) follow every validation and every SIGTERM (``preemption``); the same command
    resumes.
-5. At the end, each network's best-validation checkpoint is scored on the test split.
+5. At the end, each network's best-validation checkpoint is scored on the validation and test
+   splits, keeping every example's loss (``results/examples_{val,test}.npz``).
 
 Networks named with a method (``<tasks>:mgda``, ``:uncertainty``, ``:pcgrad``, ``:soft``, ...; see
 ``networks``) train in cohorts of their own with that method's gradient (``cohort.GradientFn``) and
@@ -67,7 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
     ``"tag"``, what ``results/tag.json`` holds.
   """
   config_lib.validate(config)
-  all_networks = networks_lib.from_config(config)
+  all_networks = networks_lib.from_config(config)  # every replica, seed after seed
   my_networks = networks_lib.shard(all_networks, shard_index, num_shards)
   measured_by_tag = meter_lib.measured_network(config, all_networks)
   is_writer = jax.process_index() == 0
@@ -86,21 +89,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
 
   checkpointer = checkpoints.Checkpointer(paths.checkpoints)
   start_step = checkpointer.latest_step() or 0
-  train_batches = _train_batches(datasets["train"], config, start_step, batch_sharding)
-  first_batch = next(train_batches)
-  train_batches = itertools.chain([first_batch], train_batches)
+  # One batch stream per replica seed this shard trains.
+  train_batches = {seed: _train_batches(datasets["train"], config, start_step, batch_sharding, seed)
+                   for seed in dict.fromkeys(n.seed for n in my_networks)}
+  first_seed = next(iter(train_batches))
+  first_batch = next(train_batches[first_seed])
+  train_batches[first_seed] = itertools.chain([first_batch], train_batches[first_seed])
   abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
                                 first_batch)
 
   optimizer = cohort_lib.make_optimizer(config.optimizer, schedule.steps_per_epoch)
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   device = mesh.devices.flat[0]
-  runners = [cohorts_lib.CohortRunner(spec, config, schedule.steps_per_epoch, image_shape, optimizer, dtype,
-                                      cohorts_lib.parallelism(config, spec, device.platform), replicated,
-                                      batch_sharding)
-             for spec in networks_lib.cohorts(my_networks, config.tasks)]
+  runners = cohorts_lib.make_runners(networks_lib.cohorts(my_networks, config.tasks), config,
+                                     schedule.steps_per_epoch, image_shape, optimizer, dtype, device.platform,
+                                     replicated, batch_sharding)
   chunk_sizes = planning.plan_chunks(runners, config, abstract_batch, image_shape, device)
-  cohorts = cohorts_lib.Cohorts(runners, chunk_sizes, {n: i for i, n in enumerate(all_networks)}, config.seed,
+  cohorts = cohorts_lib.Cohorts(runners, chunk_sizes, networks_lib.positions(all_networks), config.seed,
                                 image_shape, abstract_batch, replicated)
   tag_meter = None
   if measured_by_tag in my_networks:  # in an array job, only the shard that trains it measures
@@ -119,10 +124,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   step = start_step
   with preemption.StopRequest() as stop:
     while step < schedule.stop_step:
-      batch = next(train_batches)
+      batches = {seed: next(stream) for seed, stream in train_batches.items()}
       if tag_meter:
-        tag_meter.measure(step, batch)  # before the update, on the step's batch
-      metrics = cohorts.train(batch, step)
+        tag_meter.measure(step, batches[tag_meter.network.seed])  # before the update, on the step's batch
+      metrics = cohorts.train(batches, step)
       reporter.add_training(metrics)
       step += 1
       if step == start_step + 1:  # the first step compiled; time the ones after it
@@ -148,8 +153,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
 
   summary: dict[str, Any] = {"status": status, "step": step, "workdir": workdir}
   if status == STATUS_COMPLETE:
-    test_losses = cohorts.evaluate(_eval_batches(datasets["test"], config, batch_sharding), use_best=True)
-    summary["run"] = reporter.finish(test_losses)
+    _, val_examples = cohorts.evaluate_examples(
+        _eval_batches(datasets[tracking.VALIDATION], config, batch_sharding), use_best=True)
+    test_losses, test_examples = cohorts.evaluate_examples(_eval_batches(datasets["test"], config, batch_sharding),
+                                                           use_best=True)
+    summary["run"] = reporter.finish(test_losses, {"val": val_examples, "test": test_examples})
     if tag_meter and is_writer:
       summary["tag"] = tag_meter.summary(schedule.stop_step)
       workdir_lib.write_json(paths.tag, summary["tag"])
@@ -187,11 +195,22 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> d
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
-def _train_batches(dataset: Any, config: ml_collections.ConfigDict, start_step: int,
-                   sharding: NamedSharding) -> Iterator[dict[str, jax.Array]]:
-  """Global training batches from step ``start_step`` on (batch k depends only on the seed and k)."""
-  local = dataset.train_batches(config.batch_size // jax.process_count(), seed=config.seed, start_step=start_step,
-                                shard_index=jax.process_index(), num_shards=jax.process_count())
+def data_seed(seed: int, replica_seed: int) -> int:
+  """The seed of replica ``replica_seed``'s training batches: the experiment's ``seed`` for replica 0
+  (a one-seed run's batches), else one drawn from both (``numpy.random.SeedSequence``), so replicas of
+  one experiment and experiments of neighbouring seeds all read different orders."""
+  if not replica_seed:
+    return seed
+  return int(np.random.SeedSequence([seed, replica_seed]).generate_state(1)[0])
+
+
+def _train_batches(dataset: Any, config: ml_collections.ConfigDict, start_step: int, sharding: NamedSharding,
+                   replica_seed: int) -> Iterator[dict[str, jax.Array]]:
+  """Global training batches of replica ``replica_seed`` from step ``start_step`` on (batch k depends
+  only on the seed and k)."""
+  local = dataset.train_batches(config.batch_size // jax.process_count(), seed=data_seed(config.seed, replica_seed),
+                                start_step=start_step, shard_index=jax.process_index(),
+                                num_shards=jax.process_count())
   return (_global_batch(b, sharding) for b in local)
 
 
