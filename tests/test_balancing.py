@@ -83,8 +83,11 @@ def test_mgda_many_tasks_satisfies_the_min_norm_optimality_conditions():
       value = weights @ gram @ weights
       directional = gram @ weights
       scale = np.max(np.abs(gram))
-      assert np.all(directional >= value - 1e-4 * scale)
-      assert np.all(np.abs(directional[weights > 1e-3] - value) <= 1e-4 * scale)
+      # The solver stops once w.G.w stops falling in float32, which leaves the conditions met only to a few
+      # 1e-4 of the scale on some cases (1.4e-4 with XLA limited to AVX or SSE4.2; 2.8e-4 with G perturbed by 1e-6).
+      # Equal weights miss by over 6e-2, five solver steps by up to 2e-2.
+      assert np.all(directional >= value - 1e-3 * scale)
+      assert np.all(np.abs(directional[weights > 1e-3] - value) <= 1e-3 * scale)
 
 
 def test_mgda_normalisation_solves_on_scaled_gradients():
@@ -165,7 +168,10 @@ def test_cagrad_dual_matches_slsqp_and_direction_solves_the_primal():
   angles = np.linspace(0, 2 * np.pi, 200001)
   boundary = g0 + c * np.linalg.norm(g0) * np.stack([np.cos(angles), np.sin(angles)], axis=1)
   best = np.max(np.min(boundary @ grads.T, axis=1))
-  assert np.min(grads @ direction[:2]) == pytest.approx(best, rel=1e-4)
+  # The optimum is a kink of min_i g_i.d, so the dual weights' float32 precision (~3e-4: the solver stops once
+  # its objective stops falling in float32) shows to first order: up to 6e-4 with the gradients perturbed by
+  # 1e-7 to 1e-6. The mean weights are 0.18 off, c = 0.45 is 0.045 off.
+  assert np.min(grads @ direction[:2]) == pytest.approx(best, rel=2e-3)
   rescaled, _, _ = _run(balancing.get("cagrad", c=c), np.ones(2), padded)
   np.testing.assert_allclose(rescaled, direction / (1 + c ** 2), rtol=1e-5)
 
@@ -266,6 +272,10 @@ def test_update_vmaps_over_stacked_networks(name):
   """The trainer runs cohorts of networks stacked on a leading axis: a vmapped update must equal
   the updates run one network at a time."""
   balancer = balancing.get(name)
+  # vmapped and alone are different XLA programs, equal only up to float32 rounding; CAGrad's solver stops once
+  # its objective stops falling in float32, so a rounding difference moves its weights by up to 3e-4 and the
+  # direction by up to 3e-3 of an element here (the gradients perturbed by 1e-7). Mixed-up networks are O(1) off.
+  tolerance = {"rtol": 1e-2, "atol": 1e-3} if name == "cagrad" else {"rtol": 1e-4, "atol": 1e-6}
   rng = np.random.default_rng(9)
   grads = rng.normal(size=(2, 3, 6))        # [networks, tasks, 6]
   losses = rng.uniform(0.5, 2.0, size=(2, 3))
@@ -274,6 +284,5 @@ def test_update_vmaps_over_stacked_networks(name):
                                                jax.vmap(_grads_tree)(jnp.asarray(grads)), states)
   for network in range(2):
     alone, _, info = _run(balancer, losses[network], grads[network])
-    np.testing.assert_allclose(_flat(jax.tree_util.tree_map(lambda x: x[network], stacked[0])), alone,
-                               rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(stacked[2]["weights"][network], info["weights"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_flat(jax.tree_util.tree_map(lambda x: x[network], stacked[0])), alone, **tolerance)
+    np.testing.assert_allclose(stacked[2]["weights"][network], info["weights"], **tolerance)

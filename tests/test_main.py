@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 import train_fakes
 from tg_jax import finish
 from tg_jax import main
@@ -34,7 +36,14 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path):
   whole = workdir_lib.Workdir(str(tmp_path / "whole"))
   for split in workdir_lib.SPLITS:
     with open(whole.table(split)) as a, open(sharded.table(split)) as b:
-      assert a.read() == b.read(), split
+      assert a.readline() == b.readline(), split  # the header
+    ours, theirs = sharded.read_table(split), whole.read_table(split)
+    assert (ours.table.network_tasks, ours.seeds) == (theirs.table.network_tasks, theirs.seeds), split
+    np.testing.assert_array_equal(ours.table.costs, theirs.table.costs)
+    # A shard trains its networks in smaller cohorts, other XLA programs than the whole run's, equal only up to
+    # float32 rounding carried through training (one run's losses move by 2e-6 from AVX-512 to AVX). Another
+    # seed moves every loss by 3e-4 to 0.3.
+    np.testing.assert_allclose(ours.samples, theirs.samples, rtol=1e-4, err_msg=split)
   assert sharded.read_run().schedule == whole.read_run().schedule
 
   # Pairs only: HOA chooses groups of 3 tasks that were never trained; the retraining phase trains
