@@ -66,3 +66,22 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path):
             and not any(len(n["tasks"]) == 3 for n in s["networks"])
             and len({t for n in s["networks"] for t in n["tasks"]}) < sum(len(n["tasks"]) for n in s["networks"])]
   assert [e["budget"] for e in ensembles["budgets"] if e["tasks"]] == shared and ensembles["method"] == "hoa"
+
+
+def test_a_run_with_two_seeds_reports_intervals_from_seeds_and_examples(tmp_path):
+  config = train_fakes.tiny_config()
+  config.num_epochs = 2
+  config.networks.seeds = 2
+  workdir = workdir_lib.Workdir(str(tmp_path / "seeds"))
+  trainer.train_and_evaluate(config, workdir.path)
+  study_tables = workdir_lib.load_study(workdir)
+  assert study_tables.replicas is not None and study_tables.examples is not None
+  assert study_tables.examples.test.shape[:2] == (study_tables.val.num_networks, 2)
+  printed = finish.finish(config, workdir.path, random_samples=20)
+  assert "95% intervals over 2 seeds" in printed
+  with open(workdir.selection) as f:
+    solutions = json.load(f)["solutions"]
+  assert all(s["test_loss_interval"] is not None and 0 <= s["probability_optimal"] <= 1
+             for s in solutions if s["test_loss"] is not None)
+  report = open(workdir.report).read()
+  assert "## What is robust" in report and "From 2 seeds per network" in report

@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from tg_jax import records
-from tg_jax.selection import tables
+from tg_jax.selection import tables, uncertainty
 
 SPLITS = ("val", "test", "esa")  # the results tables, results/<split>.csv
 EXAMPLE_SPLITS = ("val", "test")  # the tables with per-example losses, results/examples_<split>.npz
@@ -276,6 +276,8 @@ class StudyTables:
     runs: the ``RunRecord``s of the main run and of the retraining phase (when finished).
     retrained: names of the networks the retraining phase trained.
     replicas: every seed replica of ``val`` and ``test``'s networks, when some network has 2+.
+    examples: those replicas' per-example losses, when every one of them has its
+      ``examples_<split>.npz`` rows (the bootstrap then redraws evaluation examples too).
   """
 
   val: Optional[tables.ResultsTable]
@@ -288,6 +290,7 @@ class StudyTables:
   runs: tuple[records.RunRecord, ...] = ()
   retrained: tuple[str, ...] = ()
   replicas: Optional[tuple[tables.Replicas, tables.Replicas]] = None
+  examples: Optional[uncertainty.Examples] = None
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -329,11 +332,41 @@ def load_study(workdir: Workdir) -> StudyTables:
     retrained_val, retrained_test = workdir.retrain.read_table("val"), workdir.retrain.read_table("test")
   val = _concat(val if main_converged else None, retrained_val)
   test = _concat(test if main_converged else None, retrained_test)
-  replicated = val is not None and test is not None and val.replicated
+  runs = tuple(run for run in (main_run, retrained_run) if run is not None)
+  replicas = examples = None
+  if val is not None and test is not None and val.replicated:
+    replicas = (val, test.aligned_to(val))
+    sources = [workdir] + ([workdir.retrain] if retrained_run is not None else [])
+    per_split = [_replica_examples(sources, split, split_replicas, runs)
+                 for split, split_replicas in zip(EXAMPLE_SPLITS, replicas)]
+    examples = None if any(e is None for e in per_split) else uncertainty.Examples(*per_split)
   return StudyTables(
       val=None if val is None else val.table, test=None if test is None else test.table,
-      esa=None if esa is None else esa.table, main_converged=main_converged,
-      replicas=(val, test.aligned_to(val)) if replicated else None, methods=workdir.read_methods(), tag=workdir.read_tag(),
-      ensemble=read_json(workdir.ensemble),
-      runs=tuple(run for run in (main_run, retrained_run) if run is not None),
+      esa=None if esa is None else esa.table, main_converged=main_converged, replicas=replicas, examples=examples,
+      methods=workdir.read_methods(), tag=workdir.read_tag(), ensemble=read_json(workdir.ensemble), runs=runs,
       retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else ())
+
+
+def _replica_examples(sources: Sequence[Workdir], split: str, replicas: tables.Replicas,
+                      runs: Sequence[records.RunRecord]) -> Optional[np.ndarray]:
+  """``[networks, replicas, examples, tasks]`` per-example losses in ``replicas``' order (NaN where a
+  network does not solve a task or has fewer replicas); None unless every replica has them."""
+  losses: dict[str, dict[str, np.ndarray]] = {}
+  for source in sources:
+    examples = source.read_examples(split)
+    if examples is None:
+      return None
+    losses.update(examples.by_network())
+  names = {(r.key, r.seed): r.name for run in runs for r in run.networks if not r.method}
+  table = replicas.table
+  count = len(next(iter(next(iter(losses.values())).values()))) if losses else 0
+  array = np.full(replicas.samples.shape[:2] + (count, table.num_tasks), np.nan, np.float32)
+  for network, seeds in enumerate(replicas.seeds):
+    for replica, seed in enumerate(seeds):
+      name = names.get((table.network_key(network), seed))
+      if name not in losses:
+        return None
+      for column, task in enumerate(table.task_names):
+        if task in losses[name]:
+          array[network, replica, :, column] = losses[name][task]
+  return array

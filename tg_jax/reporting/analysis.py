@@ -223,7 +223,7 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
   candidates = None if val is None else selection_candidates(val)
   options = dict(budgets=budgets, with_baselines=False)
   # Selections on the converged tables get their uncertainty from the seed replicas.
-  certain = dict(options, replicas=study_tables.replicas, bootstrap=bootstrap)
+  certain = dict(options, replicas=study_tables.replicas, bootstrap=bootstrap, examples=study_tables.examples)
   runs: dict[str, study.Selection] = {}
   if study_tables.main_converged and candidates is not None:
     if _has_all_groups(candidates):
