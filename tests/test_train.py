@@ -487,3 +487,14 @@ def test_select_prints_intervals_for_a_two_seed_workdir(seeded_runs):
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
                            text=True, check=True).stdout
   assert "95% intervals over 2 seeds" in printed
+
+
+def test_a_workdir_from_before_seed_replicas_resumes_as_one_seed(tmp_path):
+  config = train_fakes.tiny_config()
+  written = json.loads(checkpoints.config_to_json(config))
+  del written["networks"]["seeds"]  # config.json of a run made before networks.seeds existed
+  (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(written))
+  assert checkpoints.check_or_write_config(config, str(tmp_path))
+  config.networks.seeds = 2
+  with pytest.raises(checkpoints.ConfigMismatchError, match="networks.seeds: 1 in the workdir, 2 now"):
+    checkpoints.check_or_write_config(config, str(tmp_path))

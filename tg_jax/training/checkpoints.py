@@ -22,6 +22,9 @@ CONFIG_FILE = "config.json"
 # the work is laid out on devices (results do not depend on them beyond float rounding).
 RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "log_every_steps", "num_devices",
                      "max_networks_per_chunk", "memory_fraction")
+# Keys added since workdirs were first written, with the value that trains what a workdir without the
+# key trained: such a workdir resumes under a config that sets that value.
+ADDED_KEYS = {"networks.seeds": 1}
 
 
 class ConfigMismatchError(ValueError):
@@ -62,6 +65,7 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
     return False
   with open(path) as f:
     previous = _flatten(json.load(f))
+  previous = {**ADDED_KEYS, **previous}
   current = _flatten(json.loads(config_to_json(config)))
   differing = sorted(k for k in set(previous) | set(current)
                      if previous.get(k, "<absent>") != current.get(k, "<absent>")
