@@ -285,3 +285,12 @@ def test_report_with_one_seed_says_it_cannot_support_conclusions(tmp_path):
   text = open(report.write_report(workdir, budgets=[1, 2], random_samples=20)).read()
   assert "Every network was trained with one seed, so nothing here has an interval" in text
   assert "[" not in next(line for line in text.splitlines() if line.startswith("| optimal |"))
+
+
+def test_method_network_replicas_are_averaged_in_table_4():
+  entry = lambda seed, total: {"method": "mgda", "tasks": list(TASKS), "size": 1.0, "cost": 1.0, "seed": seed,
+                               "test": {"a": total / 3, "b": total / 3, "c": total / 3}}
+  study_tables = workdir_lib.StudyTables(val=_table(VAL_ROWS + [TRIPLE_ROW]), test=_table(VAL_ROWS + [TRIPLE_ROW]),
+                                         methods={"a+b+c:mgda": entry(0, 1.5), "a+b+c:mgda#1": entry(1, 2.1)})
+  result = analysis.compare_methods(study_tables, budgets=[0.5, 1.0], random_samples=5)
+  assert result.methods["mgda (all tasks)"] == [None, pytest.approx(1.8)]

@@ -166,16 +166,22 @@ def _has_all_groups(table: ResultsTable) -> bool:
   return len(full_groups) >= 2 ** table.num_tasks - 1
 
 
+def _method_network_totals(methods: dict, task_names: Sequence[str]) -> dict[str, tuple[float, list[float]]]:
+  """``{"<method> (all tasks)": (cost, [test total of each seed replica])}`` of ``methods.json``'s
+  networks that serve every task."""
+  totals: dict[str, tuple[float, list[float]]] = {}
+  for entry in methods.values():
+    if set(entry["tasks"]) == set(task_names):
+      cost, replicas = totals.setdefault(f"{entry['method']} (all tasks)", (float(entry["cost"]), []))
+      replicas.append(float(sum(entry["test"][t] for t in task_names)))
+  return totals
+
+
 def _method_network_rows(methods: dict, task_names: Sequence[str], budgets: Sequence[float]) -> dict:
-  """Table 4 rows of ``methods.json``'s networks that serve every task: their test total where
-  their cost fits the budget."""
-  rows = {}
-  for name, entry in methods.items():
-    if set(entry["tasks"]) != set(task_names):
-      continue
-    total = float(sum(entry["test"][t] for t in task_names))
-    rows[f"{entry['method']} (all tasks)"] = [total if entry["cost"] <= b + COST_TOLERANCE else None for b in budgets]
-  return rows
+  """Table 4 rows of ``methods.json``'s networks that serve every task: their test total (mean over
+  seed replicas) where their cost fits the budget."""
+  return {name: [float(np.mean(replicas)) if cost <= b + COST_TOLERANCE else None for b in budgets]
+          for name, (cost, replicas) in _method_network_totals(methods, task_names).items()}
 
 
 def _assigned_test_losses(solution: study.Solution, test: ResultsTable) -> dict:
@@ -304,6 +310,10 @@ def _table4_intervals(comparison: Comparison, study_tables: StudyTables, random_
     fills, _ = baselines_lib.random_fills(val.table.subset(candidates), budget, random_samples, seed)
     random.append(uncertainty.fixed_interval(val, test, [tuple(candidates[r] for r in f) for f in fills]))
   intervals["random"] = random
+  for name, (cost, replicas) in _method_network_totals(study_tables.methods, study_tables.task_names).items():
+    interval = uncertainty.t_intervals(np.asarray(replicas)[:, None])
+    intervals[name] = [None if interval is None or cost > b + COST_TOLERANCE else
+                       (float(interval[0][0]), float(interval[1][0])) for b in comparison.budgets]
   return intervals
 
 
