@@ -8,6 +8,10 @@ After the main run, networks that ESA, HOA or TAG chose from predictions but tha
 to convergence are trained in ``WORKDIR/retrain`` (the paper's second phase, ``training.retrain``);
 then the selection (``selection.json``) and the report (``report.md``, ``figures/``) are written.
 
+Compiled programs and measured network costs are cached in ``~/.cache/tg_jax`` (``tg_jax.cache``;
+``TG_JAX_CACHE_DIR=DIR`` moves it, ``TG_JAX_CACHE_DIR=`` turns it off), so a second run starts training
+sooner, with the same results.
+
 Rerunning the same command resumes from the workdir's last checkpoint. With --num_shards > 1
 (array jobs) each shard trains a slice of the network list into WORKDIR/shards/; run
 ``python -m tg_jax.merge --workdir=WORKDIR`` once all are done.
@@ -22,6 +26,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from tg_jax import cache
 from tg_jax import console
 from tg_jax import finish as finish_lib
 from tg_jax import workdir as workdir_lib
@@ -51,12 +56,13 @@ def main(argv):
   console.quiet_libraries()  # libraries' INFO lines (TPU probe, TFDS, orbax) stay off the console
   if _MULTIHOST.value:
     jax.distributed.initialize()
+  compilation_cache = cache.enable_compilation_cache()
   workdir = _WORKDIR.value
   if workdir is None:
     workdir = default_workdir(flags.FLAGS["config"].serialize().partition("=")[2])
     print(f"--workdir not given; using {workdir}", flush=True)
-  logging.info("JAX process %d of %d, local devices: %s", jax.process_index(), jax.process_count(),
-               jax.local_devices())
+  logging.info("JAX process %d of %d, local devices: %s; compilation cache: %s", jax.process_index(),
+               jax.process_count(), jax.local_devices(), compilation_cache or "off")
   config = _CONFIG.value
   sharded = _NUM_SHARDS.value > 1
   run_dir = workdir_lib.Workdir(workdir).shard(_SHARD_INDEX.value, _NUM_SHARDS.value).path if sharded else workdir

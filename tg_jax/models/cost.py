@@ -4,11 +4,18 @@ The paper budgets inference in units of one standard network. Here a network of 
 width multiplier whose encoder's FLOPs, as XLA's cost analysis counts them for the compiled encoder,
 are closest to ``s`` times those of the size-1.0 encoder. Decoders are left out: they are the same
 at every size, one per task.
+
+Measured FLOPs are kept in ``tg_jax.cache`` (``encoder_flops.json`` in ``~/.cache/tg_jax``), keyed by
+the encoder's module (its class, the source file defining it and every attribute, so its widths), the
+image shape and the JAX, jaxlib and Flax versions: a later run's width search reads the numbers instead of compiling the encoders
+again, and gets exactly the numbers a new measurement gives (tests check).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import math
 from typing import Optional
 
@@ -18,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import SingleDeviceSharding
 
+from tg_jax import cache
 from tg_jax.models import registry
 
 # The search stops once its bracket is this narrow relative to the multiplier: narrower than any
@@ -52,10 +60,34 @@ def _cost_image_shape(config) -> tuple[int, int, int]:
   return (config.cost_image_size, config.cost_image_size, _IMAGE_CHANNELS)
 
 
+FLOPS_CACHE = "encoder_flops"  # tg_jax.cache's file of measured encoder FLOPs
+
+
+def flops_cache_key(net: nn.Module, image_shape: tuple[int, ...]) -> str:
+  """What a measurement of ``encoder_flops(net, image_shape)`` depends on: the module's class, the
+  source file defining it (any edit is a new key), its attributes (``repr`` of an unbound Flax module
+  lists them all), the image shape, and the JAX, jaxlib and Flax versions."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  cls = type(net)
+  with open(inspect.getfile(cls), "rb") as source:
+    source_hash = hashlib.sha256(source.read()).hexdigest()[:16]
+  attributes = " ".join(repr(net).split())
+  return (f"{cls.__module__}.{cls.__qualname__}@{source_hash} {attributes} image_shape={tuple(image_shape)} "
+          f"jax={jax.__version__} jaxlib={jaxlib.__version__} flax={flax.__version__}")
+
+
 @functools.lru_cache(maxsize=None)
 def _module_flops(net: nn.Module, image_shape: tuple[int, ...]) -> float:
-  # Keyed by the module, so multipliers that round to the same widths compile once.
-  return encoder_flops(net, image_shape)
+  # Keyed by the module, so multipliers that round to the same widths compile once, and on disk
+  # (tg_jax.cache), so a later run compiles none.
+  key = flops_cache_key(net, image_shape)
+  cached = cache.load_json(FLOPS_CACHE).get(key)
+  if isinstance(cached, float):
+    return cached
+  flops = encoder_flops(net, image_shape)
+  cache.store_json(FLOPS_CACHE, key, flops)
+  return flops
 
 
 def _flops(config: ml_collections.FrozenConfigDict, multiplier: float, image_shape: tuple[int, ...]) -> float:

@@ -112,7 +112,13 @@ class CohortRunner:
     self.eval_examples = jax.jit(eval_examples, in_shardings=(replicated, replicated, batch_sharding),
                                  out_shardings=replicated)
     self.record_validation = jax.jit(cohort_lib.record_validation, out_shardings=replicated, donate_argnums=0)
+    # One network's initial state from its ``[1]`` key: one jitted function per model, so another
+    # seed's cohort (``with_spec``) and every network reuse its compiled program.
+    self._init = functools.partial(cohort_lib.init, self.model, optimizer, image_shape=tuple(image_shape),
+                                   num_tasks=len(task_names), balancer=self.balancer)
+    self._init_one = jax.jit(self._init)
     self._compiled: dict[int, Any] = {}
+    self._abstract_states: dict[int, cohort_lib.CohortState] = {}
 
   def with_spec(self, spec: networks_lib.Cohort) -> "CohortRunner":
     """This runner for another cohort of the same model (size, method and tasks; another seed's
@@ -130,18 +136,18 @@ class CohortRunner:
     Networks are initialised one at a time by one compiled function and then stacked: compiling
     the vmapped initialiser costs several times more on CPU, and the values are the same.
     """
-    init_one = jax.jit(functools.partial(cohort_lib.init, self.model, self.optimizer, image_shape=tuple(image_shape),
-                                         num_tasks=len(self.spec.tasks), balancer=self.balancer))
-    states = [init_one(rng[None]) for rng in rngs]
+    assert tuple(image_shape) == self._init.keywords["image_shape"], "the runner's own image shape"
+    states = [self._init_one(rng[None]) for rng in rngs]
     return jax.device_put(cohort_lib.concatenate(states), self._replicated)
 
   def abstract_state(self, num_networks: int, image_shape: Sequence[int]) -> cohort_lib.CohortState:
     """Shapes, dtypes and shardings of the state of ``num_networks`` of this cohort's networks."""
-    rngs = jax.ShapeDtypeStruct((num_networks, 2), jnp.uint32)
-    shapes = jax.eval_shape(functools.partial(cohort_lib.init, self.model, self.optimizer,
-                                              image_shape=tuple(image_shape), num_tasks=len(self.spec.tasks),
-                                              balancer=self.balancer), rngs)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self._replicated), shapes)
+    assert tuple(image_shape) == self._init.keywords["image_shape"], "the runner's own image shape"
+    if num_networks not in self._abstract_states:  # tracing the initialiser takes a second or more
+      shapes = jax.eval_shape(self._init, jax.ShapeDtypeStruct((num_networks, 2), jnp.uint32))
+      self._abstract_states[num_networks] = jax.tree.map(
+          lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self._replicated), shapes)
+    return self._abstract_states[num_networks]
 
   def compiled_step(self, num_networks: int, abstract_batch: Any, image_shape: Sequence[int]):
     """The train step compiled for ``num_networks`` networks (cached)."""
