@@ -28,6 +28,8 @@ from tg_jax.training import cohort as cohort_lib
 from tg_jax.training import networks as networks_lib
 
 Batch = Mapping[str, jax.Array]
+# XLA options of the networks' initialiser (see ``CohortRunner``): compiled for speed of compiling.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 # Per network name, per task: ``[examples]`` float32 losses over an evaluation split, in its order.
 ExampleLosses = dict[str, dict[str, np.ndarray]]
 
@@ -113,10 +115,13 @@ class CohortRunner:
                                  out_shardings=replicated)
     self.record_validation = jax.jit(cohort_lib.record_validation, out_shardings=replicated, donate_argnums=0)
     # One network's initial state from its ``[1]`` key: one jitted function per model, so another
-    # seed's cohort (``with_spec``) and every network reuse its compiled program.
+    # seed's cohort (``with_spec``) and every network reuse its compiled program. It runs once per
+    # network, so it is compiled without optimisation: ~4x faster to compile on CPU, where every
+    # parameter's random-number generator is compiled separately (values differ from an optimised
+    # build's in the last bits, and are the same on every run).
     self._init = functools.partial(cohort_lib.init, self.model, optimizer, image_shape=tuple(image_shape),
                                    num_tasks=len(task_names), balancer=self.balancer)
-    self._init_one = jax.jit(self._init)
+    self._init_one = jax.jit(self._init, compiler_options=INIT_COMPILER_OPTIONS)
     self._compiled: dict[int, Any] = {}
     self._abstract_states: dict[int, cohort_lib.CohortState] = {}
 
