@@ -87,6 +87,7 @@ class FakeData:
 
   TASKS = TOY_TASKS
   DEFAULT_TASKS = TOY_TASKS
+  CONFIG_KEYS = ("num_train", "num_val", "num_test")
 
   def __init__(self):
     self.on_step = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from absl import logging as absl_logging
 
@@ -29,3 +30,12 @@ def quiet_libraries() -> None:
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, LibraryFilter) for f in handler.filters):
     handler.addFilter(LibraryFilter())
+
+
+EXIT_USAGE = 2  # bad flags, config or workdir: fix and rerun
+
+
+def fail(message: str) -> None:
+  """Prints ``error: <message>`` (the problem and the fix, no traceback) and exits with EXIT_USAGE."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USAGE)

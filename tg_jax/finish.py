@@ -62,8 +62,12 @@ def _ensembles(config: ml_collections.ConfigDict, workdir: workdir_lib.Workdir,
   from tg_jax.training import ensemble  # pylint: disable=g-import-not-at-top  (loads checkpoints: compiles)
   trained_here = {n.name for n in study_tables.runs[0].networks}
   entries = []
-  # Budgets often choose the same networks; each set's checkpoints and test pass are needed once.
-  evaluated: dict[tuple[str, ...], dict] = {}
+  # Budgets often choose the same networks; each set's checkpoints and test pass are needed once. A
+  # finished workdir's ensemble.json already holds sets measured from the same checkpoints.
+  evaluated: dict[tuple[str, ...], dict] = {
+      tuple(sorted(entry["networks"])): entry["tasks"]
+      for entry in (workdir_lib.read_json(workdir.ensemble) or {}).get("budgets", [])
+      if len(entry.get("networks", ())) >= 2}
   for solution in selection.solutions:
     if solution.infeasible or solution.untrained:
       continue
@@ -86,6 +90,12 @@ def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train
   if predict not in METHOD_OF_PREDICTION:
     raise ValueError(f"unknown selection.predict {predict!r}; choose one of {', '.join(METHOD_OF_PREDICTION)}")
   paths = workdir_lib.Workdir(workdir)
+  with workdir_lib.locked(paths, enabled=jax.process_index() == 0):
+    return _finish(config, paths, predict, train, random_samples)
+
+
+def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predict: str, train: retrain.Train,
+            random_samples: int) -> Optional[str]:
   study_tables = workdir_lib.load_study(paths)
   runs = analysis.selections(study_tables)
   names = missing_networks(study_tables, runs)

@@ -19,17 +19,22 @@ Rerunning the same command resumes from the workdir's last checkpoint. With --nu
 
 import os
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from tg_jax import cache
 from tg_jax import console
 from tg_jax import finish as finish_lib
 from tg_jax import workdir as workdir_lib
+from tg_jax.selection.tables import TableError
+from tg_jax.training import checkpoints
+from tg_jax.training import config as config_lib
 from tg_jax.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/pairs.py "
@@ -50,6 +55,40 @@ def default_workdir(config_argument: str) -> str:
   return os.path.join("workdirs", f"{name}_{variant}" if variant else name)
 
 
+# Errors that are the user's to fix (workdir, tables): one line, no traceback. Config errors come from
+# ``config.validate``, before any work.
+USER_ERRORS = (checkpoints.ConfigMismatchError, workdir_lib.WorkdirError, TableError)
+
+
+def unknown_override(argv: list[str], config: ml_collections.ConfigDict) -> Optional[str]:
+  """The first ``--config.<key>`` of ``argv`` that names no key of ``config``."""
+  known = config_lib.flat_keys(config)
+  for argument in argv[1:]:
+    if argument.startswith("--config."):
+      key = argument[len("--config."):].partition("=")[0]
+      if key not in known and not any(k.startswith(key + ".") for k in known):
+        return key
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with one line instead of a traceback for an override of a key the config
+  lacks (``--config.lerning_rate=0.1``)."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    config_only = [a for a in argv if not a.startswith("--config.")]
+    try:
+      flags.FLAGS(config_only)
+    except Exception:  # pylint: disable=broad-except  # the config itself is broken: absl's own report
+      raise error from None
+    key = unknown_override(argv, _CONFIG.value)
+    if key is None:
+      raise
+    console.fail(config_lib.unknown_key_error(key, config_lib.flat_keys(_CONFIG.value)).replace(
+        "unknown key ", "--config.", 1))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -66,20 +105,36 @@ def main(argv):
   config = _CONFIG.value
   sharded = _NUM_SHARDS.value > 1
   run_dir = workdir_lib.Workdir(workdir).shard(_SHARD_INDEX.value, _NUM_SHARDS.value).path if sharded else workdir
+  try:
+    config_lib.validate(config)  # before the workdir is touched: a typo leaves nothing behind
+  except ValueError as error:
+    console.fail(str(error))
+  try:
+    with workdir_lib.locked(workdir_lib.Workdir(run_dir), enabled=jax.process_index() == 0):
+      status = run(config, workdir, run_dir, sharded)
+  except USER_ERRORS as error:
+    console.fail(str(error))
+  if status is not None:
+    sys.exit(status)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, run_dir: str, sharded: bool) -> Optional[int]:
+  """Trains into ``run_dir``, then (unsharded) finishes ``workdir``; returns an exit status, or None."""
   result = trainer.train_and_evaluate(config, run_dir, shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value)
   if result["status"] == trainer.STATUS_PREEMPTED:
-    sys.exit(finish_lib.EXIT_PREEMPTED)
+    return finish_lib.EXIT_PREEMPTED
   if sharded:
     if jax.process_index() == 0:
       print(f"shard {_SHARD_INDEX.value} of {_NUM_SHARDS.value} done; when all are, run: "
             f"python -m tg_jax.merge --workdir={workdir}", flush=True)
-    return
+    return None
   text = finish_lib.finish(config, workdir)
   if text is None:
-    sys.exit(finish_lib.EXIT_PREEMPTED)
+    return finish_lib.EXIT_PREEMPTED
   if text:
     print(text)
+  return None
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

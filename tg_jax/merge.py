@@ -31,9 +31,15 @@ from tg_jax.training import results
 def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDict:
   """Writes ``WORKDIR/results/`` from the shards' results; returns the shards' (common) config."""
   paths = workdir_lib.Workdir(workdir)
+  with workdir_lib.locked(paths):
+    return _merge(paths, allow_missing)
+
+
+def _merge(paths: workdir_lib.Workdir, allow_missing: bool) -> ml_collections.ConfigDict:
+  workdir = paths.path
   shards = paths.shards()
   if not shards:
-    raise FileNotFoundError(f"no shards in {workdir}/shards; run tg_jax.main with --num_shards first")
+    raise workdir_lib.WorkdirError(f"no shards in {workdir}/shards; run tg_jax.main with --num_shards first")
   configs = [workdir_lib.read_json(shard.config) for shard in shards]
   if any(c != configs[0] for c in configs):
     raise ValueError(f"the shards in {workdir}/shards were trained with different configs; merge only shards "
@@ -44,7 +50,7 @@ def merge(workdir: str, allow_missing: bool = False) -> ml_collections.ConfigDic
   finished = [shard for shard in shards if shard.read_run() is not None]
   missing = expected - {shard.path for shard in finished}
   if missing and not allow_missing:
-    raise RuntimeError(f"shards not finished: {', '.join(sorted(os.path.basename(m) for m in missing))}; rerun them "
+    raise workdir_lib.WorkdirError(f"shards not finished: {', '.join(sorted(os.path.basename(m) for m in missing))}; rerun them "
                        f"(they resume) or pass --allow_missing to merge the others")
   order = {n.name: i for i, n in enumerate(networks_lib.from_config(config))}
   runs = [shard.read_run() for shard in finished]
@@ -116,7 +122,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   console.quiet_libraries()
-  text = run(flags.FLAGS.workdir, flags.FLAGS.allow_missing)
+  try:
+    text = run(flags.FLAGS.workdir, flags.FLAGS.allow_missing)
+  except (workdir_lib.WorkdirError, tables.TableError) as error:
+    console.fail(str(error))
   if text is None:
     sys.exit(finish_lib.EXIT_PREEMPTED)
   print(text)

@@ -10,7 +10,9 @@ the CSV's order). Each row's mean over examples is its CSV loss up to float32 su
 
 ```
 WORKDIR/config.json                the run's config; a resume with a different config is refused
+WORKDIR/lock                       who is running in this workdir (``locked``); empty when no one is       (main, merge)
 WORKDIR/checkpoints/<step>/        orbax: every cohort's state, the step and the network names  (trainer)
+WORKDIR/checkpoints_damaged/<step>/ checkpoints found damaged at resume, set aside              (trainer)
 WORKDIR/results/val.csv            per network, the validation losses of its reported checkpoint  (trainer, merge)
                                    (one row per seed replica, with a seed column, when networks.seeds > 1)
 WORKDIR/results/test.csv           test losses of the same checkpoint                             (trainer, merge)
@@ -33,11 +35,19 @@ WORKDIR/shards/shard_<i>_of_<n>/   an array job's slices, each a workdir of its 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import errno
+import fcntl
 import glob
+import io
 import json
 import os
-from typing import Any, Optional, Sequence, Union
+import socket
+import sys
+import tempfile
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -52,26 +62,141 @@ class WorkdirError(ValueError):
   """A workdir file is missing, unreadable or inconsistent; the message names the file and the fix."""
 
 
+class WorkdirBusyError(WorkdirError):
+  """Another process is running in the workdir (``locked``)."""
+
+
+def write_atomic(path: str, content: Union[str, bytes]) -> None:
+  """Writes ``content`` to ``path`` so that a reader (or a kill mid-write) sees the old file or the new one.
+
+  The temporary file has a name of its own (``tempfile``) beside ``path``, so concurrent writers never
+  write into each other's temporary file.
+  """
+  directory = os.path.dirname(path) or "."
+  try:
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  except OSError as error:
+    raise WorkdirError(_write_problem(path, error)) from None
+  try:
+    with os.fdopen(handle, "wb" if isinstance(content, bytes) else "w",
+                   **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as f:
+      f.write(content)
+    os.replace(temporary, path)
+  except OSError as error:
+    with contextlib.suppress(OSError):
+      os.unlink(temporary)
+    raise WorkdirError(_write_problem(path, error)) from None
+
+
+def _write_problem(path: str, error: OSError) -> str:
+  if os.path.isdir(path):
+    return f"cannot write {path}: it is a directory; remove it or name a file"
+  return f"cannot write {path} ({error.strerror or error}); make its directory writable or choose another path"
+
+
 def write_json(path: str, value: Any) -> None:
-  """Atomic write (a kill mid-write leaves the previous file); the temporary name is this process's."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  temporary = f"{path}.tmp-{os.getpid()}"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(temporary, path)
+  """Atomic write (``write_atomic``)."""
+  write_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str) -> Optional[Any]:
   """The JSON in ``path``; None if there is no such file."""
   if not os.path.exists(path):
     return None
+  if os.path.isdir(path):
+    raise WorkdirError(f"{path} is a directory where a JSON file belongs; move it away and rerun")
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (UnicodeDecodeError, json.JSONDecodeError) as error:
     raise WorkdirError(f"{path} is not valid JSON ({error}); it was damaged or written by something else: restore "
                        f"it, or delete it and rerun the command that writes it") from None
+  except OSError as error:
+    raise WorkdirError(f"cannot read {path} ({error.strerror or error}); make it readable") from None
+
+
+# Locks this process holds: the lock file's real path -> [its descriptor, how many ``locked`` hold it].
+_HELD: dict[str, list[int]] = {}
+
+
+def _holder(handle: int) -> str:
+  """Who wrote the lock file open at ``handle``; "" for an empty (released) one."""
+  os.lseek(handle, 0, os.SEEK_SET)
+  text = os.read(handle, 4096).decode("utf-8", "replace").strip()
+  if not text:
+    return ""
+  try:
+    holder = json.loads(text)
+    return (f"process {holder['pid']} on {holder['host']} (started {holder['started']}: "
+            f"{holder['command']})")
+  except (ValueError, KeyError, TypeError):
+    return repr(text[:200])
+
+
+@contextlib.contextmanager
+def locked(workdir: "Workdir", enabled: bool = True) -> Iterator[None]:
+  """Holds ``WORKDIR/lock`` while the block runs, so two runs never train or write in one workdir.
+
+  The lock is an ``flock`` on the file, which the kernel releases when its process ends however it
+  ends: a lock file left by a killed run is free and is taken over (with a warning naming that run).
+  The file names its holder for the error another run gets. The same process may nest ``locked`` on
+  one workdir (``main`` around the trainer and ``finish``). ``enabled`` False (processes other than
+  the writer of a multi-host run) does nothing.
+
+  Raises:
+    WorkdirBusyError: another live process holds the lock; the message names it.
+    WorkdirError: the workdir is a file or cannot be written.
+  """
+  if not enabled:
+    yield
+    return
+  if os.path.exists(workdir.path) and not os.path.isdir(workdir.path):
+    raise WorkdirError(f"workdir {workdir.path} is a file, not a directory; pass a directory as --workdir")
+  cannot_write = lambda error: WorkdirError(
+      f"cannot write in workdir {workdir.path} ({error.strerror or error}); a run writes its checkpoints and "
+      f"results there: make it writable or pass another --workdir")
+  try:
+    os.makedirs(workdir.path, exist_ok=True)
+    if not os.access(workdir.path, os.W_OK):
+      raise PermissionError(errno.EACCES, "read-only")
+  except OSError as error:
+    raise cannot_write(error) from None
+  path = os.path.realpath(workdir.lock)
+  if path in _HELD:
+    _HELD[path][1] += 1
+    try:
+      yield
+    finally:
+      _HELD[path][1] -= 1
+    return
+  try:
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as error:
+    raise cannot_write(error) from None
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    holder = _holder(handle) or "another process"
+    os.close(handle)
+    raise WorkdirBusyError(f"workdir {workdir.path} is in use by {holder}; wait for that run to end (or stop it), "
+                           f"or pass another --workdir") from None
+  stale = _holder(handle)
+  if stale:
+    print(f"taking over {path}: its holder, {stale}, no longer runs", file=sys.stderr, flush=True)
+  me = {"pid": os.getpid(), "host": socket.gethostname(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)[:300]}
+  os.ftruncate(handle, 0)
+  os.pwrite(handle, json.dumps(me).encode("utf-8"), 0)
+  _HELD[path] = [handle, 1]
+  try:
+    yield
+  finally:
+    del _HELD[path]
+    # Emptied, never deleted: deleting would let a run that opened the old file and one that creates a
+    # new one both hold "the" lock.
+    os.ftruncate(handle, 0)
+    os.close(handle)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -131,8 +256,17 @@ class Workdir:
     return self._join("config.json")
 
   @property
+  def lock(self) -> str:
+    return self._join("lock")
+
+  @property
   def checkpoints(self) -> str:
     return self._join("checkpoints")
+
+  @property
+  def damaged_checkpoints(self) -> str:
+    """Where a resume moves checkpoints that do not read back whole."""
+    return self._join("checkpoints_damaged")
 
   @property
   def results(self) -> str:
@@ -248,13 +382,10 @@ class Workdir:
 
   def write_examples(self, split: str, examples: Examples) -> None:
     """``results/examples_<split>.npz``, atomically."""
-    path = self.examples(split)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as f:
-      np.savez(f, losses=examples.losses, tasks=np.asarray(examples.tasks, str),
-               networks=np.asarray(examples.networks, str))
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, losses=examples.losses, tasks=np.asarray(examples.tasks, str),
+             networks=np.asarray(examples.networks, str))
+    write_atomic(self.examples(split), buffer.getvalue())
 
   def write_run(self, run: records.RunRecord) -> None:
     write_json(self.networks, run.to_json())

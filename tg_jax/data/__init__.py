@@ -15,6 +15,8 @@ Datasets: ``synthetic_scenes`` (rendered on first use, the default), ``taskonomy
   the builder.
 - ``available_tasks(builder)``: the tasks the prepared data has labels for (Taskonomy: the label
   folders present).
+- optionally ``CONFIG_KEYS``: ``config.data`` options it reads beyond ``default_config``'s (a config
+  key no part reads is refused as a typo).
 - optionally ``describe(config)``: what preparing does, for the console line ``prepare`` prints
   (e.g. "rendering synthetic_scenes (32x32, 5000 images: ...)"; default "preparing <name>").
 - ``open_split(builder, split, config) -> pipeline.ExampleSource``: an ``ArraySource`` for small
@@ -131,6 +133,11 @@ def _dataset_module(name: str):
     return _DATASETS[name]
   except KeyError:
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}") from None
+
+
+def config_keys(name: str) -> tuple[str, ...]:
+  """The ``config.data`` options dataset ``name`` may read: ``default_config``'s and its ``CONFIG_KEYS``."""
+  return tuple(default_config().keys()) + tuple(getattr(_dataset_module(name), "CONFIG_KEYS", ()))
 
 
 def dataset_tasks(name: str) -> tuple[str, ...]:

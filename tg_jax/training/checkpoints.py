@@ -12,10 +12,14 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from absl import logging
 import flax
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+
+from tg_jax import workdir as workdir_lib
 
 CONFIG_FILE = "config.json"
 # Keys that may change between a run and its resumption: where the data lives, how often to log, how
@@ -55,17 +59,12 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
     ConfigMismatchError: naming every key whose value differs, and the way out.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  written = workdir_lib.read_json(path)
+  if written is None:
     if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      temporary = f"{path}.tmp"
-      with open(temporary, "w") as f:
-        f.write(config_to_json(config))
-      os.replace(temporary, path)
+      workdir_lib.write_atomic(path, config_to_json(config))
     return False
-  with open(path) as f:
-    previous = _flatten(json.load(f))
-  previous = {**ADDED_KEYS, **previous}
+  previous = {**ADDED_KEYS, **_flatten(written)}
   current = _flatten(json.loads(config_to_json(config)))
   differing = sorted(k for k in set(previous) | set(current)
                      if previous.get(k, "<absent>") != current.get(k, "<absent>")
@@ -79,23 +78,92 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
   return True
 
 
+class NoIntactCheckpointError(workdir_lib.WorkdirError):
+  """Every checkpoint of a workdir is damaged."""
+
+
+def _read_whole(directory: str, step: int) -> None:
+  """Reads checkpoint ``step`` of ``directory`` back entirely (metadata, every array, the progress) into
+  host memory and drops it; raises whatever the damage makes orbax raise."""
+  options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+  reader = ocp.CheckpointManager(directory, options=options, item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()})
+  try:
+    tree = reader.item_metadata(step)["state"].tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    restored = reader.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(restore_args=as_numpy), progress=ocp.args.JsonRestore()))
+    if not isinstance(restored.progress, Mapping) or "step" not in restored.progress:
+      raise ValueError(f"its progress is {restored.progress!r}, not the step and network names")
+  finally:
+    reader.close()
+
+
 class Checkpointer:
   """The run's checkpoints in ``directory``, through an orbax ``CheckpointManager``.
 
   Saves are synchronous so that a SIGTERM handler can save and exit; orbax writes each step to a
   temporary directory and renames it when complete, so a kill at any moment leaves the previous
-  checkpoint intact.
+  checkpoint intact. Damage after that (a disk error, a copy cut short, a file overwritten) is found
+  by ``latest_intact_step``, which moves damaged checkpoints to ``damaged_directory``.
   """
 
-  def __init__(self, directory: str, max_to_keep: int = 2):
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                          item_names=("state", "progress"))
+  def __init__(self, directory: str, max_to_keep: int = 2, damaged_directory: Optional[str] = None):
+    self._directory = os.path.abspath(directory)
+    self._damaged_directory = damaged_directory
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False,
+                                                 cleanup_tmp_directories=True)
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self._directory, options=self._options, item_names=("state", "progress"))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
+
+  def latest_intact_step(self) -> Optional[int]:
+    """The newest checkpoint that reads back whole (None if there is none yet).
+
+    Each newer, damaged one is named in a warning and moved to ``damaged_directory`` (kept for a look,
+    out of the way of the steps the resumed run saves). Reading every array costs a second read of the
+    checkpoint at resume; it comes before any compilation, so a damaged checkpoint costs seconds.
+
+    Raises:
+      NoIntactCheckpointError: checkpoints exist and every one is damaged; the message names each and
+        the way out.
+    """
+    damaged = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        _read_whole(self._directory, step)
+      except Exception as error:  # pylint: disable=broad-except  # any failure to read back is damage
+        damaged.append((step, f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"))
+        continue
+      if damaged and self._damaged_directory is not None and jax.process_index() == 0:
+        self._set_aside([s for s, _ in damaged])
+      for bad_step, problem in damaged:
+        logging.warning("checkpoint %s is damaged (%s); resuming from step %d instead%s",
+                        os.path.join(self._directory, str(bad_step)), problem, step,
+                        f" (moved to {self._damaged_directory})" if self._damaged_directory else "")
+      return step
+    if damaged:
+      listed = "; ".join(f"{os.path.join(self._directory, str(s))}: {problem}" for s, problem in damaged)
+      raise NoIntactCheckpointError(
+          f"no checkpoint in {self._directory} reads back whole ({listed}); restore them from a copy, or move "
+          f"{self._directory} away to train from the start")
+    return None
+
+  def _set_aside(self, steps) -> None:
+    os.makedirs(self._damaged_directory, exist_ok=True)
+    for step in steps:
+      target = os.path.join(self._damaged_directory, str(step))
+      suffix = 1
+      while os.path.exists(target):
+        target, suffix = os.path.join(self._damaged_directory, f"{step}.{suffix}"), suffix + 1
+      os.replace(os.path.join(self._directory, str(step)), target)
+    self._manager.close()
+    self._manager = self._open()
 
   def save(self, step: int, state: Any, progress: Mapping[str, Any]) -> None:
     """Saves a pytree ``state`` (flax structs and optax states allowed) and a JSON-able ``progress``."""

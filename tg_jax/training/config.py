@@ -11,6 +11,7 @@ work starts, with errors that name the key and the fix.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import types
@@ -194,3 +195,75 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.soft_sharing.weight >= 0, f"soft_sharing.weight must be >= 0, got {config.soft_sharing.weight}")
   if "tag" in config:
     need(config.tag.every_steps >= 1, f"tag.every_steps must be >= 1, got {config.tag.every_steps}")
+  _validate_parts(config)
+
+
+# Groups of keys whose members are not fixed by ``base_config``: the model family's and the dataset's
+# options are checked against theirs, balancing options by ``balancing.get``.
+_OPEN_GROUPS = ("model", "data", "balancing_options")
+
+
+def flat_keys(tree, prefix: str = "") -> list[str]:
+  """The dotted names of a config's leaves, e.g. ``optimizer.learning_rate``."""
+  keys = []
+  for key, value in tree.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += flat_keys(value, f"{prefix}{key}.")
+    else:
+      keys.append(f"{prefix}{key}")
+  return keys
+
+
+def unknown_key_error(key: str, known: list[str]) -> str:
+  """One line for a config key that no part reads: the key, the closest known key, the fix."""
+  close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+  hint = f"; did you mean {close[0]}?" if close else ""
+  return (f"invalid config: unknown key {key}{hint} (no part of tg_jax reads it: remove it or fix its name; "
+          f"keys are listed in tg_jax/training/config.py's base_config)")
+
+
+def _validate_parts(config: ml_collections.ConfigDict) -> None:
+  """The parts a config names exist and fit together: every key is known, the model family, the
+  dataset and its tasks, the network list and its methods, the devices. Runs before anything is
+  written to the workdir, so a typo leaves no trace there."""
+  from tg_jax import data  # pylint: disable=g-import-not-at-top
+  from tg_jax import models  # pylint: disable=g-import-not-at-top
+  from tg_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from tg_jax.training import networks as networks_lib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def fail(message: str) -> None:
+    raise ValueError(f"invalid config: {message}")
+
+  if config.model.get("name") not in registry.names():
+    fail(f"model.name: unknown model {config.model.get('name')!r}; known models: {', '.join(registry.names())}")
+  if config.data.get("name") not in data.names():
+    fail(f"data.name: unknown dataset {config.data.get('name')!r}; known datasets: {', '.join(data.names())}")
+  known = [k for k in flat_keys(base_config(CPU)) if k.split(".")[0] not in _OPEN_GROUPS]
+  known += [f"model.{k}" for scale in ("cpu", "paper")
+            for k in flat_keys(models.default_config(scale, config.model.name))]
+  known += [f"data.{k}" for k in data.config_keys(config.data.name)]
+  for key in flat_keys(config):
+    if key.split(".")[0] != "balancing_options" and key not in known:
+      raise ValueError(unknown_key_error(key, sorted(set(known))))
+  provided = data.dataset_tasks(config.data.name)
+  for task in config.tasks:
+    if task not in provided:
+      close = difflib.get_close_matches(str(task), provided, n=1)
+      fail(f"tasks: dataset {config.data.name!r} has no task {task!r}"
+           + (f" (did you mean {close[0]}?)" if close else "") + f"; its tasks: {', '.join(provided)}")
+  try:
+    data.check_tasks(config.data.name, tuple(config.tasks))
+    networks_lib.from_config(config)
+  except ValueError as error:
+    fail(str(error))
+  if config.num_devices:
+    if jax.process_count() > 1:
+      fail("num_devices selects local devices of a single host; leave it 0 on multi-host runs")
+    if config.num_devices > jax.local_device_count():
+      fail(f"num_devices={config.num_devices} but this host has {jax.local_device_count()} devices; lower "
+           f"num_devices or leave it 0 for all")
+  devices = config.num_devices or jax.device_count()
+  for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+    if size % devices:
+      fail(f"{name}={size} must be divisible by the {devices} devices; change {name} or num_devices")

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
 
+from tg_jax import workdir as workdir_lib
 from tg_jax.selection import tables
 
 
@@ -89,20 +90,17 @@ class RunLog:
     self._path = path
     kept = []
     if resume_step is not None and os.path.exists(path):
-      with open(path) as f:
+      # Undecodable bytes become U+FFFD, and a line that is then not JSON is dropped like one cut short.
+      with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
           try:
             entry = json.loads(line)
           except json.JSONDecodeError:  # a line cut short by a kill
             continue
-          if entry.get("step", 0) <= resume_step:
+          if isinstance(entry, dict) and entry.get("step", 0) <= resume_step:
             kept.append(line if line.endswith("\n") else line + "\n")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-      f.writelines(kept)
-    os.replace(temporary, path)
-    self._file = open(path, "a")
+    workdir_lib.write_atomic(path, "".join(kept))
+    self._file = open(path, "a", encoding="utf-8")
 
   def write(self, event: str, step: int, **fields: Any) -> None:
     self._file.write(json.dumps({"event": event, "step": step, "time": round(time.time(), 3), **fields},

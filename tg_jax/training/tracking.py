@@ -136,21 +136,16 @@ class Reporter:
     losses}`` of the best-validation states, from the passes that gave ``test_losses`` and, for
     validation, the same parameters the trackers recorded), ``networks.json`` and ``methods.json``;
     returns the run's record."""
-    diverged = self._cohorts.network_values("diverged_step")
-    test = self._write_table("test", [self._row(n, test_losses[n.name]) for n in self._table_networks
-                                      if diverged[n.name] == cohort_lib.NOT_YET])
-    val = results.results_table(self._task_order, self._rows("best_task_loss"), "val", self._seeded)
-    for split, table in (("val", val), ("test", test)):
-      if table is not None and self._is_writer:
-        self._paths.write_examples(split, workdir_lib.Examples.from_networks(
-            table.names, table.replicas.table.task_names, examples[split]))
     run = records.RunRecord(network_records(self._networks, self._costs, self._cohorts, test_losses,
                                             self._constant_losses),
                             self._constant_losses, self._schedule)
     if self._is_writer:
-      self._paths.write_run(run)
-      if any(n.method for n in self._networks):
-        workdir_lib.write_json(self._paths.methods, method_summaries(run.networks, self._schedule.stop_step))
+      named = write_tables(self._paths, run, self._task_order, self._seeded)
+      for split in workdir_lib.EXAMPLE_SPLITS:
+        if named[split] is not None:
+          self._paths.write_examples(split, workdir_lib.Examples.from_networks(
+              named[split].names, named[split].replicas.table.task_names, examples[split]))
+      self._paths.write_run(run)  # last: its presence says the run's results are complete
     return run
 
   def done(self, step: int) -> None:
@@ -176,6 +171,28 @@ class Reporter:
     if table is not None and self._is_writer:
       self._paths.write_table(split, table.replicas, seed_column=table.seeded)
     return table
+
+
+def write_tables(paths: workdir_lib.Workdir, run: records.RunRecord, task_order: Sequence[str],
+                 seeded: bool) -> dict[str, Optional[results.NamedTable]]:
+  """Writes ``results/{val,test,esa}.csv`` and ``methods.json`` from a finished run's records (what
+  ``networks.json`` holds), so these files are derived state: ``train_and_evaluate`` rewrites them on
+  a finished workdir without training. Returns each split's table (None without rows).
+
+  Rows: the healthy equal-weight networks in ``run``'s order; ``seeded``: the run has 2+ seeds (the
+  seed column, replicas grouped; ``results.results_table``).
+  """
+  rows = [n for n in run.networks if not n.method and n.status == records.TRAINED]
+  named = {}
+  for split in workdir_lib.SPLITS:
+    # A table's name is the record's field of its losses (``NetworkRecord.val``, ``.test``, ``.esa``).
+    table_rows = [results.TableRow(n.name, n.tasks, n.cost, n.seed, getattr(n, split)) for n in rows]
+    named[split] = results.results_table(task_order, table_rows, split, seeded)
+    if named[split] is not None:
+      paths.write_table(split, named[split].replicas, seed_column=seeded)
+  if any(n.method for n in run.networks):
+    workdir_lib.write_json(paths.methods, method_summaries(run.networks, run.schedule.stop_step))
+  return named
 
 
 def method_summaries(network_records: Sequence[records.NetworkRecord], network_steps: int) -> dict[str, Any]:

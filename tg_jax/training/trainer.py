@@ -75,8 +75,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
   measured_by_tag = meter_lib.measured_network(config, all_networks)
   is_writer = jax.process_index() == 0
   paths = workdir_lib.Workdir(workdir)
-  checkpoints.check_or_write_config(config, workdir)
+  with workdir_lib.locked(paths, enabled=is_writer):
+    checkpoints.check_or_write_config(config, workdir)
+    summary = _finished_run(config, paths, my_networks, measured_by_tag, is_writer)
+    if summary is None:
+      summary = _train(config, paths, all_networks, my_networks, measured_by_tag, is_writer)
+  return summary
 
+
+def _finished_run(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
+                  my_networks: Sequence[networks_lib.Network], measured_by_tag: Optional[networks_lib.Network],
+                  is_writer: bool) -> Optional[dict[str, Any]]:
+  """The summary of a workdir that has finished training these networks, or None if it has not.
+
+  Finished: ``results/networks.json`` (written last) lists exactly ``my_networks`` and the per-example
+  losses (and TAG's affinities, if this run measures them) are readable. The tables and
+  ``methods.json`` are then rewritten from the records (``tracking.write_tables``: a lost or damaged
+  table comes back), without compiling anything. Otherwise the run restores its last checkpoint,
+  which on a finished run skips training and evaluates again, rewriting every results file.
+  """
+  try:
+    run = paths.read_run()
+    if run is None or [n.name for n in run.networks] != [n.name for n in my_networks]:
+      return None
+    readable = all(paths.read_examples(split) is not None for split in workdir_lib.EXAMPLE_SPLITS
+                   if any(not n.method and n.status == records.TRAINED for n in run.networks))
+    tag = paths.read_tag() if measured_by_tag in my_networks else None
+  except workdir_lib.WorkdirError as error:
+    logging.warning("%s; evaluating the last checkpoint again to rewrite it", error)
+    return None
+  if not readable or (measured_by_tag in my_networks and tag is None):
+    return None
+  if is_writer:
+    tracking.write_tables(paths, run, tuple(config.tasks), len(networks_lib.seeds(config)) > 1)
+  logging.info("%s has finished training; results tables rewritten from %s", paths.path,
+               paths.relative(paths.networks))
+  summary = {"status": STATUS_COMPLETE, "step": run.schedule.stop_step, "workdir": paths.path, "run": run}
+  if tag is not None:
+    summary["tag"] = tag
+  return summary
+
+
+def _train(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
+           all_networks: Sequence[networks_lib.Network], my_networks: Sequence[networks_lib.Network],
+           measured_by_tag: Optional[networks_lib.Network], is_writer: bool) -> dict[str, Any]:
+  """Trains ``my_networks`` from the workdir's last checkpoint, then evaluates and writes the results."""
+  workdir = paths.path
+  checkpointer = checkpoints.Checkpointer(paths.checkpoints, damaged_directory=paths.damaged_checkpoints)
+  # Read back whole before anything compiles: a damaged checkpoint is set aside in seconds.
+  start_step = checkpointer.latest_intact_step() or 0
+  names = [n.name for n in my_networks]
+  if start_step:
+    _check_networks(checkpointer.progress(start_step), names, workdir)
   mesh = _device_mesh(config)
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
@@ -87,8 +137,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
                len(all_networks), len(my_networks), schedule.stop_step, schedule.steps_per_epoch,
                schedule.esa_step, mesh.size)
 
-  checkpointer = checkpoints.Checkpointer(paths.checkpoints)
-  start_step = checkpointer.latest_step() or 0
   # One batch stream per replica seed this shard trains.
   train_batches = {seed: _train_batches(datasets["train"], config, start_step, batch_sharding, seed)
                    for seed in dict.fromkeys(n.seed for n in my_networks)}
@@ -112,9 +160,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
     tag_meter = meter_lib.TagMeter(measured_by_tag, cohorts.chunk_of(measured_by_tag), image_shape,
                                    config.tag.every_steps, config.optimizer.learning_rate, replicated)
 
-  names = [n.name for n in my_networks]
   if start_step:
-    _restore_checkpoint(checkpointer, start_step, names, cohorts, tag_meter, workdir)
+    _restore_checkpoint(checkpointer, start_step, cohorts, tag_meter)
     logging.info("resumed from step %d of %s", start_step, workdir)
 
   reporter = tracking.Reporter(cohorts, my_networks, _inference_costs(config, my_networks, image_shape), config,
@@ -173,20 +220,9 @@ def _load_datasets(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _device_mesh(config: ml_collections.ConfigDict) -> Mesh:
-  """A one-axis (``"data"``) mesh over ``config.num_devices`` local devices, or all devices."""
-  if config.num_devices:
-    if jax.process_count() > 1:
-      raise ValueError("num_devices selects local devices of a single host; leave it 0 on multi-host runs")
-    if config.num_devices > jax.local_device_count():
-      raise ValueError(f"num_devices={config.num_devices} but this host has {jax.local_device_count()} "
-                       f"devices; lower num_devices or leave it 0 for all")
-    devices = jax.local_devices()[:config.num_devices]
-  else:
-    devices = jax.devices()
-  for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
-    if size % len(devices):
-      raise ValueError(f"{name}={size} must be divisible by the {len(devices)} devices; change {name} or "
-                       f"num_devices")
+  """A one-axis (``"data"``) mesh over ``config.num_devices`` local devices, or all devices (counts
+  checked by ``config.validate``)."""
+  devices = jax.local_devices()[:config.num_devices] if config.num_devices else jax.devices()
   return Mesh(np.asarray(devices), ("data",))
 
 
@@ -253,15 +289,18 @@ def _save_checkpoint(checkpointer: checkpoints.Checkpointer, step: int, names: S
   checkpointer.save(step, _checkpoint_state(cohorts, tag_meter), {"step": step, "networks": list(names)})
 
 
-def _restore_checkpoint(checkpointer: checkpoints.Checkpointer, step: int, names: Sequence[str],
-                        cohorts: cohorts_lib.Cohorts, tag_meter: Optional[meter_lib.TagMeter], workdir: str) -> None:
-  """Loads checkpoint ``step`` into ``cohorts`` and ``tag_meter``; refuses one of other networks
-  (``names``: this run's, in order)."""
-  restored, progress = checkpointer.restore(step, _checkpoint_state(cohorts, tag_meter))
+def _check_networks(progress: Mapping[str, Any], names: Sequence[str], workdir: str) -> None:
+  """Refuses a checkpoint of other networks than ``names`` (this run's, in order)."""
   if progress.get("networks") != list(names):
     raise checkpoints.ConfigMismatchError(
         f"the checkpoint in {workdir} holds networks {progress.get('networks')} but this run trains {list(names)}; "
         f"pass the same --shard_index/--num_shards as the run that made it, or a new --workdir")
+
+
+def _restore_checkpoint(checkpointer: checkpoints.Checkpointer, step: int, cohorts: cohorts_lib.Cohorts,
+                        tag_meter: Optional[meter_lib.TagMeter]) -> None:
+  """Loads checkpoint ``step`` into ``cohorts`` and ``tag_meter``."""
+  restored, _ = checkpointer.restore(step, _checkpoint_state(cohorts, tag_meter))
   cohorts.load_state(restored)
   if tag_meter:
     tag_meter.load(restored[meter_lib.TAG_STATE])
