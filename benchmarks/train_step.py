@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -80,7 +80,7 @@ _NETWORKS = flags.DEFINE_list("networks", [], "Numbers of networks N to train at
                               f"{','.join(map(str, DEFAULT_NETWORKS['cpu']))} on CPU, "
                               f"{','.join(map(str, DEFAULT_NETWORKS['other']))} on accelerators.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(STRATEGIES), f"Strategies, from {', '.join(STRATEGIES)}; "
-                                "list fast ones first (a worker that times out stops the rest of its strategies).")
+                                "a strategy that times out is skipped and a fresh worker measures the ones after it.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Computation dtypes (config.half_precision), from float32, bfloat16.")
 _SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Model scale (models.default_config).")
 _MODEL = flags.DEFINE_string("model", "xception", "Model family name (tg_jax.models registry).")
@@ -92,8 +92,8 @@ _MAX_STEP_SECONDS = flags.DEFINE_float(
     "max_step_seconds", 20.0, "A strategy whose warm-up step (after compiling) takes longer is skipped.")
 _TIMEOUT = flags.DEFINE_float(
     "timeout", 120.0, "Seconds a strategy may take (the first of a worker: with the setup), compiling included "
-    "(sequential_own: this per distinct compiled step); the rest of that worker's strategies are then stopped; a "
-    "strategy skipped as too slow at some N is not tried at larger N.")
+    "(sequential_own: this per distinct compiled step); its worker is then stopped and a fresh one measures the "
+    "strategies after it; a strategy skipped as too slow at some N is not tried at larger N.")
 _ISOLATE = flags.DEFINE_bool("isolate", True, "Measure in subprocesses, so a slow strategy can be stopped.")
 _NETWORKS_PER_STEP = flags.DEFINE_integer(
     "networks_per_step", 0, "loop and vmap: at most this many networks per jitted step, in chunks (the "
@@ -515,32 +515,49 @@ def _strategy_timeout(strategy: str, num_networks: int) -> float:
 
 def _measure_in_subprocess(num_networks: int, dtype_name: str, batch_size: int, strategies: list[str],
                            env: dict[str, str]) -> list[dict[str, Any]]:
-  """Rows of a worker subprocess that prints one JSON row a line; a strategy without a row within its
-  timeout of the previous one (the first: of the start) stops the worker."""
-  command = [sys.executable, os.path.abspath(__file__), f"--networks={num_networks}",
-             f"--strategies={','.join(strategies)}", f"--dtypes={dtype_name}", f"--scale={_SCALE.value}",
-             f"--model={_MODEL.value}", f"--image_size={_IMAGE_SIZE.value}", f"--batch_size={batch_size}",
-             f"--steps={_STEPS.value}", f"--max_step_seconds={_MAX_STEP_SECONDS.value}",
-             f"--peak_tflops={_PEAK_TFLOPS.value}", f"--tasks={','.join(_TASKS.value)}",
-             f"--networks_per_step={_NETWORKS_PER_STEP.value}", "--worker"]
-  worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-  rows = []
-  try:
-    for strategy in strategies:
-      timeout = _strategy_timeout(strategy, num_networks)
-      ready, _, _ = select.select([worker.stdout], [], [], timeout)
-      line = worker.stdout.readline() if ready else ""
-      if not line:
-        reason = (f"too slow: no result within {timeout:g} s (--timeout; compiling and the first step)"
-                  if not ready else f"worker exited with {worker.wait()} before measuring it")
-        rows.append(_skipped(strategy, num_networks, dtype_name, batch_size, reason))
-        break
-      rows.append(json.loads(line))
-      print(_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-  finally:
-    if worker.poll() is None:
-      worker.kill()
-    worker.wait()
+  """Rows of worker subprocesses that print one JSON row a line (``run_workers``)."""
+  def start(to_run: list[str]) -> subprocess.Popen:
+    command = [sys.executable, os.path.abspath(__file__), f"--networks={num_networks}",
+               f"--strategies={','.join(to_run)}", f"--dtypes={dtype_name}", f"--scale={_SCALE.value}",
+               f"--model={_MODEL.value}", f"--image_size={_IMAGE_SIZE.value}", f"--batch_size={batch_size}",
+               f"--steps={_STEPS.value}", f"--max_step_seconds={_MAX_STEP_SECONDS.value}",
+               f"--peak_tflops={_PEAK_TFLOPS.value}", f"--tasks={','.join(_TASKS.value)}",
+               f"--networks_per_step={_NETWORKS_PER_STEP.value}", "--worker"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+
+  return run_workers(strategies, start, lambda strategy: _strategy_timeout(strategy, num_networks),
+                     lambda strategy, reason: _skipped(strategy, num_networks, dtype_name, batch_size, reason))
+
+
+def run_workers(strategies: list[str], start: Callable[[list[str]], subprocess.Popen],
+                timeout_of: Callable[[str], float],
+                skipped: Callable[[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+  """One row per strategy, in order, from workers ``start(strategies)`` that print one JSON row a line.
+
+  A strategy without a row within ``timeout_of(strategy)`` of the previous row (the first: of the
+  worker's start), or whose worker exits first, gets ``skipped(strategy, reason)``; its worker is
+  stopped and a fresh one measures the strategies after it, so one slow strategy costs only its own row.
+  """
+  rows: list[dict[str, Any]] = []
+  while len(rows) < len(strategies):
+    remaining = strategies[len(rows):]
+    worker = start(remaining)
+    try:
+      for strategy in remaining:
+        timeout = timeout_of(strategy)
+        ready, _, _ = select.select([worker.stdout], [], [], timeout)
+        line = worker.stdout.readline() if ready else ""
+        if not line:
+          reason = (f"too slow: no result within {timeout:g} s (--timeout; compiling and the first step)"
+                    if not ready else f"worker exited with {worker.wait()} before measuring it")
+          rows.append(skipped(strategy, reason))
+          break
+        rows.append(json.loads(line))
+        print(_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    finally:
+      if worker.poll() is None:
+        worker.kill()
+      worker.wait()
   return rows
 
 
@@ -635,10 +652,8 @@ def _run(worker_env: dict[str, str]) -> None:
           if (strategy, dtype_name, batch_size) in too_slow:
             reason = (f"too slow: skipped at N={too_slow[strategy, dtype_name, batch_size]}, so not tried at "
                       "larger N")
-          elif strategy == TORCH_SEQUENTIAL and torch_skip:
+          else:  # every strategy run gets a row (run_workers): what is left is the PyTorch port, unavailable
             reason = torch_skip
-          else:
-            reason = "not run: an earlier strategy's worker was stopped"
           rows.append(_skipped(strategy, num_networks, dtype_name, batch_size, reason))
         for row in rows:
           if row.get("skipped", "").startswith("too slow"):

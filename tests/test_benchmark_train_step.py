@@ -127,3 +127,25 @@ def test_torch_port_has_the_jax_models_parameters_and_trains():
   runner.step()
   after = [p.detach() for _, n, _ in runner.networks for p in n.parameters()]
   assert all(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(before, after) if a.ndim == 4), "a network did not train"
+
+
+def test_a_strategy_that_times_out_costs_only_its_own_row():
+  # Fake workers: each prints a row per strategy it is given, but hangs on "slow" (as sequential_masked
+  # did on a busy machine); the strategies after it must still be measured, by a fresh worker.
+  program = ("import json, sys, time\n"
+             "for strategy in sys.argv[1].split(','):\n"
+             "  if strategy == 'slow':\n"
+             "    time.sleep(60)\n"
+             "  print(json.dumps({'strategy': strategy, 'dtype': 'float32', 'networks': 2}), flush=True)\n")
+  started = []
+
+  def start(strategies):
+    started.append(list(strategies))
+    return subprocess.Popen([sys.executable, "-c", program, ",".join(strategies)], stdout=subprocess.PIPE, text=True)
+
+  rows = train_step.run_workers(["fast", "slow", "loop", "vmap"], start, lambda strategy: 2.0,
+                                lambda strategy, reason: {"strategy": strategy, "skipped": reason})
+  assert all(r["dtype"] == "float32" for r in rows if "skipped" not in r)
+  assert [r["strategy"] for r in rows] == ["fast", "slow", "loop", "vmap"]
+  assert rows[1]["skipped"].startswith("too slow") and all("skipped" not in rows[i] for i in (0, 2, 3))
+  assert started == [["fast", "slow", "loop", "vmap"], ["loop", "vmap"]]
