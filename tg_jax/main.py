@@ -71,22 +71,35 @@ def unknown_override(argv: list[str], config: ml_collections.ConfigDict) -> Opti
   return None
 
 
+def _config_argument(argv: list[str]) -> Optional[str]:
+  """The ``--config=FILE[:VARIANT]`` of ``argv``."""
+  for index, argument in enumerate(argv[1:], 1):
+    if argument.startswith("--config="):
+      return argument.partition("=")[2]
+    if argument == "--config" and index + 1 < len(argv):
+      return argv[index + 1]
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with one line instead of a traceback for an override of a key the config
-  lacks (``--config.lerning_rate=0.1``)."""
+  lacks (``--config.optimizer.lerning_rate=0.1``)."""
   try:
     return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as error:
-    config_only = [a for a in argv if not a.startswith("--config.")]
-    try:
-      flags.FLAGS(config_only)
-    except Exception:  # pylint: disable=broad-except  # the config itself is broken: absl's own report
+  except (AttributeError, KeyError, flags.Error) as error:
+    argument = _config_argument(argv)
+    if argument is None:
+      raise
+    path, _, variant = argument.partition(":")
+    try:  # the config as --config loads it, without the overrides
+      experiment = config_lib.load_experiment(os.path.dirname(path), os.path.splitext(os.path.basename(path))[0])
+      config = experiment.get_config(variant) if variant else experiment.get_config()
+    except Exception:  # pylint: disable=broad-except  # the config file itself fails: absl's report says how
       raise error from None
-    key = unknown_override(argv, _CONFIG.value)
+    key = unknown_override(argv, config)
     if key is None:
       raise
-    console.fail(config_lib.unknown_key_error(key, config_lib.flat_keys(_CONFIG.value)).replace(
-        "unknown key ", "--config.", 1))
+    console.fail(config_lib.unknown_key_error(key, config_lib.flat_keys(config)))
 
 
 def main(argv):
