@@ -259,3 +259,15 @@ def test_undecodable_workdir_files_are_named(finished, tmp_path):
   os.makedirs(workdir.networks)
   with pytest.raises(workdir_lib.WorkdirError, match=rf"{workdir.networks} is a directory where a JSON file"):
     finish.finish(_config(), workdir.path)
+
+
+def test_unreadable_results_files_are_named(finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  with open(workdir.table("val"), "wb") as f:
+    f.write(b"\xff\xfe,garbage\n")
+  with pytest.raises(workdir_lib.WorkdirError, match=rf"{workdir.table('val')} cannot be read \(UnicodeDecodeError"):
+    workdir_lib.load_study(workdir)
+  with open(workdir.examples("test"), "wb") as f:
+    f.write(b"PK\x03\x04 cut short")
+  with pytest.raises(workdir_lib.WorkdirError, match=rf"{workdir.examples('test')} cannot be read .*rerun"):
+    workdir.read_examples("test")

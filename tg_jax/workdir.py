@@ -47,6 +47,7 @@ import os
 import socket
 import sys
 import tempfile
+import zipfile
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -199,6 +200,18 @@ def locked(workdir: "Workdir", enabled: bool = True) -> Iterator[None]:
     os.close(handle)
 
 
+# How a damaged results file comes back: the trainer rewrites it (from networks.json, or by evaluating
+# its last checkpoint), merge from the shards.
+_REWRITE = ("move it away and rerun the command that wrote it (python -m tg_jax.main rewrites it from the "
+            "workdir's records and checkpoint, python -m tg_jax.merge from the shards)")
+
+
+def _reason(error: Exception) -> str:
+  if isinstance(error, IsADirectoryError):
+    return "it is a directory"
+  return f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Examples:
   """Per-example losses of a results table's rows (``results/examples_<split>.npz``).
@@ -343,7 +356,12 @@ class Workdir:
   def read_table(self, split: str) -> Optional[tables.Replicas]:
     """The split's table with every seed replica (one replica per network without a seed column)."""
     path = self.table(split)
-    return tables.read_replicas(path) if os.path.exists(path) else None
+    if not os.path.exists(path):
+      return None
+    try:
+      return tables.read_replicas(path)
+    except (OSError, UnicodeDecodeError) as error:
+      raise WorkdirError(f"{path} cannot be read ({_reason(error)}); {_REWRITE}") from None
 
   def read_run(self) -> Optional[records.RunRecord]:
     """``results/networks.json``; None before a run has finished."""
@@ -363,9 +381,8 @@ class Workdir:
     try:
       with np.load(path) as arrays:
         return Examples(arrays["losses"], tuple(arrays["tasks"]), tuple(arrays["networks"]))
-    except (OSError, KeyError, ValueError) as error:
-      raise WorkdirError(f"{path} cannot be read ({error}); delete it and rerun the training command (or "
-                         f"python -m tg_jax.merge) to rewrite it") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+      raise WorkdirError(f"{path} cannot be read ({_reason(error)}); {_REWRITE}") from None
 
   def read_methods(self) -> dict[str, Any]:
     return read_json(self.methods) or {}
