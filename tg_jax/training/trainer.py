@@ -62,7 +62,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, shard
                        num_shards: int = 1) -> dict[str, Any]:
   """Trains the networks of ``config`` (this shard's slice of them) and writes results to ``workdir``.
 
-  Resumes from ``workdir``'s last checkpoint when there is one (refusing a different config).
+  Resumes from ``workdir``'s newest intact checkpoint when there is one (refusing a different
+  config); on a finished workdir only rewrites the tables from ``results/networks.json``
+  (``_finished_run``). Holds the workdir's lock (``workdir.locked``) throughout.
 
   Returns:
     ``{"status": "complete" | "preempted", "step", "workdir"}``; when complete also ``"run"``, the
