@@ -98,8 +98,8 @@ class Solution:
 
 @dataclasses.dataclass(frozen=True)
 class BaselineEntry:
-  """A baseline at one budget: its networks and totals; Random's are means over ``samples`` fills,
-  Pessimal says whether its search was ``exact``."""
+  """A baseline at one budget: its networks and totals; Random's are means over ``samples`` fills
+  (with their standard errors), Pessimal says whether its search was ``exact``."""
 
   budget: float
   val_loss: Optional[float]
@@ -108,13 +108,16 @@ class BaselineEntry:
   cost: Optional[float] = None
   samples: Optional[int] = None
   exact: Optional[bool] = None
+  val_loss_stderr: Optional[float] = None
+  test_loss_stderr: Optional[float] = None
 
   def to_json(self) -> dict[str, Any]:
     value = {"budget": self.budget, "val_loss": self.val_loss, "test_loss": self.test_loss}
     if self.networks:
       value["networks"] = [n.to_json() for n in self.networks]
-    value.update({k: v for k, v in (("cost", self.cost), ("samples", self.samples), ("exact", self.exact))
-                  if v is not None})
+    value.update({k: v for k, v in (("cost", self.cost), ("samples", self.samples), ("exact", self.exact),
+                                    ("val_loss_stderr", self.val_loss_stderr),
+                                    ("test_loss_stderr", self.test_loss_stderr)) if v is not None})
     return value
 
 
@@ -260,7 +263,8 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
                                   random_samples, bootstrap, seed, examples)
   return Selection(
       tasks=tuple(val.task_names), predict=predict, budgets=tuple(budgets), solutions=tuple(solutions),
-      baselines=baselines_for(converged, test, budgets, random_samples, seed) if with_baselines else None,
+      baselines=baselines_for(converged, test, budgets, random_samples, seed, objective=objective)
+      if with_baselines else None,
       hoa_accuracy=hoa.accuracy(converged) if predict == "hoa" else None)
 
 
@@ -307,13 +311,15 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
   groupings = [None if s.infeasible or s.untrained else tuple(sorted(replica_rows[n.key] for n in s.networks))
                for s in solutions]
   compared = []
+  serves = _serves(val_replicas.table, objective)
   for budget in budgets:
     entries = []
-    for name, scored in (("all_task", baselines.all_task_network(val_replicas.table, None, budget)),
-                         ("independent", baselines.independent_networks(val_replicas.table, None, budget))):
+    for name, scored in (("all_task", baselines.all_task_network(val_replicas.table, None, budget, serves)),
+                         ("independent", baselines.independent_networks(val_replicas.table, None, budget, serves))):
       if scored is not None:
         entries.append(uncertainty.Baseline(name, (scored.networks,)))
-    fills, _ = baselines.random_fills(val_replicas.table.subset(candidates), budget, random_samples, seed)
+    fills, _ = baselines.random_fills(val_replicas.table.subset(candidates), budget, random_samples, seed,
+                                      serves=serves[candidates])
     if fills:
       entries.append(uncertainty.Baseline("random", tuple(tuple(candidates[r] for r in f) for f in fills)))
     compared.append(entries)
@@ -322,22 +328,31 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
   return [s if a is None else dataclasses.replace(s, uncertainty=a) for s, a in zip(solutions, assessed)]
 
 
+def _serves(table: ResultsTable, objective: Optional[selector.Objective]) -> np.ndarray:
+  """``[networks, tasks]`` which network may serve which task under the objective's caps."""
+  return np.isfinite((objective or selector.Objective()).scores(table))
+
+
 def baselines_for(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequence[float], random_samples: int,
-                  seed: int, independent: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None) -> Baselines:
-  """The baselines of paper section 4.3 at each budget, drawn from ``val``'s networks.
+                  seed: int, independent: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None,
+                  objective: Optional[selector.Objective] = None) -> Baselines:
+  """The baselines of paper section 4.3 at each budget, drawn from ``val``'s networks; the
+  ``objective``'s caps bind them as they bind the selection (a network serves a task only within its cap).
 
   ``independent``: ``(val, test)`` tables the independent baseline draws from instead, when it has
   single-task networks of sizes that are not selection candidates (the paper's 1/5 to 4/5 SNT).
   """
   independent_val, independent_test = (val, test) if independent is None else independent
+  serves, independent_serves = _serves(val, objective), _serves(independent_val, objective)
   all_task, independent_entries, random, pessimal = [], [], [], []
   for budget in budgets:
-    all_task.append(_baseline_entry(val, baselines.all_task_network(val, test, budget), budget))
-    independent_entries.append(_baseline_entry(
-        independent_val, baselines.independent_networks(independent_val, independent_test, budget), budget))
-    sampled = baselines.random_solutions(val, test, budget, samples=random_samples, seed=seed)
-    random.append(BaselineEntry(budget, sampled.val_loss, sampled.test_loss, samples=sampled.samples))
-    worst = baselines.pessimal_solution(val, test, budget)
+    all_task.append(_baseline_entry(val, baselines.all_task_network(val, test, budget, serves), budget))
+    independent_entries.append(_baseline_entry(independent_val, baselines.independent_networks(
+        independent_val, independent_test, budget, independent_serves), budget))
+    sampled = baselines.random_solutions(val, test, budget, samples=random_samples, seed=seed, serves=serves)
+    random.append(BaselineEntry(budget, sampled.val_loss, sampled.test_loss, samples=sampled.samples,
+                                val_loss_stderr=sampled.val_loss_stderr, test_loss_stderr=sampled.test_loss_stderr))
+    worst = baselines.pessimal_solution(val, test, budget, serves)
     entry = _baseline_entry(val, worst.scored, budget)
     pessimal.append(None if entry is None else dataclasses.replace(entry, exact=worst.exact))
   return {"all_task": all_task, "independent": independent_entries, "random": random, "pessimal": pessimal}
@@ -393,6 +408,9 @@ def format_text(result: Selection) -> str:
   for name, entries in (result.baselines or {}).items():
     rows.append([name] + [f"{_number(e.val_loss)}/{_number(e.test_loss)}" if e and e.val_loss is not None
                           else "-" for e in entries])
+    if name == "random":
+      rows.append(["  std. error"] + [f"{_number(e.val_loss_stderr)}/{_number(e.test_loss_stderr)}"
+                                       if e and e.val_loss_stderr is not None else "-" for e in entries])
   widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
   for row in [header] + rows:
     lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
