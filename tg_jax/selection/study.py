@@ -61,6 +61,8 @@ class Solution:
     predicted_val_loss: the selection table's total when it holds predictions (HOA, ESA, TAG).
     unused: networks chosen on predictions that serve no task once trained, left out.
     infeasible: why no set of networks within the budget serves every task (then no networks).
+    gap: the selector's relative optimality gap on the selection table (0: proven optimal).
+    method: how the selector found it (``selector.BRANCH_AND_BOUND``, ...).
   """
 
   budget: float
@@ -74,6 +76,8 @@ class Solution:
   unused: tuple[str, ...] = ()
   infeasible: Optional[str] = None
   uncertainty: Optional[uncertainty.Uncertainty] = None
+  gap: Optional[float] = None
+  method: Optional[str] = None
 
   @property
   def untrained(self) -> tuple[str, ...]:
@@ -88,7 +92,7 @@ class Solution:
     value = {"budget": self.budget, "networks": [n.to_json() for n in self.networks],
              "assignment": dict(self.assignment), "val_loss": self.val_loss, "test_loss": self.test_loss,
              "cost": self.cost, "objective": self.objective, "predicted_val_loss": self.predicted_val_loss,
-             "untrained": list(self.untrained), "unused": list(self.unused)}
+             "untrained": list(self.untrained), "unused": list(self.unused), "gap": self.gap, "method": self.method}
     if self.infeasible is not None:
       value["infeasible"] = self.infeasible
     if self.uncertainty is not None:
@@ -256,7 +260,7 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         assignment={task: index_of[row] for task, row in zip(val.task_names, assignment)},
         val_loss=val_loss, test_loss=test_loss, cost=float(sum(source.costs[r] for r in ordered)),
         objective=solution.objective, predicted_val_loss=solution.loss if table is not converged else None,
-        unused=unused))
+        unused=unused, gap=solution.gap, method=solution.method))
 
   if replicas is not None and bootstrap:
     solutions = _with_uncertainty(solutions, val, converged, replicas, predict, budgets, objective, risk_offsets,
@@ -390,8 +394,9 @@ def format_text(result: Selection) -> str:
     if solution.infeasible:
       lines.append(f"budget {solution.budget:g} SNT: infeasible: {solution.infeasible}")
       continue
+    found = "" if solution.method is None else f" ({solution.method}, gap {100 * solution.gap:.2f}%)"
     lines.append(f"budget {solution.budget:g} SNT: {len(solution.networks)} network(s), cost "
-                 f"{solution.cost:g}, val {_number(solution.val_loss)}, test {_number(solution.test_loss)}")
+                 f"{solution.cost:g}, val {_number(solution.val_loss)}, test {_number(solution.test_loss)}{found}")
     for index, network in enumerate(solution.networks):
       lines.append(f"  [{index}] {network.label}  serves {', '.join(solution.served_by(index))}")
     if solution.untrained:
