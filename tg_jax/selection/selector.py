@@ -19,7 +19,7 @@ lexicographically smallest list of table rows, so the answer never depends on se
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -79,14 +79,27 @@ class Objective:
     """
     if tasks_reference != "single":
       raise ValueError(f"unknown normalisation reference {tasks_reference!r}; known: single")
-    normalisers = {}
-    for j, task in enumerate(table.task_names):
-      rows = [r for r, tasks in enumerate(table.network_tasks) if tasks == (task,)]
-      if not rows:
-        raise ValueError(f"cannot normalise by single-task networks: none is trained on {task!r} alone")
-      full = [r for r in rows if table.costs[r] == table.costs[rows].max()]
-      normalisers[task] = float(table.losses[full, j].min())
-    return cls(normalisers=normalisers)
+    return cls(normalisers={task: loss for task, (loss, _) in _single_task_references(table).items()})
+
+  @staticmethod
+  def normalisation_fallbacks(table: ResultsTable) -> list[str]:
+    """Tasks ``normalised_by`` divides by a single-task network smaller than 1 SNT (the largest the
+    table has for them), each as ``"task (by its <cost> SNT network)"``."""
+    return [f"{task} (by its {cost:g} SNT network)" for task, (_, cost) in _single_task_references(table).items()
+            if cost < 1.0 - COST_TOLERANCE]
+
+
+def _single_task_references(table: ResultsTable) -> dict[str, tuple[float, float]]:
+  """Per task, the loss and cost of its largest single-task network (the best of those)."""
+  references = {}
+  for j, task in enumerate(table.task_names):
+    rows = [r for r, tasks in enumerate(table.network_tasks) if tasks == (task,)]
+    if not rows:
+      raise ValueError(f"cannot normalise by single-task networks: none is trained on {task!r} alone")
+    largest = table.costs[rows].max()
+    full = [r for r in rows if table.costs[r] == largest]
+    references[task] = (float(table.losses[full, j].min()), float(largest))
+  return references
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,13 +331,15 @@ def method_for(num_tasks: int) -> str:
 
 def select_many(table: ResultsTable, budgets: Sequence[float], objective: Optional[Objective] = None,
                 return_stats: bool = False, infeasible: str = "raise", max_gap: float = integer.EXACT_GAP,
-                time_limit: Optional[float] = None, method: Optional[str] = None):
+                time_limit: Optional[float] = None, method: Optional[str] = None,
+                progress: Optional[Callable[[str], None]] = None):
   """The optimal set of networks for each budget (SNT) under ``objective`` (default: plain sum).
 
   Up to ``BRANCH_AND_BOUND_MAX_TASKS`` tasks, a branch-and-bound whose budgets share one relaxation
   table (many budgets cost little more than the largest); above, an integer programme per budget
   (HiGHS), stopped at a relative ``max_gap`` or after ``time_limit`` seconds: each solution states its
   ``gap`` (0: proven optimal) and ``method``. ``method`` forces one (default: ``method_for``).
+  ``progress`` is called with a line after each budget.
   ``infeasible="raise"`` raises for a budget within which no set serves every task;
   ``infeasible="explain"`` puts the ``NoFeasibleSolution`` in that budget's place instead.
 
@@ -347,14 +362,16 @@ def select_many(table: ResultsTable, budgets: Sequence[float], objective: Option
     raise ValueError(f"the branch-and-bound handles up to 20 tasks; this table has {table.num_tasks}: "
                      f"leave the method to select_many")
   if method == INTEGER_PROGRAMME:
-    return _select_by_programme(table, scores, rows, budgets, return_stats, infeasible, max_gap, time_limit)
+    return _select_by_programme(table, scores, rows, budgets, return_stats, infeasible, max_gap, time_limit,
+                                progress)
   unit = _cost_grid(costs, budgets, table.num_tasks)
   relaxation = _Relaxation(scores[rows], costs, unit, int(np.floor(budgets.max() / unit + 1e-6)))
   search = _Search(scores[rows], costs, relaxation)
   solutions, stats = [], []
-  for budget in budgets:
+  for index, budget in enumerate(budgets):
     best = search.run(float(budget))
     stats.append(SearchStats(candidates=int(rows.size), nodes=search.nodes, cost_unit=unit))
+    _report(progress, index, budgets, f"{search.nodes} search nodes")
     if best is None:
       error = NoFeasibleSolution(_infeasible_message(table, scores, float(budget)))
       if infeasible == "raise":
@@ -366,12 +383,14 @@ def select_many(table: ResultsTable, budgets: Sequence[float], objective: Option
 
 
 def _select_by_programme(table: ResultsTable, scores: np.ndarray, rows: np.ndarray, budgets: np.ndarray,
-                         return_stats: bool, infeasible: str, max_gap: float, time_limit: Optional[float]):
+                         return_stats: bool, infeasible: str, max_gap: float, time_limit: Optional[float],
+                         progress: Optional[Callable[[str], None]]):
   programme = integer.Programme.build(scores[rows], table.costs[rows])
   solutions, stats = [], []
-  for budget in budgets:
+  for index, budget in enumerate(budgets):
     answer = programme.solve(float(budget), max_gap, time_limit)
     stats.append(SearchStats(candidates=int(rows.size), nodes=0, cost_unit=0.0, method=INTEGER_PROGRAMME))
+    _report(progress, index, budgets, INTEGER_PROGRAMME)
     if answer is None:
       error = NoFeasibleSolution(_infeasible_message(table, scores, float(budget)))
       if infeasible == "raise":
@@ -382,6 +401,11 @@ def _select_by_programme(table: ResultsTable, scores: np.ndarray, rows: np.ndarr
     solutions.append(make_solution(table, networks, float(budget), scores,
                                    integer.relative_gap(answer.objective, answer.bound), INTEGER_PROGRAMME))
   return (solutions, stats) if return_stats else solutions
+
+
+def _report(progress: Optional[Callable[[str], None]], index: int, budgets: np.ndarray, how: str) -> None:
+  if progress is not None:
+    progress(f"selected budget {budgets[index]:g} SNT ({index + 1} of {budgets.size}; {how})")
 
 
 def select(table: ResultsTable, budget: float, objective: Optional[Objective] = None) -> Solution:

@@ -16,7 +16,7 @@ Tables in play:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -192,7 +192,8 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         converged: Optional[ResultsTable] = None, random_samples: int = 1000, seed: int = 0,
         with_baselines: bool = True, replicas: Optional[tuple[Replicas, Replicas]] = None,
         bootstrap: int = uncertainty.DEFAULT_RESAMPLES, risk_quantile: Optional[float] = None,
-        examples: Optional[uncertainty.Examples] = None) -> Selection:
+        examples: Optional[uncertainty.Examples] = None, max_group_size: Optional[int] = None,
+        progress: Optional[Callable[[str], None]] = None) -> Selection:
   """Selects networks for every budget and scores them and the baselines.
 
   A budget within which no set of networks serves every task gets a solution with no networks and
@@ -205,7 +206,8 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
   resamples (``tg_jax.selection.uncertainty``), which also redraw the evaluation examples when
   ``examples`` (per-example losses of the replicas, in their order) are given. ``risk_quantile``
   selects on each network's upper quantile over its replicas instead of its mean
-  (``uncertainty.risk_table``; needs ``replicas``).
+  (``uncertainty.risk_table``; needs ``replicas``). ``max_group_size``: HOA's largest predicted group
+  (default: all tasks). ``progress`` is called with a line as each stage finishes.
   """
   if risk_quantile is not None and replicas is None:
     raise ValueError("selecting by a risk quantile needs seed replicas (a results table with a seed column)")
@@ -219,19 +221,23 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
     val = dataclasses.replace(val, losses=val.losses + risk_offsets)
   if predict not in PREDICTIONS:
     raise ValueError(f"unknown prediction {predict!r}; choose one of {', '.join(PREDICTIONS)}")
+  if predict == "hoa":
+    hoa.check_size(val.num_tasks, max_group_size)
   converged = val if converged is None else converged
-  if converged.task_names != val.task_names:
-    raise TableError(f"the converged table's tasks {list(converged.task_names)} differ from the selection "
-                     f"table's {list(val.task_names)}")
+  converged = converged.with_task_order(val.task_names, "converged table")
   if test is not None:
     test = test.aligned_to(converged)
   budgets = default_budgets(val) if budgets is None else [float(b) for b in budgets]
-  table = hoa.predict(val) if predict == "hoa" else val
+  table = hoa.predict(val, max_group_size) if predict == "hoa" else val
   converged_rows = _rows_by_key(converged)
   tasks = np.arange(val.num_tasks)
+  if progress is not None:
+    progress(f"selecting among {table.num_networks} networks for {len(budgets)} budget(s) by "
+             f"{selector.method_for(table.num_tasks)}")
 
   solutions = []
-  for budget, solution in zip(budgets, selector.select_many(table, budgets, objective, infeasible="explain")):
+  for budget, solution in zip(budgets, selector.select_many(table, budgets, objective, infeasible="explain",
+                                                            progress=progress)):
     if isinstance(solution, selector.NoFeasibleSolution):
       solutions.append(Solution(budget, infeasible=str(solution)))
       continue
@@ -264,7 +270,9 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
 
   if replicas is not None and bootstrap:
     solutions = _with_uncertainty(solutions, val, converged, replicas, predict, budgets, objective, risk_offsets,
-                                  random_samples, bootstrap, seed, examples)
+                                  random_samples, bootstrap, seed, examples, max_group_size)
+  if progress is not None and with_baselines:
+    progress("scoring the baselines (all-task, independent, Random, Pessimal)")
   return Selection(
       tasks=tuple(val.task_names), predict=predict, budgets=tuple(budgets), solutions=tuple(solutions),
       baselines=baselines_for(converged, test, budgets, random_samples, seed, objective=objective)
@@ -275,7 +283,8 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
 def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converged: ResultsTable,
                       replicas: tuple[Replicas, Replicas], predict: str, budgets: Sequence[float],
                       objective: Optional[selector.Objective], risk_offsets, random_samples: int, resamples: int,
-                      seed: int, examples: Optional[uncertainty.Examples]) -> list[Solution]:
+                      seed: int, examples: Optional[uncertainty.Examples],
+                      max_group_size: Optional[int]) -> list[Solution]:
   """``solutions`` with their uncertainty: the same selection re-run on bootstrap resamples of the
   replicas, and paired differences against the all-task, independent and Random baselines."""
   val_replicas, test_replicas = replicas
@@ -289,7 +298,7 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
   def choose(means: np.ndarray, budgets: Sequence[float]) -> list[list[Optional[uncertainty.Grouping]]]:
     """The selection of ``run`` on resampled validation means ``[resamples, replica rows, tasks]``."""
     if predict == "hoa":
-      predicted = [hoa.predict(dataclasses.replace(val, losses=m[candidates])) for m in means]
+      predicted = [hoa.predict(dataclasses.replace(val, losses=m[candidates]), max_group_size) for m in means]
       table, losses = predicted[0], np.stack([t.losses for t in predicted])
     else:
       table, losses = val, means[:, candidates] + risk_offsets
