@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from tg_jax.selection import baselines, hoa, study, synthetic, tables
+from tg_jax.selection import baselines, hoa, selector, study, synthetic, tables
 from tg_jax.selection.tables import TableError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,3 +162,60 @@ def test_infeasible_budgets_are_explained_not_fatal():
   assert first.networks == () and "cheapest that does costs 1.5 SNT" in first.infeasible
   assert second.val_loss is not None
   assert "budget 1 SNT: infeasible" in study.format_text(result)
+
+
+def capped_table():
+  # Task a's own network breaks a cap of 2 on a; only the pair serves a within it.
+  return tables.ResultsTable.from_rows(("a", "b"), [
+      (("a",), 1.0, {"a": 5.0}), (("b",), 1.0, {"b": 1.0}), (("a", "b"), 1.0, {"a": 1.0, "b": 1.0})])
+
+
+def test_caps_bind_every_baseline():
+  capped = selector.Objective(caps={"a": 2.0})
+  result = study.run(capped_table(), capped_table(), budgets=[2.0], random_samples=50, objective=capped)
+  entries = {name: entries[0] for name, entries in result.baselines.items()}
+  assert entries["independent"] is None                      # a@1 may not serve a
+  # Every valid fill holds the pair, which serves both tasks at 1.0; a fill {a, b} breaks the cap.
+  assert entries["random"].val_loss == pytest.approx(2.0) and entries["random"].samples == 50
+  assert entries["pessimal"].val_loss == pytest.approx(2.0)
+  uncapped = study.run(capped_table(), capped_table(), budgets=[2.0], random_samples=50)
+  assert uncapped.baselines["independent"][0].val_loss == pytest.approx(6.0)
+
+
+def test_random_baseline_states_its_standard_error():
+  table = synthetic.random_table(4, seed=2)
+  sampled = baselines.random_solutions(table, table, 2.0, samples=200, seed=5)
+  assert 0 < sampled.val_loss_stderr < 0.1 * sampled.val_loss
+  with pytest.raises(ValueError, match="random samples must be >= 0"):
+    baselines.random_fills(table, 2.0, samples=-1)
+
+
+def test_hoa_refuses_too_many_groups_before_listing_them(monkeypatch):
+  monkeypatch.setattr(hoa, "MAX_PREDICTED_GROUPS", 100)
+  table = synthetic.random_table(8, seed=0, max_order=2)     # 219 groups of 3+, 56 of exactly 3
+  with pytest.raises(ValueError, match="lists 219 groups.*--max_group_size=3"):
+    study.run(table, predict="hoa", budgets=[4.0])
+  assert max(len(t) for t in hoa.predict(table, max_order=3).network_tasks) == 3
+
+
+def test_command_line_refuses_ambiguous_flags_in_one_line(tmp_path):
+  tables.write_csv(synthetic.random_table(3, seed=0), str(tmp_path / "good.csv"))
+  results = f"--results={tmp_path / 'good.csv'}"
+  for flag, words in [("--weights=task0=1,task0=2", "'task0' is given twice"),
+                      ("--caps=task0=nan", "'task0=nan' is not a number"),
+                      ("--random_samples=-1", "--random_samples must be >= 0")]:
+    run = _cli(results, flag)
+    assert run.returncode == 2 and run.stderr.startswith("error:") and words in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_command_line_states_the_normalisation_fallback_and_reports_progress(tmp_path):
+  # Only half-size single-task networks: normalising by "the full single-task network" falls back.
+  halves = tables.ResultsTable.from_rows(("a", "b"), [
+      (("a",), 0.5, {"a": 1.0}), (("b",), 0.5, {"b": 2.0}), (("a", "b"), 1.0, {"a": 0.9, "b": 2.2})])
+  tables.write_csv(halves, str(tmp_path / "val.csv"))
+  run = _cli(f"--results={tmp_path / 'val.csv'}", "--normalise=single", "--budgets=1", "--random_samples=5",
+             "--progress_after=0")
+  assert run.returncode == 0, run.stderr
+  assert "no full-size (1 SNT) single-task network for a (by its 0.5 SNT network), b (by its 0.5 SNT" in run.stdout
+  assert "selected budget 1 SNT (1 of 1;" in run.stderr

@@ -161,3 +161,31 @@ def test_assignment_serves_each_task_by_its_best_chosen_network():
   for task, row in enumerate(solution.assignment):
     assert row in solution.networks
     assert table.losses[row, task] == np.min(table.losses[list(solution.networks), task])
+
+
+@pytest.mark.parametrize("num_tasks", [3, 5, 6])
+@pytest.mark.parametrize("seed", range(3))
+def test_integer_programme_matches_brute_force_and_the_branch_and_bound(num_tasks, seed):
+  table = synthetic.random_mixed_cost_table(num_tasks, num_networks=12, seed=100 * num_tasks + seed)
+  budgets = [0.5, 1.0, 1.7, 2.5, 3.3, 5.0]
+  by_programme = selector.select_many(table, budgets, method=selector.INTEGER_PROGRAMME, infeasible="explain")
+  by_search = selector.select_many(table, budgets, method=selector.BRANCH_AND_BOUND, infeasible="explain")
+  for budget, programme, search in zip(budgets, by_programme, by_search):
+    expected_value, expected_cost = brute_force(table.losses, table.costs, budget)
+    if not np.isfinite(expected_value):
+      assert isinstance(programme, NoFeasibleSolution) and isinstance(search, NoFeasibleSolution)
+      continue
+    # HiGHS proves optimality to a relative gap of 1e-9 with feasibility tolerances of 1e-7.
+    assert programme.objective == pytest.approx(expected_value, rel=1e-6)
+    assert programme.objective == pytest.approx(search.objective, rel=1e-6)
+    assert programme.cost <= budget + 1e-9 and programme.gap == 0.0
+    assert programme.method == selector.INTEGER_PROGRAMME and search.method == selector.BRANCH_AND_BOUND
+
+
+def test_tables_past_the_branch_and_bound_go_to_the_integer_programme():
+  table = synthetic.random_table(selector.BRANCH_AND_BOUND_MAX_TASKS + 2, seed=0, max_order=2)
+  (solution,), (stats,) = selector.select_many(table, [9.5], return_stats=True)
+  assert stats.method == solution.method == selector.INTEGER_PROGRAMME and solution.gap == 0.0
+  assert solution.cost <= 9.5 + 1e-9
+  with pytest.raises(NoFeasibleSolution, match="cheapest that does costs"):
+    selector.select(table, 8.5)

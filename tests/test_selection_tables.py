@@ -126,3 +126,25 @@ def test_test_table_rows_are_matched_by_network_not_order():
 def test_missing_file_says_what_to_pass(tmp_path):
   with pytest.raises(TableError, match="does not exist"):
     tables.read_csv(str(tmp_path / "nope.csv"))
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+  # Spreadsheet programs save CSV as UTF-8 with a byte-order mark.
+  path = tmp_path / "val.csv"
+  path.write_bytes("tasks,cost,a,b\na+b,1,0.5,0.25\n".encode("utf-8-sig"))
+  assert tables.read_csv(str(path)).task_names == ("a", "b")
+
+
+def test_a_repeated_network_row_is_refused():
+  with pytest.raises(TableError, match=r"line 3: network a\+b @ 1 SNT repeats line 2.*seed"):
+    tables.parse_csv("tasks,cost,a,b\na+b,1,0.5,0.25\na+b,1,0.6,0.2\n")
+
+
+def test_test_table_with_task_columns_in_another_order_is_matched_by_name():
+  val = tables.parse_csv("tasks,cost,a,b\na+b,1,0.5,0.25\na,0.5,0.7,\nb,0.5,,0.3\n")
+  test = tables.parse_csv("tasks,cost,b,a\nb,0.5,0.31,\na+b,1,0.26,0.51\na,0.5,,0.71\n")
+  aligned = test.aligned_to(val)
+  assert aligned.task_names == ("a", "b")
+  np.testing.assert_array_equal(aligned.losses, [[0.51, 0.26], [0.71, np.inf], [np.inf, 0.31]])
+  with pytest.raises(TableError, match=r"missing \['b'\]"):
+    tables.parse_csv("tasks,cost,a,c\na+c,1,0.5,0.25\n").aligned_to(val)

@@ -17,8 +17,10 @@ r"""Chooses networks for each inference budget from results tables; no training,
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import time
 from typing import Optional
 
 from absl import app, flags
@@ -47,6 +49,10 @@ _RANDOM_SAMPLES = flags.DEFINE_integer("random_samples", 1000, "Random valid sol
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline and of the bootstrap.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", uncertainty.DEFAULT_RESAMPLES,
                                   "Bootstrap resamples of the seed replicas (tables with a seed column); 0: none.")
+_MAX_GROUP_SIZE = flags.DEFINE_integer("max_group_size", None, "--predict=hoa: the largest group predicted "
+                                      "(default: all tasks; needed past 16 tasks, where HOA lists too many groups).")
+_PROGRESS_AFTER = flags.DEFINE_float("progress_after", 2.0, "Report each stage on stderr once the selection has run "
+                                     "this many seconds (0: always).")
 _RISK_QUANTILE = flags.DEFINE_float("risk_quantile", None, "Select on each network's upper quantile over its seeds "
                                     "(e.g. 0.9) instead of its mean: prefer networks whose one training run is "
                                     "reliably good. Needs a seed column.")
@@ -62,10 +68,16 @@ def _parse_mapping(entries: Optional[list[str]], flag: str) -> Optional[dict[str
   mapping = {}
   for entry in entries:
     task, _, value = entry.partition("=")
+    task = task.strip()
     try:
-      mapping[task.strip()] = float(value)
+      number = float(value)
     except ValueError:
       raise UsageError(f"--{flag}: {entry!r} is not task=number, e.g. --{flag}=depth=0.2,normals=0.1") from None
+    if math.isnan(number):
+      raise UsageError(f"--{flag}: {entry!r} is not a number; give {task} a number, e.g. --{flag}={task}=0.2")
+    if task in mapping:
+      raise UsageError(f"--{flag}: {task!r} is given twice ({mapping[task]:g} and {number:g}); give each task once")
+    mapping[task] = number
   return mapping
 
 
@@ -86,10 +98,26 @@ def _read(path: str) -> tables.Replicas:
   return tables.Replicas.from_table(tables.read(path, _FORMAT.value, _TASK_NAMES.value))
 
 
+def _progress_printer():
+  """Prints a stage's line on stderr, once the command has run ``--progress_after`` seconds."""
+  start = time.monotonic()
+
+  def progress(line: str) -> None:
+    elapsed = time.monotonic() - start
+    if elapsed >= _PROGRESS_AFTER.value:
+      print(f"[{elapsed:.0f} s] {line}", file=sys.stderr, flush=True)
+
+  return progress
+
+
 def run_command() -> str:
   """Runs the command from parsed flags; returns the text to print."""
   if not _RESULTS.value:
     raise UsageError("--results is required: the path of a results table, e.g. WORKDIR/results/val.csv")
+  if _RANDOM_SAMPLES.value < 0:
+    raise UsageError(f"--random_samples must be >= 0 (0: no Random baseline), got {_RANDOM_SAMPLES.value}")
+  if _MAX_GROUP_SIZE.value is not None and _PREDICT.value != "hoa":
+    raise UsageError("--max_group_size limits HOA's predicted groups; it needs --predict=hoa")
   val_replicas = _read(_RESULTS.value)
   test_replicas = _read(_TEST_RESULTS.value) if _TEST_RESULTS.value else None
   converged_replicas = _read(_CONVERGED_RESULTS.value) if _CONVERGED_RESULTS.value else None
@@ -106,16 +134,22 @@ def run_command() -> str:
                      "--results (or --converged_results) and --test_results")
   objective = selector.Objective(weights=_parse_mapping(_WEIGHTS.value, "weights"),
                                  caps=_parse_mapping(_CAPS.value, "caps"))
+  notes = []
   if _NORMALISE.value == "single":
     objective = selector.Objective(weights=objective.weights, caps=objective.caps,
                                    normalisers=selector.Objective.normalised_by(reference).normalisers)
+    fallbacks = selector.Objective.normalisation_fallbacks(reference)
+    if fallbacks:
+      notes.append(f"note: --normalise=single: no full-size (1 SNT) single-task network for "
+                   f"{', '.join(fallbacks)}; normalised by the largest one instead")
   result = study.run(val, test, predict=_PREDICT.value, budgets=_parse_budgets(_BUDGETS.value),
                      objective=objective, converged=converged, random_samples=_RANDOM_SAMPLES.value,
                      seed=_SEED.value, replicas=replicas, bootstrap=_BOOTSTRAP.value,
-                     risk_quantile=_RISK_QUANTILE.value)
+                     risk_quantile=_RISK_QUANTILE.value, max_group_size=_MAX_GROUP_SIZE.value,
+                     progress=_progress_printer())
   if all(solution.infeasible for solution in result.solutions):
     raise selector.NoFeasibleSolution(result.solutions[0].infeasible)
-  text = study.format_text(result)
+  text = "\n".join(notes + [study.format_text(result)])
   if _JSON.value:
     directory = os.path.dirname(os.path.abspath(_JSON.value))
     os.makedirs(directory, exist_ok=True)

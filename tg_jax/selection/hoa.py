@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import Optional
 
 import numpy as np
@@ -52,18 +53,40 @@ def groups_of_order(num_tasks: int, min_order: int, max_order: int):
     yield from itertools.combinations(range(num_tasks), order)
 
 
+# Predicted groups listed at most (16 tasks: 65,399 groups of 3+); checked before any is built.
+MAX_PREDICTED_GROUPS = 70_000
+
+
+def predicted_group_count(num_tasks: int, max_order: int) -> int:
+  """How many groups of 3 to ``max_order`` tasks ``predict`` lists."""
+  return sum(math.comb(num_tasks, order) for order in range(3, max_order + 1))
+
+
+def check_size(num_tasks: int, max_order: Optional[int] = None) -> None:
+  """Raises, before anything is built, when HOA would list more than ``MAX_PREDICTED_GROUPS`` groups."""
+  max_order = num_tasks if max_order is None else max_order
+  count = predicted_group_count(num_tasks, max_order)
+  if count > MAX_PREDICTED_GROUPS:
+    fitting = max([order for order in range(2, num_tasks + 1)
+                   if predicted_group_count(num_tasks, order) <= MAX_PREDICTED_GROUPS])
+    raise ValueError(f"HOA over groups of up to {max_order} of {num_tasks} tasks lists {count:,} groups (at most "
+                     f"{MAX_PREDICTED_GROUPS:,}); limit the group size to {fitting} (--max_group_size={fitting}) "
+                     f"or select within a smaller set of tasks")
+
+
 def predict(table: ResultsTable, max_order: Optional[int] = None) -> ResultsTable:
   """The table the selector sees under HOA.
 
   Networks of one or two tasks keep their measured losses; every group of three to ``max_order``
   tasks (default: all of them) becomes a predicted full-size network, replacing any measured network
-  on the same group (that one would not have been trained yet).
+  on the same group (that one would not have been trained yet). At most ``MAX_PREDICTED_GROUPS``.
   """
-  pair = _pair_losses(table)
   num_tasks = table.num_tasks
   max_order = num_tasks if max_order is None else max_order
   if max_order < 2:
     raise ValueError(f"max_order must be >= 2, got {max_order}")
+  check_size(num_tasks, max_order)
+  pair = _pair_losses(table)
   kept = [row for row, tasks in enumerate(table.network_tasks) if len(tasks) <= 2]
   groups = list(groups_of_order(num_tasks, 3, max_order))
   predicted_losses = np.array([predict_group(pair, g) for g in groups]).reshape(len(groups), num_tasks)

@@ -19,10 +19,11 @@ lexicographically smallest list of table rows, so the answer never depends on se
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tg_jax.selection import integer
 from tg_jax.selection.tables import ResultsTable
 
 # Budgets and costs are compared with this slack so that, e.g., five measured 0.2-SNT networks
@@ -78,14 +79,27 @@ class Objective:
     """
     if tasks_reference != "single":
       raise ValueError(f"unknown normalisation reference {tasks_reference!r}; known: single")
-    normalisers = {}
-    for j, task in enumerate(table.task_names):
-      rows = [r for r, tasks in enumerate(table.network_tasks) if tasks == (task,)]
-      if not rows:
-        raise ValueError(f"cannot normalise by single-task networks: none is trained on {task!r} alone")
-      full = [r for r in rows if table.costs[r] == table.costs[rows].max()]
-      normalisers[task] = float(table.losses[full, j].min())
-    return cls(normalisers=normalisers)
+    return cls(normalisers={task: loss for task, (loss, _) in _single_task_references(table).items()})
+
+  @staticmethod
+  def normalisation_fallbacks(table: ResultsTable) -> list[str]:
+    """Tasks ``normalised_by`` divides by a single-task network smaller than 1 SNT (the largest the
+    table has for them), each as ``"task (by its <cost> SNT network)"``."""
+    return [f"{task} (by its {cost:g} SNT network)" for task, (_, cost) in _single_task_references(table).items()
+            if cost < 1.0 - COST_TOLERANCE]
+
+
+def _single_task_references(table: ResultsTable) -> dict[str, tuple[float, float]]:
+  """Per task, the loss and cost of its largest single-task network (the best of those)."""
+  references = {}
+  for j, task in enumerate(table.task_names):
+    rows = [r for r, tasks in enumerate(table.network_tasks) if tasks == (task,)]
+    if not rows:
+      raise ValueError(f"cannot normalise by single-task networks: none is trained on {task!r} alone")
+    largest = table.costs[rows].max()
+    full = [r for r in rows if table.costs[r] == largest]
+    references[task] = (float(table.losses[full, j].min()), float(largest))
+  return references
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +114,8 @@ class Solution:
     objective: the objective value (the sum of per-task terms).
     loss: the plain sum of the serving networks' losses (equals ``objective`` for the default).
     cost: total cost in SNT.
+    gap: ``(objective - proven lower bound) / |objective|``; 0 when proven optimal.
+    method: what found it (``BRANCH_AND_BOUND``, ``INTEGER_PROGRAMME``, ``COLUMN_GENERATION``).
   """
 
   budget: float
@@ -108,6 +124,8 @@ class Solution:
   objective: float
   loss: float
   cost: float
+  gap: float = 0.0
+  method: str = "branch-and-bound"
 
 
 def assign(losses: np.ndarray, networks: Sequence[int]) -> tuple[int, ...]:
@@ -116,8 +134,13 @@ def assign(losses: np.ndarray, networks: Sequence[int]) -> tuple[int, ...]:
   return tuple(int(r) for r in rows[np.argmin(losses[rows], axis=0)])
 
 
+BRANCH_AND_BOUND = "branch-and-bound"
+INTEGER_PROGRAMME = "integer programme (HiGHS)"
+COLUMN_GENERATION = "column generation (HiGHS)"
+
+
 def make_solution(table: ResultsTable, networks: Sequence[int], budget: float,
-                  scores: Optional[np.ndarray] = None) -> Solution:
+                  scores: Optional[np.ndarray] = None, gap: float = 0.0, method: str = BRANCH_AND_BOUND) -> Solution:
   networks = tuple(sorted(int(n) for n in networks))
   scores = table.losses if scores is None else scores
   assignment = assign(scores, networks)
@@ -125,11 +148,17 @@ def make_solution(table: ResultsTable, networks: Sequence[int], budget: float,
   return Solution(budget=float(budget), networks=networks, assignment=assignment,
                   objective=float(np.sum(scores[list(assignment), tasks])),
                   loss=float(np.sum(table.losses[list(assignment), tasks])),
-                  cost=float(np.sum(table.costs[list(networks)])))
+                  cost=float(np.sum(table.costs[list(networks)])), gap=gap, method=method)
 
 
-# Exact selection is limited by the relaxation table, one entry per set of tasks.
-MAX_TASKS = 20
+def without_idle(scores: np.ndarray, networks: Sequence[int]) -> tuple[int, ...]:
+  """``networks`` less those that serve no task (each task goes to its best one): same objective, less cost."""
+  return tuple(sorted(set(assign(scores, networks))))
+
+
+# The branch-and-bound's relaxation table has one entry per set of tasks; above this many tasks
+# selection is an integer programme (``tg_jax.selection.integer``).
+BRANCH_AND_BOUND_MAX_TASKS = 16
 # Caps on the relaxation table ([2^tasks, budget units + 1]); a coarser cost grid keeps it within them.
 # A finer grid only tightens the bound for off-grid costs, at a cost linear in the units.
 MAX_RELAXATION_ENTRIES = 1 << 23
@@ -292,13 +321,25 @@ class SearchStats:
   candidates: int
   nodes: int
   cost_unit: float
+  method: str = BRANCH_AND_BOUND
+
+
+def method_for(num_tasks: int) -> str:
+  """The exact method ``select_many`` uses for a table of ``num_tasks`` tasks."""
+  return BRANCH_AND_BOUND if num_tasks <= BRANCH_AND_BOUND_MAX_TASKS else INTEGER_PROGRAMME
 
 
 def select_many(table: ResultsTable, budgets: Sequence[float], objective: Optional[Objective] = None,
-                return_stats: bool = False, infeasible: str = "raise"):
+                return_stats: bool = False, infeasible: str = "raise", max_gap: float = integer.EXACT_GAP,
+                time_limit: Optional[float] = None, method: Optional[str] = None,
+                progress: Optional[Callable[[str], None]] = None):
   """The optimal set of networks for each budget (SNT) under ``objective`` (default: plain sum).
 
-  The budgets share one relaxation table, so many budgets cost little more than the largest.
+  Up to ``BRANCH_AND_BOUND_MAX_TASKS`` tasks, a branch-and-bound whose budgets share one relaxation
+  table (many budgets cost little more than the largest); above, an integer programme per budget
+  (HiGHS), stopped at a relative ``max_gap`` or after ``time_limit`` seconds: each solution states its
+  ``gap`` (0: proven optimal) and ``method``. ``method`` forces one (default: ``method_for``).
+  ``progress`` is called with a line after each budget.
   ``infeasible="raise"`` raises for a budget within which no set serves every task;
   ``infeasible="explain"`` puts the ``NoFeasibleSolution`` in that budget's place instead.
 
@@ -311,19 +352,26 @@ def select_many(table: ResultsTable, budgets: Sequence[float], objective: Option
   budgets = np.asarray(budgets, dtype=np.float64).reshape(-1)
   if budgets.size == 0 or np.any(~np.isfinite(budgets)) or np.any(budgets < 0):
     raise ValueError(f"budgets must be finite numbers >= 0, got {budgets.tolist()}")
-  if table.num_tasks > MAX_TASKS:
-    raise ValueError(f"exact selection handles up to {MAX_TASKS} tasks; this table has {table.num_tasks}. "
-                     f"Select within smaller task sets or split the study")
   scores = (objective or Objective()).scores(table)
   rows = np.flatnonzero((table.costs <= budgets.max() + COST_TOLERANCE) & np.any(np.isfinite(scores), axis=1))
   costs = table.costs[rows]
+  method = method or method_for(table.num_tasks)
+  if method not in (BRANCH_AND_BOUND, INTEGER_PROGRAMME):
+    raise ValueError(f"unknown selection method {method!r}; known: {BRANCH_AND_BOUND!r}, {INTEGER_PROGRAMME!r}")
+  if method == BRANCH_AND_BOUND and table.num_tasks > 20:
+    raise ValueError(f"the branch-and-bound handles up to 20 tasks; this table has {table.num_tasks}: "
+                     f"leave the method to select_many")
+  if method == INTEGER_PROGRAMME:
+    return _select_by_programme(table, scores, rows, budgets, return_stats, infeasible, max_gap, time_limit,
+                                progress)
   unit = _cost_grid(costs, budgets, table.num_tasks)
   relaxation = _Relaxation(scores[rows], costs, unit, int(np.floor(budgets.max() / unit + 1e-6)))
   search = _Search(scores[rows], costs, relaxation)
   solutions, stats = [], []
-  for budget in budgets:
+  for index, budget in enumerate(budgets):
     best = search.run(float(budget))
     stats.append(SearchStats(candidates=int(rows.size), nodes=search.nodes, cost_unit=unit))
+    _report(progress, index, budgets, f"{search.nodes} search nodes")
     if best is None:
       error = NoFeasibleSolution(_infeasible_message(table, scores, float(budget)))
       if infeasible == "raise":
@@ -332,6 +380,32 @@ def select_many(table: ResultsTable, budgets: Sequence[float], objective: Option
       continue
     solutions.append(make_solution(table, rows[best[2]], float(budget), scores))
   return (solutions, stats) if return_stats else solutions
+
+
+def _select_by_programme(table: ResultsTable, scores: np.ndarray, rows: np.ndarray, budgets: np.ndarray,
+                         return_stats: bool, infeasible: str, max_gap: float, time_limit: Optional[float],
+                         progress: Optional[Callable[[str], None]]):
+  programme = integer.Programme.build(scores[rows], table.costs[rows])
+  solutions, stats = [], []
+  for index, budget in enumerate(budgets):
+    answer = programme.solve(float(budget), max_gap, time_limit)
+    stats.append(SearchStats(candidates=int(rows.size), nodes=0, cost_unit=0.0, method=INTEGER_PROGRAMME))
+    _report(progress, index, budgets, INTEGER_PROGRAMME)
+    if answer is None:
+      error = NoFeasibleSolution(_infeasible_message(table, scores, float(budget)))
+      if infeasible == "raise":
+        raise error
+      solutions.append(error)
+      continue
+    networks = without_idle(scores, rows[list(answer.networks)])
+    solutions.append(make_solution(table, networks, float(budget), scores,
+                                   integer.relative_gap(answer.objective, answer.bound), INTEGER_PROGRAMME))
+  return (solutions, stats) if return_stats else solutions
+
+
+def _report(progress: Optional[Callable[[str], None]], index: int, budgets: np.ndarray, how: str) -> None:
+  if progress is not None:
+    progress(f"selected budget {budgets[index]:g} SNT ({index + 1} of {budgets.size}; {how})")
 
 
 def select(table: ResultsTable, budget: float, objective: Optional[Objective] = None) -> Solution:
@@ -344,9 +418,9 @@ def cheapest_cover(table: ResultsTable, scores: Optional[np.ndarray] = None) -> 
   sets of tasks), or None if no set does. ``scores``: inf where a network may not serve a task."""
   scores = table.losses if scores is None else scores
   num_tasks = table.num_tasks
-  if num_tasks > 20:
-    raise ValueError(f"cheapest_cover is exact up to 20 tasks; this table has {num_tasks}")
   serves = np.isfinite(scores)
+  if num_tasks > BRANCH_AND_BOUND_MAX_TASKS:
+    return integer.cheapest_cover(serves, table.costs)
   masks = (serves * (1 << np.arange(num_tasks))).sum(axis=1).astype(np.int64)
   full = (1 << num_tasks) - 1
   best_cost = np.full(full + 1, np.inf)

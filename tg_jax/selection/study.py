@@ -16,7 +16,7 @@ Tables in play:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -61,6 +61,8 @@ class Solution:
     predicted_val_loss: the selection table's total when it holds predictions (HOA, ESA, TAG).
     unused: networks chosen on predictions that serve no task once trained, left out.
     infeasible: why no set of networks within the budget serves every task (then no networks).
+    gap: the selector's relative optimality gap on the selection table (0: proven optimal).
+    method: how the selector found it (``selector.BRANCH_AND_BOUND``, ...).
   """
 
   budget: float
@@ -74,6 +76,8 @@ class Solution:
   unused: tuple[str, ...] = ()
   infeasible: Optional[str] = None
   uncertainty: Optional[uncertainty.Uncertainty] = None
+  gap: Optional[float] = None
+  method: Optional[str] = None
 
   @property
   def untrained(self) -> tuple[str, ...]:
@@ -88,7 +92,7 @@ class Solution:
     value = {"budget": self.budget, "networks": [n.to_json() for n in self.networks],
              "assignment": dict(self.assignment), "val_loss": self.val_loss, "test_loss": self.test_loss,
              "cost": self.cost, "objective": self.objective, "predicted_val_loss": self.predicted_val_loss,
-             "untrained": list(self.untrained), "unused": list(self.unused)}
+             "untrained": list(self.untrained), "unused": list(self.unused), "gap": self.gap, "method": self.method}
     if self.infeasible is not None:
       value["infeasible"] = self.infeasible
     if self.uncertainty is not None:
@@ -98,8 +102,8 @@ class Solution:
 
 @dataclasses.dataclass(frozen=True)
 class BaselineEntry:
-  """A baseline at one budget: its networks and totals; Random's are means over ``samples`` fills,
-  Pessimal says whether its search was ``exact``."""
+  """A baseline at one budget: its networks and totals; Random's are means over ``samples`` fills
+  (with their standard errors), Pessimal says whether its search was ``exact``."""
 
   budget: float
   val_loss: Optional[float]
@@ -108,13 +112,16 @@ class BaselineEntry:
   cost: Optional[float] = None
   samples: Optional[int] = None
   exact: Optional[bool] = None
+  val_loss_stderr: Optional[float] = None
+  test_loss_stderr: Optional[float] = None
 
   def to_json(self) -> dict[str, Any]:
     value = {"budget": self.budget, "val_loss": self.val_loss, "test_loss": self.test_loss}
     if self.networks:
       value["networks"] = [n.to_json() for n in self.networks]
-    value.update({k: v for k, v in (("cost", self.cost), ("samples", self.samples), ("exact", self.exact))
-                  if v is not None})
+    value.update({k: v for k, v in (("cost", self.cost), ("samples", self.samples), ("exact", self.exact),
+                                    ("val_loss_stderr", self.val_loss_stderr),
+                                    ("test_loss_stderr", self.test_loss_stderr)) if v is not None})
     return value
 
 
@@ -185,7 +192,8 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         converged: Optional[ResultsTable] = None, random_samples: int = 1000, seed: int = 0,
         with_baselines: bool = True, replicas: Optional[tuple[Replicas, Replicas]] = None,
         bootstrap: int = uncertainty.DEFAULT_RESAMPLES, risk_quantile: Optional[float] = None,
-        examples: Optional[uncertainty.Examples] = None) -> Selection:
+        examples: Optional[uncertainty.Examples] = None, max_group_size: Optional[int] = None,
+        progress: Optional[Callable[[str], None]] = None) -> Selection:
   """Selects networks for every budget and scores them and the baselines.
 
   A budget within which no set of networks serves every task gets a solution with no networks and
@@ -198,7 +206,8 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
   resamples (``tg_jax.selection.uncertainty``), which also redraw the evaluation examples when
   ``examples`` (per-example losses of the replicas, in their order) are given. ``risk_quantile``
   selects on each network's upper quantile over its replicas instead of its mean
-  (``uncertainty.risk_table``; needs ``replicas``).
+  (``uncertainty.risk_table``; needs ``replicas``). ``max_group_size``: HOA's largest predicted group
+  (default: all tasks). ``progress`` is called with a line as each stage finishes.
   """
   if risk_quantile is not None and replicas is None:
     raise ValueError("selecting by a risk quantile needs seed replicas (a results table with a seed column)")
@@ -212,19 +221,23 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
     val = dataclasses.replace(val, losses=val.losses + risk_offsets)
   if predict not in PREDICTIONS:
     raise ValueError(f"unknown prediction {predict!r}; choose one of {', '.join(PREDICTIONS)}")
+  if predict == "hoa":
+    hoa.check_size(val.num_tasks, max_group_size)
   converged = val if converged is None else converged
-  if converged.task_names != val.task_names:
-    raise TableError(f"the converged table's tasks {list(converged.task_names)} differ from the selection "
-                     f"table's {list(val.task_names)}")
+  converged = converged.with_task_order(val.task_names, "converged table")
   if test is not None:
     test = test.aligned_to(converged)
   budgets = default_budgets(val) if budgets is None else [float(b) for b in budgets]
-  table = hoa.predict(val) if predict == "hoa" else val
+  table = hoa.predict(val, max_group_size) if predict == "hoa" else val
   converged_rows = _rows_by_key(converged)
   tasks = np.arange(val.num_tasks)
+  if progress is not None:
+    progress(f"selecting among {table.num_networks} networks for {len(budgets)} budget(s) by "
+             f"{selector.method_for(table.num_tasks)}")
 
   solutions = []
-  for budget, solution in zip(budgets, selector.select_many(table, budgets, objective, infeasible="explain")):
+  for budget, solution in zip(budgets, selector.select_many(table, budgets, objective, infeasible="explain",
+                                                            progress=progress)):
     if isinstance(solution, selector.NoFeasibleSolution):
       solutions.append(Solution(budget, infeasible=str(solution)))
       continue
@@ -253,21 +266,25 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         assignment={task: index_of[row] for task, row in zip(val.task_names, assignment)},
         val_loss=val_loss, test_loss=test_loss, cost=float(sum(source.costs[r] for r in ordered)),
         objective=solution.objective, predicted_val_loss=solution.loss if table is not converged else None,
-        unused=unused))
+        unused=unused, gap=solution.gap, method=solution.method))
 
   if replicas is not None and bootstrap:
     solutions = _with_uncertainty(solutions, val, converged, replicas, predict, budgets, objective, risk_offsets,
-                                  random_samples, bootstrap, seed, examples)
+                                  random_samples, bootstrap, seed, examples, max_group_size)
+  if progress is not None and with_baselines:
+    progress("scoring the baselines (all-task, independent, Random, Pessimal)")
   return Selection(
       tasks=tuple(val.task_names), predict=predict, budgets=tuple(budgets), solutions=tuple(solutions),
-      baselines=baselines_for(converged, test, budgets, random_samples, seed) if with_baselines else None,
+      baselines=baselines_for(converged, test, budgets, random_samples, seed, objective=objective)
+      if with_baselines else None,
       hoa_accuracy=hoa.accuracy(converged) if predict == "hoa" else None)
 
 
 def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converged: ResultsTable,
                       replicas: tuple[Replicas, Replicas], predict: str, budgets: Sequence[float],
                       objective: Optional[selector.Objective], risk_offsets, random_samples: int, resamples: int,
-                      seed: int, examples: Optional[uncertainty.Examples]) -> list[Solution]:
+                      seed: int, examples: Optional[uncertainty.Examples],
+                      max_group_size: Optional[int]) -> list[Solution]:
   """``solutions`` with their uncertainty: the same selection re-run on bootstrap resamples of the
   replicas, and paired differences against the all-task, independent and Random baselines."""
   val_replicas, test_replicas = replicas
@@ -281,7 +298,7 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
   def choose(means: np.ndarray, budgets: Sequence[float]) -> list[list[Optional[uncertainty.Grouping]]]:
     """The selection of ``run`` on resampled validation means ``[resamples, replica rows, tasks]``."""
     if predict == "hoa":
-      predicted = [hoa.predict(dataclasses.replace(val, losses=m[candidates])) for m in means]
+      predicted = [hoa.predict(dataclasses.replace(val, losses=m[candidates]), max_group_size) for m in means]
       table, losses = predicted[0], np.stack([t.losses for t in predicted])
     else:
       table, losses = val, means[:, candidates] + risk_offsets
@@ -307,13 +324,15 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
   groupings = [None if s.infeasible or s.untrained else tuple(sorted(replica_rows[n.key] for n in s.networks))
                for s in solutions]
   compared = []
+  serves = _serves(val_replicas.table, objective)
   for budget in budgets:
     entries = []
-    for name, scored in (("all_task", baselines.all_task_network(val_replicas.table, None, budget)),
-                         ("independent", baselines.independent_networks(val_replicas.table, None, budget))):
+    for name, scored in (("all_task", baselines.all_task_network(val_replicas.table, None, budget, serves)),
+                         ("independent", baselines.independent_networks(val_replicas.table, None, budget, serves))):
       if scored is not None:
         entries.append(uncertainty.Baseline(name, (scored.networks,)))
-    fills, _ = baselines.random_fills(val_replicas.table.subset(candidates), budget, random_samples, seed)
+    fills, _ = baselines.random_fills(val_replicas.table.subset(candidates), budget, random_samples, seed,
+                                      serves=serves[candidates])
     if fills:
       entries.append(uncertainty.Baseline("random", tuple(tuple(candidates[r] for r in f) for f in fills)))
     compared.append(entries)
@@ -322,22 +341,31 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
   return [s if a is None else dataclasses.replace(s, uncertainty=a) for s, a in zip(solutions, assessed)]
 
 
+def _serves(table: ResultsTable, objective: Optional[selector.Objective]) -> np.ndarray:
+  """``[networks, tasks]`` which network may serve which task under the objective's caps."""
+  return np.isfinite((objective or selector.Objective()).scores(table))
+
+
 def baselines_for(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequence[float], random_samples: int,
-                  seed: int, independent: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None) -> Baselines:
-  """The baselines of paper section 4.3 at each budget, drawn from ``val``'s networks.
+                  seed: int, independent: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None,
+                  objective: Optional[selector.Objective] = None) -> Baselines:
+  """The baselines of paper section 4.3 at each budget, drawn from ``val``'s networks; the
+  ``objective``'s caps bind them as they bind the selection (a network serves a task only within its cap).
 
   ``independent``: ``(val, test)`` tables the independent baseline draws from instead, when it has
   single-task networks of sizes that are not selection candidates (the paper's 1/5 to 4/5 SNT).
   """
   independent_val, independent_test = (val, test) if independent is None else independent
+  serves, independent_serves = _serves(val, objective), _serves(independent_val, objective)
   all_task, independent_entries, random, pessimal = [], [], [], []
   for budget in budgets:
-    all_task.append(_baseline_entry(val, baselines.all_task_network(val, test, budget), budget))
-    independent_entries.append(_baseline_entry(
-        independent_val, baselines.independent_networks(independent_val, independent_test, budget), budget))
-    sampled = baselines.random_solutions(val, test, budget, samples=random_samples, seed=seed)
-    random.append(BaselineEntry(budget, sampled.val_loss, sampled.test_loss, samples=sampled.samples))
-    worst = baselines.pessimal_solution(val, test, budget)
+    all_task.append(_baseline_entry(val, baselines.all_task_network(val, test, budget, serves), budget))
+    independent_entries.append(_baseline_entry(independent_val, baselines.independent_networks(
+        independent_val, independent_test, budget, independent_serves), budget))
+    sampled = baselines.random_solutions(val, test, budget, samples=random_samples, seed=seed, serves=serves)
+    random.append(BaselineEntry(budget, sampled.val_loss, sampled.test_loss, samples=sampled.samples,
+                                val_loss_stderr=sampled.val_loss_stderr, test_loss_stderr=sampled.test_loss_stderr))
+    worst = baselines.pessimal_solution(val, test, budget, serves)
     entry = _baseline_entry(val, worst.scored, budget)
     pessimal.append(None if entry is None else dataclasses.replace(entry, exact=worst.exact))
   return {"all_task": all_task, "independent": independent_entries, "random": random, "pessimal": pessimal}
@@ -375,8 +403,9 @@ def format_text(result: Selection) -> str:
     if solution.infeasible:
       lines.append(f"budget {solution.budget:g} SNT: infeasible: {solution.infeasible}")
       continue
+    found = "" if solution.method is None else f" ({solution.method}, gap {100 * solution.gap:.2f}%)"
     lines.append(f"budget {solution.budget:g} SNT: {len(solution.networks)} network(s), cost "
-                 f"{solution.cost:g}, val {_number(solution.val_loss)}, test {_number(solution.test_loss)}")
+                 f"{solution.cost:g}, val {_number(solution.val_loss)}, test {_number(solution.test_loss)}{found}")
     for index, network in enumerate(solution.networks):
       lines.append(f"  [{index}] {network.label}  serves {', '.join(solution.served_by(index))}")
     if solution.untrained:
@@ -393,6 +422,9 @@ def format_text(result: Selection) -> str:
   for name, entries in (result.baselines or {}).items():
     rows.append([name] + [f"{_number(e.val_loss)}/{_number(e.test_loss)}" if e and e.val_loss is not None
                           else "-" for e in entries])
+    if name == "random":
+      rows.append(["  std. error"] + [f"{_number(e.val_loss_stderr)}/{_number(e.test_loss_stderr)}"
+                                       if e and e.val_loss_stderr is not None else "-" for e in entries])
   widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
   for row in [header] + rows:
     lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))

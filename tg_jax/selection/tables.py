@@ -153,11 +153,22 @@ class ResultsTable:
     return ResultsTable(self.task_names, self.network_tasks + other.network_tasks,
                         np.concatenate([self.costs, other.costs]), np.concatenate([self.losses, other.losses]))
 
-  def aligned_to(self, reference: "ResultsTable", what: str = "test table") -> "ResultsTable":
-    """This table's rows reordered to match ``reference``'s networks, or an error saying what differs."""
-    if self.task_names != reference.task_names:
+  def with_task_order(self, task_names: Sequence[str], what: str = "test table") -> "ResultsTable":
+    """This table with its task columns in the order ``task_names`` (the same tasks), or an error
+    naming the tasks that differ."""
+    task_names = tuple(task_names)
+    if set(task_names) != set(self.task_names):
       raise TableError(f"the {what}'s tasks {list(self.task_names)} differ from the validation table's "
-                       f"{list(reference.task_names)}")
+                       f"{list(task_names)}: missing {sorted(set(task_names) - set(self.task_names)) or 'none'}, "
+                       f"extra {sorted(set(self.task_names) - set(task_names)) or 'none'}")
+    columns = [self.task_names.index(t) for t in task_names]
+    return ResultsTable(task_names, self.network_tasks, self.costs, self.losses[:, columns])
+
+  def aligned_to(self, reference: "ResultsTable", what: str = "test table") -> "ResultsTable":
+    """This table's rows reordered to match ``reference``'s networks and its task columns matched to
+    ``reference``'s by name, or an error saying what differs."""
+    if self.task_names != reference.task_names:
+      return self.with_task_order(reference.task_names, what).aligned_to(reference, what)
     rows_by_key: dict = {}
     for row in range(self.num_networks):
       rows_by_key.setdefault(self.network_key(row), []).append(row)
@@ -237,8 +248,14 @@ class Replicas:
                     np.concatenate([pad(self.samples), pad(other.samples)]))
 
   def aligned_to(self, reference: "Replicas", what: str = "test table") -> "Replicas":
-    """This table's networks in ``reference``'s order, each with the same seeds (val and test of one
-    replica are one trained network: resampling keeps them paired)."""
+    """This table's networks in ``reference``'s order (task columns matched by name), each with the
+    same seeds (val and test of one replica are one trained network: resampling keeps them paired)."""
+    if self.table.task_names != reference.table.task_names:
+      columns = [self.table.task_names.index(t) for t in self.table.with_task_order(
+          reference.table.task_names, what).task_names]
+      reordered = Replicas(self.table.with_task_order(reference.table.task_names, what), self.seeds,
+                           self.samples[:, :, columns])
+      return reordered.aligned_to(reference, what)
     aligned = self.table.aligned_to(reference.table, what)
     order = {self.table.network_key(r): r for r in range(self.table.num_networks)}
     rows = [order[aligned.network_key(r)] for r in range(aligned.num_networks)]
@@ -351,6 +368,15 @@ def parse_replicas(text: str, source: str = "<csv>") -> "Replicas":
     losses.append(values)
   if not network_tasks:
     raise TableError(f"{source}: the table has a header but no networks")
+  if not seeded:
+    first_line: dict = {}
+    for (line, _), tasks, cost in zip(rows[1:], network_tasks, costs):
+      key = network_key(tasks, cost)
+      if key in first_line:
+        raise TableError(f"{_where(source, line)}: network {TASK_SEPARATOR.join(tasks)} @ {cost:g} SNT repeats "
+                         f"line {first_line[key]}; keep one row per network, or add a 'seed' column "
+                         f"(tasks,cost,seed,...) if the rows are seed replicas")
+      first_line[key] = line
   table = _validated(task_names, network_tasks, costs, losses, source)
   try:
     return Replicas.from_table(table, seeds if seeded else None)
@@ -409,7 +435,8 @@ def _read_text(path: str) -> str:
   if not os.path.exists(path):
     raise TableError(f"results table {path!r} does not exist; pass the path of a CSV written by training "
                      f"(WORKDIR/results/val.csv) or of a table in the authors' format with --format=standley")
-  with open(path, encoding="utf-8") as f:
+  # utf-8-sig: spreadsheet programs start their CSV files with a byte-order mark.
+  with open(path, encoding="utf-8-sig") as f:
     return f.read()
 
 
