@@ -64,6 +64,65 @@ def gram_matrix(task_grads: PyTree) -> jax.Array:
   return total
 
 
+class CentredGram(NamedTuple):
+  """The task gradients ``g_i`` as their mean ``m`` plus deviations ``d_i = g_i - m``, in float32.
+
+  For weights summing to 1, ``sum_i w_i g_i = m + sum_i w_i d_i``, so
+  ``||sum_i w_i g_i||^2 = mean_sq + 2 w.cross + w.deviations.w`` and ``g_w . m = mean_sq + w.cross``.
+  Solvers that compare such values work on ``deviations`` and ``cross`` directly: when the task
+  gradients are nearly parallel their Gram matrix's entries all round to about ``||m||^2`` in float32,
+  and the differences the solver must see are lost, while these terms keep them.
+  """
+
+  deviations: jax.Array  # [tasks, tasks] d_i . d_j
+  cross: jax.Array  # [tasks] d_i . m
+  mean_sq: jax.Array  # [] m . m
+
+
+def centred_gram(task_grads: PyTree, scale: jax.Array | None = None) -> CentredGram:
+  """``CentredGram`` of the task gradients, each divided by ``scale[i]`` if given ([tasks], > 0).
+
+  The deviations are formed leaf by leaf before any product: a rounding error of the mean is common
+  to every ``d_i`` and cancels in ``m + sum_i w_i d_i``, and ``g_i - m`` is exact when they are close.
+  """
+  leaves = jax.tree_util.tree_leaves(task_grads)
+  if not leaves:
+    raise ValueError("task_grads is empty; pass each task's gradient of the shared parameters")
+  num_tasks = leaves[0].shape[0]
+  deviations = jnp.zeros((num_tasks, num_tasks), jnp.float32)
+  cross = jnp.zeros((num_tasks,), jnp.float32)
+  mean_sq = jnp.zeros((), jnp.float32)
+  for leaf in leaves:
+    if leaf.shape[0] != num_tasks:
+      raise ValueError(f"every task_grads leaf needs the same leading [tasks] axis; got {leaf.shape[0]} "
+                       f"and {num_tasks}")
+    flat = leaf.reshape(num_tasks, -1).astype(jnp.float32)
+    if scale is not None:
+      flat = flat / scale[:, None]
+    mean = jnp.mean(flat, axis=0)
+    centred = flat - mean
+    deviations = deviations + jnp.matmul(centred, centred.T, precision=jax.lax.Precision.HIGHEST)
+    cross = cross + jnp.matmul(centred, mean, precision=jax.lax.Precision.HIGHEST)
+    mean_sq = mean_sq + jnp.sum(mean * mean)
+  return CentredGram(deviations, cross, mean_sq)
+
+
+def centred_from_gram(gram: jax.Array) -> CentredGram:
+  """``CentredGram`` from a Gram matrix (for callers that only have one; ``centred_gram`` of the
+  gradients is more precise when they are nearly parallel)."""
+  gram = jnp.asarray(gram, jnp.float32)
+  mean_weights = jnp.full((gram.shape[0],), 1.0 / gram.shape[0], jnp.float32)
+  row = gram @ mean_weights  # g_i . m
+  mean_sq = mean_weights @ row
+  return CentredGram(gram - row[:, None] - row[None, :] + mean_sq, row - mean_sq, mean_sq)
+
+
+def squared_norms(task_grads: PyTree) -> jax.Array:
+  """``[tasks]`` squared norms of the task gradients, summed over all leaves, in float32."""
+  leaves = jax.tree_util.tree_leaves(task_grads)
+  return sum(jnp.sum(leaf.reshape(leaf.shape[0], -1).astype(jnp.float32) ** 2, axis=1) for leaf in leaves)
+
+
 def combine(weights: jax.Array, task_grads: PyTree) -> PyTree:
   """``sum_i weights[i] * task_grads[i]``, leaf by leaf, in each leaf's dtype."""
   def weighted_sum(leaf):

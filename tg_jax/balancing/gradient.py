@@ -1,30 +1,70 @@
 """Balancers that solve for a direction from the task gradients: MGDA-UB, PCGrad, CAGrad, IMTL-G.
 
-Each works on the ``[tasks, tasks]`` Gram matrix of the task gradients and returns the coefficients
-``w`` of its direction ``sum_i w_i g_i`` (see ``base``), so each is exact for any parameter count.
+Each works on the ``[tasks, tasks]`` Gram matrix of the task gradients (or its centred form,
+``base.CentredGram``) and returns the coefficients ``w`` of its direction ``sum_i w_i g_i`` (see
+``base``), so each is exact for any parameter count. The simplex QPs of MGDA-UB and CAGrad are solved
+exactly for up to ``MAX_EXACT_TASKS`` tasks (``simplex_qp``); their tests compare with float64
+references on nearly parallel, rank-deficient, vanishing and badly scaled gradients.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from tg_jax.balancing.base import Balancer, EPSILON, finish, gram_matrix, num_tasks_of
+from tg_jax.balancing.base import (Balancer, CentredGram, EPSILON, centred_from_gram, centred_gram, finish,
+                                   gram_matrix, num_tasks_of, squared_norms)
 
 MGDA_NORMALISATIONS = ("none", "l2", "loss", "loss+")
 
 
-def _min_norm_of_two(g11: jax.Array, g12: jax.Array, g22: jax.Array) -> jax.Array:
-  """The ``a`` in [0, 1] minimising ``||a v1 + (1 - a) v2||^2`` from the three inner products.
+# Up to this many tasks the simplex QPs are solved exactly, over every support (2^tasks - 1 small
+# linear solves on the Gram matrix: 4,095 of size 13 at most, far below a network's backward pass).
+MAX_EXACT_TASKS = 12
 
-  Closed form: ``a = clip((g22 - g12) / ||v1 - v2||^2, 0, 1)``; 1/2 when ``v1 == v2`` (any ``a`` is
-  optimal then).
+
+def _support_masks(num_tasks: int) -> np.ndarray:
+  """``[2^tasks - 1, tasks]`` float32: every non-empty subset of the tasks as a 0/1 row."""
+  codes = np.arange(1, 2 ** num_tasks)
+  return ((codes[:, None] >> np.arange(num_tasks)) & 1).astype(np.float32)
+
+
+def _simplex_qp_exact(quadratic: jax.Array, linear: jax.Array) -> jax.Array:
+  """``argmin_{w in simplex} w.Q.w + 2 w.b`` (``Q`` PSD) by enumerating the supports.
+
+  On each support the equality-constrained minimiser solves a KKT linear system; the optimum's
+  support is the one whose solution also meets the remaining optimality conditions (weights >= 0,
+  and no task outside the support with a lower gradient ``(Q w + b)_t`` than the multiplier). The
+  candidate that violates these least is chosen: violations are first-order in the error, so this
+  resolves the optimum to float32's precision, where comparing objective values (second-order near
+  the optimum) would only resolve it to its square root. Convexity makes any KKT point optimal, so
+  dependent supports (singular systems) do no harm; one regular optimal support always exists.
   """
-  distance = g11 + g22 - 2.0 * g12
-  return jnp.where(distance > EPSILON, jnp.clip((g22 - g12) / jnp.maximum(distance, EPSILON), 0.0, 1.0), 0.5)
+  num_tasks = quadratic.shape[0]
+  # Scaling keeps the KKT matrix's blocks comparable; the minimiser is unchanged.
+  scale = jnp.maximum(jnp.max(jnp.abs(quadratic)), jnp.max(jnp.abs(linear)))
+  scale = jnp.where(scale > 0, scale, 1.0)
+  quadratic, linear = quadratic / scale, linear / scale
+
+  def candidate(mask):
+    kkt = jnp.block([[quadratic * mask[:, None] * mask[None, :] + jnp.diag(1.0 - mask), mask[:, None]],
+                     [mask[None, :], jnp.zeros((1, 1), jnp.float32)]])
+    solution = jnp.linalg.solve(kkt, jnp.concatenate([-linear * mask, jnp.ones((1,), jnp.float32)]))
+    weights, multiplier = solution[:num_tasks] * mask, solution[num_tasks]
+    # On the support (Q w + b)_t = -multiplier; off it, optimality needs (Q w + b)_t >= -multiplier.
+    slack = quadratic @ weights + linear + multiplier
+    violation = jnp.max(jnp.concatenate([
+        jnp.maximum(-weights, 0.0), jnp.abs(slack) * mask, jnp.maximum(-slack, 0.0) * (1.0 - mask),
+        jnp.abs(jnp.sum(weights) - 1.0)[None]]))
+    violation = jnp.where(jnp.all(jnp.isfinite(solution)), violation, jnp.inf)
+    return weights, violation
+
+  weights, violations = jax.vmap(candidate)(jnp.asarray(_support_masks(num_tasks)))
+  best = jnp.maximum(weights[jnp.argmin(violations)], 0.0)
+  return best / jnp.sum(best)
 
 
 def _project_to_simplex(vector: jax.Array) -> jax.Array:
@@ -38,49 +78,48 @@ def _project_to_simplex(vector: jax.Array) -> jax.Array:
   return jnp.maximum(vector - threshold, 0.0)
 
 
-def _minimise_on_simplex(objective, start: jax.Array, step_size: jax.Array, iterations: int) -> jax.Array:
-  """Accelerated projected gradient (FISTA) on the simplex, with restarts that keep the objective
-  monotone (the last iterate is never worse than ``start``)."""
-  gradient = jax.grad(objective)
+def _simplex_qp_iterative(quadratic: jax.Array, linear: jax.Array, iterations: int) -> jax.Array:
+  """The same QP for more than ``MAX_EXACT_TASKS`` tasks: projected gradient from the uniform
+  weights, with a step that halves whenever a step would not lower the objective (so it never stalls
+  on a too-long step) and grows back by 1.5 after an accepted one."""
+  num_tasks = quadratic.shape[0]
+  objective = lambda w: w @ quadratic @ w + 2.0 * w @ linear
+  # The gradient 2 (Q w + b) is Lipschitz with constant 2 ||Q||_2.
+  base_step = 1.0 / (2.0 * jnp.linalg.norm(quadratic, 2) + EPSILON)
 
-  def fista_step(_, carry):
-    weights, momentum_point, t = carry
-    candidate = _project_to_simplex(momentum_point - step_size * gradient(momentum_point))
-    restart = objective(candidate) > objective(weights)
-    next_t = jnp.where(restart, 1.0, (1 + jnp.sqrt(1 + 4 * t ** 2)) / 2)
-    new_weights = jnp.where(restart, weights, candidate)
-    momentum = jnp.where(restart, weights, candidate + ((t - 1) / next_t) * (candidate - weights))
-    return new_weights, momentum, next_t
+  def step(_, carry):
+    weights, step_size = carry
+    candidate = _project_to_simplex(weights - step_size * 2.0 * (quadratic @ weights + linear))
+    accept = objective(candidate) <= objective(weights)
+    return (jnp.where(accept, candidate, weights),
+            jnp.where(accept, jnp.minimum(1.5 * step_size, 4.0 * base_step), 0.5 * step_size))
 
-  weights, _, _ = jax.lax.fori_loop(0, iterations, fista_step, (start, start, jnp.float32(1.0)))
+  start = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
+  weights, _ = jax.lax.fori_loop(0, iterations, step, (start, base_step))
   return weights
 
 
-def min_norm_weights(gram: jax.Array, iterations: int = 500) -> jax.Array:
+def simplex_qp(quadratic: jax.Array, linear: jax.Array, iterations: int = 500) -> jax.Array:
+  """``[tasks]`` weights on the simplex minimising ``w.Q.w + 2 w.b``: exact up to
+  ``MAX_EXACT_TASKS`` tasks, ``iterations`` projected-gradient steps beyond."""
+  if quadratic.shape[0] == 1:
+    return jnp.ones((1,), jnp.float32)
+  if quadratic.shape[0] <= MAX_EXACT_TASKS:
+    return _simplex_qp_exact(quadratic, linear)
+  return _simplex_qp_iterative(quadratic, linear, iterations)
+
+
+def min_norm_weights(gram: jax.Array | CentredGram, iterations: int = 500) -> jax.Array:
   """``[tasks]`` weights on the simplex of the minimum-norm point of the gradients' convex hull.
 
-  Two tasks: the closed form. More: starting, as Sener & Koltun's solver does, from the best pair's
-  exact solution, accelerated projected gradient on ``w.G.w``. (Their Frank-Wolfe steps take weight
-  off a wrongly weighted task only slowly: after 2,000 steps they still missed the optimality
-  conditions by 2% of the Gram matrix's scale on a 5-task case of ``tests/test_balancing.py``, which
-  this solver meets to about 3e-4: it stops once ``w.G.w`` stops falling in float32, so that is its
-  precision on any processor.)
+  Minimises ``||m + sum_i w_i d_i||^2`` in the centred form (``base.CentredGram``; a Gram matrix is
+  converted, which loses the precision of nearly parallel gradients), exactly for up to
+  ``MAX_EXACT_TASKS`` tasks (``simplex_qp``). Sener & Koltun's Frank-Wolfe solver, and a projected
+  gradient that compares ``w.G.w`` in float32, stall on nearly parallel gradients, where every step's
+  improvement is below float32's resolution of ``||m||^2``.
   """
-  num_tasks = gram.shape[0]
-  if num_tasks == 1:
-    return jnp.ones((1,), jnp.float32)
-  pairs = jnp.array(list(itertools.combinations(range(num_tasks), 2)), jnp.int32)
-  first, second = pairs[:, 0], pairs[:, 1]
-  a = _min_norm_of_two(gram[first, first], gram[first, second], gram[second, second])
-  pair_costs = (a ** 2 * gram[first, first] + 2 * a * (1 - a) * gram[first, second]
-                + (1 - a) ** 2 * gram[second, second])
-  best = jnp.argmin(pair_costs)
-  start = jnp.zeros((num_tasks,), jnp.float32).at[first[best]].set(a[best]).at[second[best]].add(1 - a[best])
-  if num_tasks == 2:
-    return start
-  # w.G.w has gradient Lipschitz constant 2 ||G||_2.
-  step_size = 1.0 / (2.0 * jnp.linalg.norm(gram, 2) + EPSILON)
-  return _minimise_on_simplex(lambda w: w @ gram @ w, start, step_size, iterations)
+  centred = gram if isinstance(gram, CentredGram) else centred_from_gram(gram)
+  return simplex_qp(centred.deviations, centred.cross, iterations)
 
 
 def mgda(normalisation: str = "none", iterations: int = 500) -> Balancer:
@@ -91,7 +130,8 @@ def mgda(normalisation: str = "none", iterations: int = 500) -> Balancer:
   ``"loss+"`` (``L_i ||g_i||``); as there, the weights then multiply the raw gradients (losses). The
   weights sum to 1, so the combined gradient is on the scale of one task's, not of their sum.
   "UB" (the upper bound) is the representation mode of ``base``: pass each task's gradient of the
-  shared representation and back-propagate ``sum_i w_i L_i``.
+  shared representation and back-propagate ``sum_i w_i L_i``. ``iterations`` matters only beyond
+  ``MAX_EXACT_TASKS`` tasks (``simplex_qp``).
   """
   if normalisation not in MGDA_NORMALISATIONS:
     raise ValueError(f"unknown mgda normalisation {normalisation!r}; known: {', '.join(MGDA_NORMALISATIONS)}")
@@ -101,13 +141,12 @@ def mgda(normalisation: str = "none", iterations: int = 500) -> Balancer:
     return ()
 
   def update(task_losses, task_grads, state):
-    gram = gram_matrix(jax.lax.stop_gradient(task_grads))
-    grad_norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+    grads = jax.lax.stop_gradient(task_grads)
+    grad_norms = jnp.sqrt(squared_norms(grads))
     losses = jax.lax.stop_gradient(task_losses.astype(jnp.float32))
     scale = {"none": jnp.ones_like(losses), "l2": grad_norms, "loss": losses,
              "loss+": losses * grad_norms}[normalisation]
-    scale = jnp.maximum(scale, EPSILON)
-    weights = min_norm_weights(gram / (scale[:, None] * scale[None, :]), iterations)
+    weights = min_norm_weights(centred_gram(grads, jnp.maximum(scale, EPSILON)), iterations)
     return finish(weights, task_grads, state)
 
   return Balancer(init, update)
@@ -123,9 +162,10 @@ def pcgrad(seed: int = 0) -> Balancer:
   Each task gradient ``g_i`` is projected, in a random order of the tasks, onto the normal plane of
   every original gradient ``g_j`` it conflicts with (``g_i' . g_j < 0``:
   ``g_i' -= (g_i' . g_j / ||g_j||^2) g_j``); the combined gradient is the sum of the projected ones.
-  As in the authors' code the order is a shuffle of all tasks (a self-projection never triggers,
-  as ``g_i' . g_i >= 0`` throughout). The orders come from a key in the state: the same ``seed``
-  gives the same sequence of updates.
+  As in the authors' code the order is a shuffle of all tasks, the task itself included: projections
+  onto other tasks' planes can turn ``g_i'`` against ``g_i``, and the step at ``g_i`` then removes that
+  opposing component too. The orders come from a key in the state: the same ``seed`` gives the same
+  sequence of updates.
   """
 
   def init(num_tasks: int):
@@ -154,25 +194,39 @@ def pcgrad(seed: int = 0) -> Balancer:
   return Balancer(init, update)
 
 
-def cagrad_weights(gram: jax.Array, c: float, iterations: int = 500) -> jax.Array:
-  """``[tasks]`` weights on the simplex minimising CAGrad's dual ``w.G.b + c ||g0|| ||g_w||``.
+# Bisection steps on CAGrad's scalar (below): each halves its bracket, so 40 reach float32's resolution.
+_CAGRAD_BISECTIONS = 40
 
-  ``b`` is the uniform vector (``g0 = G b`` the mean gradient) and ``||g_w|| = sqrt(w.G.w)``. The
-  authors solve it with SLSQP; here accelerated projected gradient (``_minimise_on_simplex``) on the
-  Gram matrix scaled by ``||g0||^2``, which makes the step size independent of the gradients' scale.
+
+def cagrad_weights(gram: jax.Array | CentredGram, c: float, iterations: int = 500) -> jax.Array:
+  """``[tasks]`` weights on the simplex minimising CAGrad's dual ``g_w . g0 + k ||g_w||``, ``k = c ||g0||``.
+
+  ``g0`` is the mean gradient and ``g_w = sum_i w_i g_i``. The authors solve it with SLSQP, and a
+  fixed-step gradient method stalls near the kink where ``||g_w||`` is small. Here the norm is written
+  as ``||g_w|| = min_{lam > 0} (||g_w||^2 / lam + lam) / 2``: for fixed ``lam`` the minimum over ``w``
+  is a simplex QP (``simplex_qp``, exact for up to ``MAX_EXACT_TASKS`` tasks), and the joint problem
+  is convex, so the optimal ``lam = ||g_w(lam)||`` is found by bisection on the sign of
+  ``lam - ||g_w(lam)||`` (monotone by convexity). In the centred form (``base.CentredGram``) the QP
+  for ``lam = t k`` is ``min s w.D.w + 2 w.cross`` with ``s = 1 / (1 + t)`` in (0, 1], bisected.
   """
-  num_tasks = gram.shape[0]
-  mean_weights = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
-  scaled = gram / (mean_weights @ gram @ mean_weights + EPSILON)
-  radius = c
+  centred = gram if isinstance(gram, CentredGram) else centred_from_gram(gram)
+  radius = c * jnp.sqrt(centred.mean_sq)
 
-  def objective(weights):
-    return weights @ scaled @ mean_weights + radius * jnp.sqrt(weights @ scaled @ weights + 1e-8)
+  def solve(shrink):
+    return simplex_qp(shrink * centred.deviations, centred.cross, iterations)
 
-  # The norm term is not smooth where g_w vanishes, so there is no global Lipschitz step; this step
-  # with monotone restarts matches SLSQP to about 6e-4 in float32 (tests/test_balancing.py).
-  step_size = 1.0 / (jnp.linalg.norm(scaled, 2) * (1.0 + radius) + EPSILON)
-  return _minimise_on_simplex(objective, mean_weights, step_size, iterations)
+  def bisect(_, bracket):
+    low, high = bracket
+    shrink = (low + high) / 2
+    weights = solve(shrink)
+    norm_sq = centred.mean_sq + 2.0 * weights @ centred.cross + weights @ centred.deviations @ weights
+    lam = (1.0 / shrink - 1.0) * radius
+    # lam above ||g_w(lam)||: lam is too large, i.e. the shrink factor too small.
+    too_small = lam * lam > norm_sq
+    return jnp.where(too_small, shrink, low), jnp.where(too_small, high, shrink)
+
+  low, high = jax.lax.fori_loop(0, _CAGRAD_BISECTIONS, bisect, (jnp.float32(0.0), jnp.float32(1.0)))
+  return solve((low + high) / 2)
 
 
 def cagrad(c: float = 0.5, rescale: int = 1, iterations: int = 500) -> Balancer:
@@ -182,6 +236,7 @@ def cagrad(c: float = 0.5, rescale: int = 1, iterations: int = 500) -> Balancer:
   from ``cagrad_weights``, maximises the worst task's improvement ``min_i g_i . d`` within the ball
   ``||d - g0|| <= c ||g0||``. ``c = 0`` is plain gradient descent on the mean loss. ``rescale`` as in
   the authors' code: 0 returns ``d``, 1 returns ``d / (1 + c^2)`` (default), 2 ``d / (1 + c)``.
+  ``iterations`` matters only beyond ``MAX_EXACT_TASKS`` tasks (``simplex_qp``).
   """
   if c < 0:
     raise ValueError(f"cagrad c must be >= 0, got {c}")
@@ -194,11 +249,14 @@ def cagrad(c: float = 0.5, rescale: int = 1, iterations: int = 500) -> Balancer:
 
   def update(task_losses, task_grads, state):
     num_tasks = num_tasks_of(task_losses)
-    gram = gram_matrix(jax.lax.stop_gradient(task_grads))
+    centred = centred_gram(jax.lax.stop_gradient(task_grads))
     mean_weights = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
-    dual_weights = cagrad_weights(gram, c, iterations)
-    mean_norm = jnp.sqrt(mean_weights @ gram @ mean_weights + 1e-8)
-    dual_norm = jnp.sqrt(dual_weights @ gram @ dual_weights + 1e-8)
+    dual_weights = cagrad_weights(centred, c, iterations)
+    mean_norm = jnp.sqrt(centred.mean_sq)
+    dual_norm_sq = (centred.mean_sq + 2.0 * dual_weights @ centred.cross
+                    + dual_weights @ centred.deviations @ dual_weights)
+    # Where g_w vanishes (0 in the hull) its direction is undefined; the floor keeps the step finite.
+    dual_norm = jnp.sqrt(jnp.maximum(dual_norm_sq, 1e-12 * centred.mean_sq + EPSILON))
     weights = mean_weights + (c * mean_norm / dual_norm) * dual_weights
     weights = weights / {0: 1.0, 1: 1.0 + c ** 2, 2: 1.0 + c}[rescale]
     return finish(weights, task_grads, state, dual_weights=dual_weights)
@@ -206,14 +264,42 @@ def cagrad(c: float = 0.5, rescale: int = 1, iterations: int = 500) -> Balancer:
   return Balancer(init, update)
 
 
-def imtl_g() -> Balancer:
-  """IMTL-G, impartial gradient balancing (Liu et al., ICLR 2021), closed form.
+# A task whose gradient norm is below this fraction of the largest has no direction for IMTL-G.
+IMTL_VANISHING = 1e-6
 
-  Finds the weights (summing to 1) whose combination ``g = sum_i w_i g_i`` has the same projection
-  onto every unit task gradient ``u_i = g_i / ||g_i||``: with ``D`` the rows ``g_1 - g_i`` and ``U``
-  the rows ``u_1 - u_i`` (i >= 2), ``w_{2:} = g_1 U^T (D U^T)^{-1}`` and ``w_1 = 1 - sum w_{2:}``,
-  all from the Gram matrix. Like the original it assumes no task gradient vanishes.
+
+def imtl_g_weights(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """IMTL-G's ``[tasks]`` weights and the ``[tasks]`` mask of tasks it balanced (non-vanishing ones).
+
+  Solves, over the tasks whose gradients do not vanish, ``g_w . u_i = mu`` for every such ``i``
+  (``u_i = g_i / ||g_i||``) with ``sum_i w_i = 1``: the paper's closed form ``w_{2:} = g_1 U^T
+  (D U^T)^{-1}`` is this system's solution with task 1 eliminated. A vanishing gradient has no unit
+  vector; left in, its equation forces all the weight onto it and the shared parameters get no update,
+  so such tasks are left out of the system and weighted ``1 / tasks`` (their decoders still train;
+  their shared gradient is zero). The pseudo-inverse keeps the weights finite when two gradients are
+  parallel (any split between them is then impartial).
   """
+  num_tasks = gram.shape[0]
+  norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+  active = norms > IMTL_VANISHING * jnp.max(norms)
+  inverse_norms = jnp.where(active, 1.0 / jnp.where(active, norms, 1.0), 0.0)
+  # Row i (active): sum_j w_j (g_j . u_i) - mu = 0; inactive: w_i = 0; last row: sum_j w_j = 1.
+  projections = gram.T * inverse_norms[:, None] * active[None, :]
+  rows = jnp.where(active[:, None], projections, jnp.eye(num_tasks))
+  system = jnp.block([[rows, -active[:, None].astype(jnp.float32)],
+                      [active[None, :].astype(jnp.float32), jnp.zeros((1, 1), jnp.float32)]])
+  rhs = jnp.zeros((num_tasks + 1,), jnp.float32).at[-1].set(1.0)
+  weights = (jnp.linalg.pinv(system) @ rhs)[:num_tasks]
+  any_active = jnp.any(active)
+  weights = jnp.where(active, weights, 1.0 / num_tasks)
+  return jnp.where(any_active, weights, 1.0 / num_tasks), active
+
+
+def imtl_g() -> Balancer:
+  """IMTL-G, impartial gradient balancing (Liu et al., ICLR 2021): the weights (summing to 1) whose
+  combination ``g = sum_i w_i g_i`` has the same projection onto every unit task gradient
+  (``imtl_g_weights``, which also handles vanishing task gradients); ``info["balanced"]`` marks the
+  tasks that took part."""
 
   def init(num_tasks: int):
     del num_tasks
@@ -222,17 +308,8 @@ def imtl_g() -> Balancer:
   def update(task_losses, task_grads, state):
     num_tasks = num_tasks_of(task_losses)
     if num_tasks == 1:
-      return finish(jnp.ones((1,), jnp.float32), task_grads, state)
-    gram = gram_matrix(jax.lax.stop_gradient(task_grads))
-    inverse_norms = 1.0 / jnp.maximum(jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0)), EPSILON)
-    # unit_gram[a, b] = g_a . u_b
-    unit_gram = gram * inverse_norms[None, :]
-    g1_dot_u = unit_gram[0, 0] - unit_gram[0, 1:]                       # g_1 . (u_1 - u_b)
-    d_dot_u = (unit_gram[0, 0] - unit_gram[0, 1:])[None, :] - (unit_gram[1:, 0][:, None] - unit_gram[1:, 1:])
-    # alpha (D U^T) = g_1 U^T, i.e. (D U^T)^T alpha^T = (g_1 U^T)^T. The pseudo-inverse keeps the
-    # weights finite when two task gradients are parallel (any split between them is then impartial).
-    rest = jnp.linalg.pinv(d_dot_u.T) @ g1_dot_u
-    weights = jnp.concatenate([1.0 - jnp.sum(rest, keepdims=True), rest])
-    return finish(weights, task_grads, state)
+      return finish(jnp.ones((1,), jnp.float32), task_grads, state, balanced=jnp.ones((1,), bool))
+    weights, active = imtl_g_weights(gram_matrix(jax.lax.stop_gradient(task_grads)))
+    return finish(weights, task_grads, state, balanced=active)
 
   return Balancer(init, update)
