@@ -11,6 +11,14 @@ config names its method as a string with its options. Methods:
 - ``pcgrad``: projecting conflicting gradients (Yu et al. 2020).
 - ``cagrad``: conflict-averse gradient descent (Liu et al. 2021).
 - ``imtl_g``: impartial gradient weights, IMTL-G (Liu et al. 2021).
+- ``imtl_l``: impartial loss scales, IMTL-L, and ``imtl``: the two combined (Liu et al. 2021).
+- ``rlw``: random loss weights (Lin et al. 2022).
+- ``famo``: fast adaptive multitask optimisation (Liu et al. 2023).
+- ``nash_mtl``: the Nash bargaining solution, Nash-MTL (Navon et al. 2022).
+- ``aligned_mtl``: aligned principal components of the gradients, Aligned-MTL (Senushkin et al. 2023).
+- ``gradvac``: Gradient Vaccine (Wang et al. 2021).
+- ``graddrop``: gradient sign dropout, GradDrop (Chen et al. 2020).
+- ``db_mtl``: dual-balancing, DB-MTL (Lin et al. 2023).
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import inspect
 from typing import Callable
 
 from tg_jax.balancing.base import Balancer, combine, gram_matrix
-from tg_jax.balancing.gradient import cagrad, imtl_g, mgda, min_norm_weights, pcgrad
-from tg_jax.balancing.weighting import dwa, equal, gradnorm, uncertainty
+from tg_jax.balancing.gradient import aligned_mtl, cagrad, gradvac, imtl, imtl_g, mgda, min_norm_weights, nash_mtl, pcgrad
+from tg_jax.balancing.surgery import db_mtl, graddrop
+from tg_jax.balancing.weighting import dwa, equal, famo, gradnorm, imtl_l, rlw, uncertainty
 
 _REGISTRY: dict[str, Callable[..., Balancer]] = {
     "equal": equal,
@@ -31,12 +40,23 @@ _REGISTRY: dict[str, Callable[..., Balancer]] = {
     "pcgrad": pcgrad,
     "cagrad": cagrad,
     "imtl_g": imtl_g,
+    "imtl_l": imtl_l,
+    "imtl": imtl,
+    "rlw": rlw,
+    "famo": famo,
+    "nash_mtl": nash_mtl,
+    "aligned_mtl": aligned_mtl,
+    "gradvac": gradvac,
+    "graddrop": graddrop,
+    "db_mtl": db_mtl,
 }
 
 
 # Methods whose weights depend on the task losses and their own state only, never on the task
 # gradients: a trainer may back-propagate their weighted loss once instead of once per task.
-_LOSS_ONLY = frozenset({"equal", "uncertainty", "dwa"})
+_LOSS_ONLY = frozenset({"equal", "uncertainty", "dwa", "imtl_l", "rlw", "famo"})
+# Methods whose shared update is not sum_i weights[i] g_i (``surgery``): no representation mode.
+_NONLINEAR = frozenset({"graddrop", "db_mtl"})
 
 
 def names() -> list[str]:
@@ -48,6 +68,13 @@ def needs_task_gradients(name: str) -> bool:
   if name not in _REGISTRY:
     raise KeyError(f"unknown balancing method {name!r}; known methods: {', '.join(names())}")
   return name not in _LOSS_ONLY
+
+
+def combines_linearly(name: str) -> bool:
+  """Whether method ``name``'s shared update is ``sum_i info["weights"][i] g_i`` (see ``base``)."""
+  if name not in _REGISTRY:
+    raise KeyError(f"unknown balancing method {name!r}; known methods: {', '.join(names())}")
+  return name not in _NONLINEAR
 
 
 def get(name: str, **options) -> Balancer:
@@ -63,4 +90,4 @@ def get(name: str, **options) -> Balancer:
   return factory(**options)
 
 
-__all__ = ["Balancer", "combine", "get", "gram_matrix", "min_norm_weights", "names", "needs_task_gradients"]
+__all__ = ["Balancer", "combine", "combines_linearly", "get", "gram_matrix", "min_norm_weights", "names", "needs_task_gradients"]

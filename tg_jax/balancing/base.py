@@ -2,7 +2,9 @@
 
 A balancer is a pair of pure functions, in the manner of optax's ``GradientTransformation``:
 
-- ``init(num_tasks) -> state``: the method's state (a pytree of arrays; empty for stateless ones).
+- ``init(num_tasks, shared_params=None) -> state``: the method's state (a pytree of arrays; empty for
+  stateless ones). ``shared_params`` (arrays or ``jax.ShapeDtypeStruct``s shaped like one task's
+  gradient) is read only by methods that keep gradient-shaped state (DB-MTL's moving averages).
 - ``update(task_losses, task_grads, state) -> (combined_grads, new_state, info)``:
   ``task_losses`` is ``[tasks]`` (this step's per-task training losses), ``task_grads`` a pytree
   whose leaves have a leading ``[tasks]`` axis (each task's gradient of the shared parameters, e.g.
@@ -10,9 +12,12 @@ A balancer is a pair of pure functions, in the manner of optax's ``GradientTrans
   gradient and is what the optimiser should apply to the shared parameters; task-specific
   parameters keep their own task's gradient.
 
-Every method here combines the task gradients linearly, so ``info["weights"]`` (``[tasks]``, no
-gradient) always satisfies ``combined_grads == sum_i weights[i] * task_grads[i]``. That makes two
-ways of using a balancer equivalent:
+``info["weights"]`` (``[tasks]``, no gradient) is what each task's own (task-specific) parameters'
+gradient is multiplied by. All but two methods combine the task gradients linearly, so that
+``combined_grads == sum_i weights[i] * task_grads[i]``; GradDrop (element-wise sign masks) and DB-MTL
+(moving averages of past gradients) do not (``balancing.combines_linearly``), and trainers apply their
+``combined_grads`` to the shared parameters. For the linear ones two ways of using a balancer are
+equivalent:
 
 1. Per-task parameter gradients in, ``combined_grads`` out (exact, ``tasks`` backward passes).
 2. The cheap "representation" mode of MGDA-UB (Sener & Koltun 2018) and GradNorm (Chen et al. 2018):
@@ -36,11 +41,11 @@ EPSILON = 1e-12
 
 
 class Balancer(NamedTuple):
-  """A balancing method: ``init(num_tasks) -> state`` and
+  """A balancing method: ``init(num_tasks, shared_params=None) -> state`` and
   ``update(task_losses [tasks], task_grads (leaves [tasks, ...]), state) ->
   (combined_grads, new_state, info)``; see the module docstring."""
 
-  init: Callable[[int], PyTree]
+  init: Callable[..., PyTree]
   update: Callable[[jax.Array, PyTree, PyTree], tuple[PyTree, PyTree, dict]]
 
 

@@ -14,9 +14,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from tg_jax.balancing.base import (Balancer, CentredGram, EPSILON, centred_from_gram, centred_gram, finish,
                                    gram_matrix, num_tasks_of, squared_norms)
+from tg_jax.balancing.weighting import learned_loss_scales
 
 MGDA_NORMALISATIONS = ("none", "l2", "loss", "loss+")
 
@@ -136,8 +138,8 @@ def mgda(normalisation: str = "none", iterations: int = 500) -> Balancer:
   if normalisation not in MGDA_NORMALISATIONS:
     raise ValueError(f"unknown mgda normalisation {normalisation!r}; known: {', '.join(MGDA_NORMALISATIONS)}")
 
-  def init(num_tasks: int):
-    del num_tasks
+  def init(num_tasks: int, shared_params=None):
+    del num_tasks, shared_params
     return ()
 
   def update(task_losses, task_grads, state):
@@ -168,8 +170,8 @@ def pcgrad(seed: int = 0) -> Balancer:
   sequence of updates.
   """
 
-  def init(num_tasks: int):
-    del num_tasks
+  def init(num_tasks: int, shared_params=None):
+    del num_tasks, shared_params
     return PCGradState(jax.random.key(seed))
 
   def update(task_losses, task_grads, state):
@@ -243,8 +245,8 @@ def cagrad(c: float = 0.5, rescale: int = 1, iterations: int = 500) -> Balancer:
   if rescale not in (0, 1, 2):
     raise ValueError(f"cagrad rescale must be 0, 1 or 2, got {rescale}")
 
-  def init(num_tasks: int):
-    del num_tasks
+  def init(num_tasks: int, shared_params=None):
+    del num_tasks, shared_params
     return ()
 
   def update(task_losses, task_grads, state):
@@ -301,8 +303,8 @@ def imtl_g() -> Balancer:
   (``imtl_g_weights``, which also handles vanishing task gradients); ``info["balanced"]`` marks the
   tasks that took part."""
 
-  def init(num_tasks: int):
-    del num_tasks
+  def init(num_tasks: int, shared_params=None):
+    del num_tasks, shared_params
     return ()
 
   def update(task_losses, task_grads, state):
@@ -311,5 +313,149 @@ def imtl_g() -> Balancer:
       return finish(jnp.ones((1,), jnp.float32), task_grads, state, balanced=jnp.ones((1,), bool))
     weights, active = imtl_g_weights(gram_matrix(jax.lax.stop_gradient(task_grads)))
     return finish(weights, task_grads, state, balanced=active)
+
+  return Balancer(init, update)
+
+
+def imtl(learning_rate: float = 1e-2, optimizer=None) -> Balancer:
+  """IMTL, the hybrid of IMTL-L and IMTL-G (Liu et al., ICLR 2021): the losses are scaled by
+  ``exp(s_i)`` (learned as in ``weighting.imtl_l``), and IMTL-G balances the scaled losses' gradients
+  ``exp(s_i) g_i``: the weights on the raw gradients are ``alpha_i exp(s_i)``."""
+  init_scales, step_scales = learned_loss_scales(optimizer or optax.adam(learning_rate))
+
+  def init(num_tasks: int, shared_params=None):
+    del shared_params
+    return init_scales(num_tasks)
+
+  def update(task_losses, task_grads, state):
+    scales, new_state = step_scales(task_losses, state)
+    gram = gram_matrix(jax.lax.stop_gradient(task_grads))
+    alpha, active = imtl_g_weights(gram * scales[:, None] * scales[None, :])
+    return finish(alpha * scales, task_grads, new_state, balanced=active, loss_scales=scales)
+
+  return Balancer(init, update)
+
+
+def nash_weights(gram: jax.Array, iterations: int = 30) -> jax.Array:
+  """``[tasks]`` positive ``alpha`` solving Nash-MTL's bargaining condition ``G' alpha = 1 / alpha``.
+
+  ``G' = G / ||G||_F`` as in the authors' code (so ``alpha`` is independent of the gradients' scale).
+  The condition is the stationarity of the strictly convex ``alpha.G'.alpha / 2 - sum_i log alpha_i``,
+  which is self-concordant: damped Newton (step ``1 / (1 + decrement)`` while the Newton decrement is
+  above 1/4, full steps after) stays inside ``alpha > 0`` and converges quadratically from
+  ``alpha = 1 / sqrt(diag G')``; the authors linearise it and call a convex solver per iteration. No solution exists when a positive combination of the gradients vanishes (no update
+  helps every task); ``alpha`` then grows with ``iterations``.
+  """
+  normalised = gram / jnp.maximum(jnp.linalg.norm(gram), EPSILON)
+  start = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(normalised), EPSILON))
+
+  def newton(_, alpha):
+    gradient = normalised @ alpha - 1.0 / alpha
+    hessian = normalised + jnp.diag(1.0 / alpha ** 2)
+    step = -jnp.linalg.solve(hessian, gradient)
+    decrement = jnp.sqrt(jnp.maximum(-gradient @ step, 0.0))
+    fraction = jnp.where(decrement > 0.25, 1.0 / (1.0 + decrement), 1.0)
+    return jnp.where(jnp.all(jnp.isfinite(step)), alpha + fraction * step, alpha)
+
+  return jax.lax.fori_loop(0, iterations, newton, start)
+
+
+def nash_mtl(iterations: int = 30) -> Balancer:
+  """Nash-MTL (Navon et al., ICML 2022): the direction ``sum_i alpha_i g_i`` with ``alpha`` the Nash
+  bargaining solution, ``G' alpha = 1 / alpha`` (``nash_weights``): every task's share of the update,
+  ``alpha_i g_i . d``, is 1. The authors' code also clips the shared gradient's norm to 1; here the
+  trainer's optimiser owns clipping."""
+
+  def init(num_tasks: int, shared_params=None):
+    del num_tasks, shared_params
+    return ()
+
+  def update(task_losses, task_grads, state):
+    del task_losses
+    return finish(nash_weights(gram_matrix(jax.lax.stop_gradient(task_grads)), iterations), task_grads, state)
+
+  return Balancer(init, update)
+
+
+def aligned_mtl_weights(gram: jax.Array) -> jax.Array:
+  """Aligned-MTL's ``[tasks]`` weights: with ``G = V diag(lambda) V^T`` (the eigenvalues above
+  ``max(lambda) tasks eps``), ``B = sqrt(lambda_min) V diag(lambda)^{-1/2} V^T`` turns the gradients
+  into orthogonal ones of equal norm ``sqrt(lambda_min)`` spanning the same space, and ``w = B 1``
+  sums them with unit task weights."""
+  eigenvalues, vectors = jnp.linalg.eigh(gram)
+  tolerance = jnp.max(eigenvalues) * gram.shape[0] * jnp.finfo(jnp.float32).eps
+  kept = eigenvalues > tolerance
+  smallest = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
+  inverse_sqrt = jnp.where(kept, 1.0 / jnp.sqrt(jnp.where(kept, eigenvalues, 1.0)), 0.0)
+  whitening = jnp.sqrt(jnp.where(jnp.any(kept), smallest, 0.0)) * (vectors * inverse_sqrt) @ vectors.T
+  return jnp.sum(whitening, axis=0)
+
+
+def aligned_mtl() -> Balancer:
+  """Aligned-MTL (Senushkin, Patakin, Kuznetsov & Konushin, CVPR 2023): aligns the principal
+  components of the task gradients' linear system (``aligned_mtl_weights``), which removes both
+  conflicts and dominance: the combined gradient has an equal component along every direction the
+  gradients span."""
+
+  def init(num_tasks: int, shared_params=None):
+    del num_tasks, shared_params
+    return ()
+
+  def update(task_losses, task_grads, state):
+    del task_losses
+    return finish(aligned_mtl_weights(gram_matrix(jax.lax.stop_gradient(task_grads))), task_grads, state)
+
+  return Balancer(init, update)
+
+
+class GradVacState(NamedTuple):
+  targets: jax.Array  # [tasks, tasks] phi_hat[i, j]: the moving target of cos(g_i, g_j)
+  key: jax.Array  # the random orders of the next update are drawn from it
+
+
+def gradvac(beta: float = 0.5, seed: int = 0) -> Balancer:
+  """Gradient Vaccine (Wang, Tsvetkov, Firat & Cao, ICLR 2021), over all shared parameters at once.
+
+  Each task gradient ``g_i'`` (starting at ``g_i``) visits the other tasks ``j`` in a random order;
+  where its cosine ``phi`` with ``g_j`` falls below the target ``phi_hat_ij``, it takes the step
+  ``g_i' += g_j ||g_i'|| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2)) / (||g_j|| sqrt(1 -
+  phi_hat^2))``, after which its cosine with ``g_j`` is exactly ``phi_hat``. The target follows the
+  observed cosines, ``phi_hat <- (1 - beta) phi_hat + beta phi``, at every visit (LibMTL's code moves
+  it only on a step). Targets start at 0, where the step is PCGrad's projection. The combined
+  gradient is the sum of the ``g_i'``.
+  """
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f"gradvac beta must be in [0, 1], got {beta}")
+
+  def init(num_tasks: int, shared_params=None):
+    del shared_params
+    return GradVacState(jnp.zeros((num_tasks, num_tasks), jnp.float32), jax.random.key(seed))
+
+  def update(task_losses, task_grads, state):
+    num_tasks = num_tasks_of(task_losses)
+    gram = gram_matrix(jax.lax.stop_gradient(task_grads))
+    norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+    key, order_key = jax.random.split(state.key)
+    orders = jax.vmap(lambda k: jax.random.permutation(k, num_tasks))(jax.random.split(order_key, num_tasks))
+
+    def vaccinate(task, order, targets):
+      # coefficients[k]: g_i' = sum_k coefficients[k] g_k; targets: row i of phi_hat.
+      def step(position, carry):
+        coefficients, targets = carry
+        other = order[position]
+        norm = jnp.sqrt(jnp.maximum(coefficients @ gram @ coefficients, 0.0))
+        cosine = (coefficients @ gram[:, other]) / (norm * norms[other] + 1e-8)
+        target = targets[other]
+        amount = norm * (target * jnp.sqrt(1.0 - cosine ** 2) - cosine * jnp.sqrt(1.0 - target ** 2)) / (
+            norms[other] * jnp.sqrt(1.0 - target ** 2) + 1e-8)
+        applies = (other != task) & (cosine < target)
+        coefficients = coefficients.at[other].add(jnp.where(applies, amount, 0.0))
+        targets = targets.at[other].set(jnp.where(other != task, (1 - beta) * target + beta * cosine, target))
+        return coefficients, targets
+      return jax.lax.fori_loop(0, num_tasks, step, (jax.nn.one_hot(task, num_tasks, dtype=jnp.float32), targets))
+
+    coefficients, targets = jax.vmap(vaccinate)(jnp.arange(num_tasks), orders, state.targets)
+    return finish(jnp.sum(coefficients, axis=0), task_grads, GradVacState(targets, key),
+                  vaccinated_coefficients=coefficients)
 
   return Balancer(init, update)

@@ -20,8 +20,8 @@ def equal() -> Balancer:
   """The paper's default, unweighted tasks: the mean of the task losses (every weight 1 / tasks), as
   the trainer's ``cohort.network_loss`` computes it."""
 
-  def init(num_tasks: int):
-    del num_tasks
+  def init(num_tasks: int, shared_params=None):
+    del num_tasks, shared_params
     return ()
 
   def update(task_losses, task_grads, state):
@@ -51,7 +51,8 @@ def uncertainty(learning_rate: float = 1e-2, optimizer: Optional[optax.GradientT
   """
   optimizer = optimizer or optax.adam(learning_rate)
 
-  def init(num_tasks: int):
+  def init(num_tasks: int, shared_params=None):
+    del shared_params
     log_variances = jnp.zeros((num_tasks,), jnp.float32)
     return UncertaintyState(log_variances, optimizer.init(log_variances))
 
@@ -87,7 +88,8 @@ def dwa(temperature: float = 2.0, period: int = 1) -> Balancer:
   if period < 1:
     raise ValueError(f"dwa period must be >= 1 step, got {period}")
 
-  def init(num_tasks: int):
+  def init(num_tasks: int, shared_params=None):
+    del shared_params
     return DWAState(jnp.zeros((num_tasks,), jnp.float32), jnp.zeros((), jnp.int32),
                     jnp.ones((2, num_tasks), jnp.float32), jnp.zeros((), jnp.int32))
 
@@ -131,7 +133,8 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-2,
   """
   optimizer = optimizer or optax.adam(learning_rate)
 
-  def init(num_tasks: int):
+  def init(num_tasks: int, shared_params=None):
+    del shared_params
     weights = jnp.ones((num_tasks,), jnp.float32)
     return GradNormState(weights, jnp.ones((num_tasks,), jnp.float32), jnp.zeros((), bool),
                          optimizer.init(weights))
@@ -155,5 +158,113 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-2,
     new_state = GradNormState(new_weights, initial_losses, jnp.ones((), bool), optimizer_state)
     return finish(state.weights, task_grads, new_state, weighted_grad_norms=state.weights * grad_norms,
                   target_grad_norms=targets)
+
+  return Balancer(init, update)
+
+
+class RLWState(NamedTuple):
+  key: jax.Array  # the next update's weights are drawn from it
+
+
+def rlw(seed: int = 0) -> Balancer:
+  """Random Loss Weighting (Lin, Ye, Xu, Shi & Zhang, TMLR 2022): every step fresh weights
+  ``w = softmax(z)``, ``z ~ N(0, I)`` (summing to 1, as equal weighting's ``1 / tasks`` do). The key
+  lives in the state, so the same ``seed`` gives the same weights and a resumed run continues them."""
+
+  def init(num_tasks: int, shared_params=None):
+    del num_tasks, shared_params
+    return RLWState(jax.random.key(seed))
+
+  def update(task_losses, task_grads, state):
+    num_tasks = num_tasks_of(task_losses)
+    key, draw = jax.random.split(state.key)
+    weights = jax.nn.softmax(jax.random.normal(draw, (num_tasks,), jnp.float32))
+    return finish(weights, task_grads, RLWState(key))
+
+  return Balancer(init, update)
+
+
+class ScaleState(NamedTuple):
+  log_scales: jax.Array  # [tasks] s_i; task i's loss is scaled by exp(s_i)
+  optimizer_state: optax.OptState
+
+
+def learned_loss_scales(optimizer: optax.GradientTransformation):
+  """IMTL-L's scales as (init, step): ``step(losses, state) -> (exp(s), new_state)`` takes one optimiser
+  step on ``sum_i exp(s_i) L_i - s_i``, whose minimum over ``s_i`` is at ``exp(s_i) L_i = 1``."""
+
+  def init(num_tasks: int):
+    log_scales = jnp.zeros((num_tasks,), jnp.float32)
+    return ScaleState(log_scales, optimizer.init(log_scales))
+
+  def step(task_losses, state):
+    losses = jax.lax.stop_gradient(task_losses.astype(jnp.float32))
+    scales = jnp.exp(state.log_scales)
+    gradient = scales * losses - 1.0  # d/ds_i of exp(s_i) L_i - s_i
+    change, optimizer_state = optimizer.update(gradient, state.optimizer_state, state.log_scales)
+    return scales, ScaleState(optax.apply_updates(state.log_scales, change), optimizer_state)
+
+  return init, step
+
+
+def imtl_l(learning_rate: float = 1e-2, optimizer: Optional[optax.GradientTransformation] = None) -> Balancer:
+  """IMTL-L, impartial loss scaling (Liu et al., ICLR 2021): the loss ``sum_i exp(s_i) L_i - s_i`` with
+  learned ``s`` (initially 0), so every scaled loss ``exp(s_i) L_i`` is driven to 1: the weights
+  ``exp(s_i)`` track ``1 / L_i``. As for ``uncertainty``, ``s`` lives in the state and takes its own
+  optimiser step (default Adam at ``learning_rate``); the shared parameters get ``sum_i exp(s_i) g_i``
+  with the scales from before the step."""
+  init_scales, step_scales = learned_loss_scales(optimizer or optax.adam(learning_rate))
+
+  def init(num_tasks: int, shared_params=None):
+    del shared_params
+    return init_scales(num_tasks)
+
+  def update(task_losses, task_grads, state):
+    scales, new_state = step_scales(task_losses, state)
+    return finish(scales, task_grads, new_state)
+
+  return Balancer(init, update)
+
+
+class FAMOState(NamedTuple):
+  logits: jax.Array  # [tasks] xi; the task weights are softmax(xi)
+  previous_losses: jax.Array  # [tasks] the last update's losses
+  started: jax.Array  # [] bool
+  optimizer_state: optax.OptState
+
+
+def famo(learning_rate: float = 0.025, weight_decay: float = 1e-3,
+         optimizer: Optional[optax.GradientTransformation] = None) -> Balancer:
+  """FAMO, fast adaptive multitask optimisation (Liu, Liang, Chen & Liu, NeurIPS 2023).
+
+  The step descends ``sum_i z_i log L_i`` with ``z = softmax(xi)``, rescaled by
+  ``c = 1 / sum_i (z_i / L_i)``: the weights ``w_i = c z_i / L_i`` sum to 1. The logits learn which
+  task's log-loss falls slowest: with ``delta_i = log L_i(before) - log L_i(after)`` they take an
+  optimiser step (default Adam at ``learning_rate``, the authors' 0.025) on
+  ``J_softmax(xi)^T delta + weight_decay xi``. The authors evaluate "after" on the same batch with a
+  second forward pass; here it is the next update's losses (the next batch), so FAMO costs no extra
+  pass and fits ``update``'s one set of losses.
+  """
+  optimizer = optimizer or optax.adam(learning_rate)
+
+  def init(num_tasks: int, shared_params=None):
+    del shared_params
+    logits = jnp.zeros((num_tasks,), jnp.float32)
+    return FAMOState(logits, jnp.ones((num_tasks,), jnp.float32), jnp.zeros((), bool), optimizer.init(logits))
+
+  def update(task_losses, task_grads, state):
+    losses = jax.lax.stop_gradient(task_losses.astype(jnp.float32)) + 1e-8
+    z = jax.nn.softmax(state.logits)
+    delta = jnp.log(state.previous_losses) - jnp.log(losses)
+    # J_softmax^T delta, J = diag(z) - z z^T.
+    logit_gradient = z * delta - z * jnp.dot(z, delta) + weight_decay * state.logits
+    change, optimizer_state = optimizer.update(logit_gradient, state.optimizer_state, state.logits)
+    logits = jnp.where(state.started, optax.apply_updates(state.logits, change), state.logits)
+    optimizer_state = jax.tree_util.tree_map(lambda new, old: jnp.where(state.started, new, old),
+                                             optimizer_state, state.optimizer_state)
+    z = jax.nn.softmax(logits)
+    weights = (z / losses) / jnp.sum(z / losses)
+    return finish(weights, task_grads, FAMOState(logits, losses, jnp.ones((), bool), optimizer_state),
+                  task_logits=logits)
 
   return Balancer(init, update)

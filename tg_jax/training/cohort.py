@@ -144,8 +144,16 @@ def init(model: nn.Module, optimizer: optax.GradientTransformation, rngs: jax.Ar
       task_peak_step=jnp.full((num_networks, num_tasks), NOT_YET, jnp.int32),
       esa_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
       diverged_step=jnp.full((num_networks,), NOT_YET, jnp.int32),
-      balancer_state=jax.vmap(lambda _: balancer.init(num_tasks))(rngs) if balancer is not None else (),
+      balancer_state=(jax.vmap(lambda _: balancer.init(num_tasks, _shared_like(model, image_shape, params)))(rngs)
+                      if balancer is not None else ()),
   )
+
+
+def _shared_like(model: nn.Module, image_shape: Sequence[int], params: Any) -> dict:
+  """Shapes of one network's shared parameters (``shared_parameter_names``; ``params`` has a leading
+  ``[nets]`` axis), for a balancer's ``init``."""
+  return {k: jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), params[k])
+          for k in shared_parameter_names(model, image_shape)}
 
 
 def task_losses(outputs: Mapping[str, jax.Array], batch: Batch, task_names: Sequence[str]) -> jax.Array:
@@ -299,10 +307,12 @@ def balanced_gradients(*, model: nn.Module, task_names: Sequence[str], balancer:
     if needs_task_gradients:
       # Row t of every leaf: task t's gradient of the parameters.
       (task_grads,) = jax.vmap(vjp_fn)(jnp.eye(num_tasks, dtype=per_task.dtype))
-      _, new_balancer_state, info = balancer.update(per_task, {k: task_grads[k] for k in shared_names},
-                                                    balancer_state)
+      shared, new_balancer_state, info = balancer.update(per_task, {k: task_grads[k] for k in shared_names},
+                                                         balancer_state)
       weights = info["weights"]
-      grads = balancing.combine(weights, task_grads)
+      # Decoders: each task's gradient times its weight. Shared parameters: the balancer's update, which is
+      # the same weighted sum for every method but GradDrop and DB-MTL (balancing.combines_linearly).
+      grads = {**balancing.combine(weights, {k: v for k, v in task_grads.items() if k not in shared}), **shared}
     else:
       placeholder = jnp.zeros((num_tasks, 1), jnp.float32)  # read by nothing but the final combine
       _, new_balancer_state, info = balancer.update(per_task, placeholder, balancer_state)
