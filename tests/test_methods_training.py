@@ -74,7 +74,7 @@ def test_network_names_carry_a_method():
   assert all(all(row) for g in groups[1:] for row in g.task_mask())
 
 
-@pytest.mark.parametrize("method", ["equal", "uncertainty", "dwa"])
+@pytest.mark.parametrize("method", ["equal", "uncertainty", "dwa", "imtl_l", "rlw", "famo"])
 def test_loss_only_balancers_ignore_the_gradients(method):
   """The trainer skips per-task backward passes for these; their weights must not need them."""
   assert not balancing.needs_task_gradients(method)
@@ -363,6 +363,27 @@ def test_ensemble_of_two_networks_is_the_loss_of_the_averaged_prediction(trained
 def test_method_config_errors_name_the_problem(tmp_path, monkeypatch, key, value, message):
   with pytest.raises(ValueError, match=message):
     _run(tmp_path, monkeypatch, "bad", **{key: value})
+
+
+# The methods beyond the first eight; their maths is tested in test_balancing.py.
+SHELF = ("imtl_l", "imtl", "rlw", "famo", "nash_mtl", "aligned_mtl", "gradvac", "graddrop", "db_mtl")
+
+
+def test_every_method_of_the_shelf_trains_in_the_trainer(tmp_path, monkeypatch):
+  """One short run with the all-task network trained by each method: each gets its cohort, trains every
+  step to finite losses of its own, logs its task weights and reaches methods.json."""
+  extra = tuple(f"{ALL}:{method}" for method in SHELF)
+  _, workdir = _run(tmp_path, monkeypatch, "shelf", **{"networks.extra": extra, "tag.enabled": False})
+  methods = json.loads(_results(workdir, "methods.json"))
+  assert list(methods) == list(extra)
+  for name, entry in methods.items():
+    assert entry["network_steps"] == 8, name
+    assert all(np.isfinite(entry["test"][t]) for t in TASKS), name
+  assert len({entry["test"]["toy_depth"] for entry in methods.values()}) == len(SHELF)
+  events = [json.loads(line) for line in open(os.path.join(workdir, "log.jsonl"))]
+  logged = [e["task_weight"] for e in events if e["event"] == "train"][-1]
+  assert set(logged) == set(extra)
+  assert all(np.all(np.isfinite(list(weights.values()))) for weights in logged.values())
 
 
 def test_methods_experiment_lists_the_methods_and_tag(monkeypatch):
