@@ -53,7 +53,7 @@ def test_every_linear_method_combines_task_gradients_with_its_reported_weights(n
 
 
 def test_registry_errors_name_the_fix():
-  with pytest.raises(KeyError, match="known methods: cagrad, dwa, equal"):
+  with pytest.raises(KeyError, match="known methods: aligned_mtl, cagrad, db_mtl, dwa, equal"):
     balancing.get("gradnrom")
   with pytest.raises(TypeError, match="options are: alpha, learning_rate, optimizer"):
     balancing.get("gradnorm", alhpa=1.0)

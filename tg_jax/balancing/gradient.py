@@ -1,4 +1,5 @@
-"""Balancers that solve for a direction from the task gradients: MGDA-UB, PCGrad, CAGrad, IMTL-G.
+"""Balancers that solve for a direction from the task gradients: MGDA-UB, PCGrad, CAGrad, IMTL-G, IMTL,
+Nash-MTL, Aligned-MTL, GradVac.
 
 Each works on the ``[tasks, tasks]`` Gram matrix of the task gradients (or its centred form,
 ``base.CentredGram``) and returns the coefficients ``w`` of its direction ``sum_i w_i g_i`` (see

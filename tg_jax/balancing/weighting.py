@@ -1,4 +1,4 @@
-"""Balancers that reweight the task losses: equal, uncertainty, DWA, GradNorm.
+"""Balancers that reweight the task losses: equal, uncertainty, DWA, GradNorm, RLW, IMTL-L, FAMO.
 
 Each returns ``combined = sum_i w_i g_i`` with its own weights ``w``; they differ in where the
 weights come from (nothing, learned log-variances, the losses' recent descent rates, or a
