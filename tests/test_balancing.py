@@ -10,6 +10,7 @@ import pytest
 import scipy.optimize
 
 from tg_jax import balancing
+from tg_jax.balancing import gradient as gradient_lib
 from tg_jax.balancing.gradient import cagrad_weights, min_norm_weights
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -151,6 +152,30 @@ def test_mgda_matches_an_exact_float64_solution_on_hard_cases():
     assert np.linalg.norm(combined - weights @ grads) <= tolerance * scale, name
     if name != "rank 2":  # six points in a plane: the weights of the min-norm point are not unique
       np.testing.assert_allclose(info["weights"], weights, atol=tolerance, err_msg=name)
+
+
+def test_more_tasks_than_the_exact_solvers_take_meet_projected_gradients_guarantee():
+  """Beyond MAX_EXACT_TASKS (MGDA) and CAGRAD_MAX_EXACT_TASKS the QPs run 500 projected-gradient steps at
+  1 / L, whose objective gap is at most 2 ||Q||_2 / 500: the min-norm point's squared error is at most that
+  gap (the objective is ||g_w||^2), and CAGrad's dual is within its QPs' gaps of SLSQP's."""
+  rng = np.random.default_rng(17)
+  num_tasks = gradient_lib.MAX_EXACT_TASKS + 2
+  grads = (rng.normal(size=(num_tasks, 6)) + rng.normal(size=6)).astype(np.float32).astype(np.float64)
+  combined, _, _ = _run(balancing.get("mgda"), np.ones(num_tasks), grads)
+  weights = _min_norm_reference(grads)
+  gap = np.sum(combined ** 2) - np.sum((weights @ grads) ** 2)
+  bound = 2 * np.linalg.norm(grads @ grads.T, 2) / 500
+  assert -1e-5 * bound <= gap <= bound
+  num_tasks = gradient_lib.CAGRAD_MAX_EXACT_TASKS + 2
+  grads = rng.normal(size=(num_tasks, 20)) * rng.uniform(0.2, 5.0, size=(num_tasks, 1))
+  gram = grads @ grads.T
+  mean = np.full(num_tasks, 1.0 / num_tasks)
+  g0_norm = np.sqrt(mean @ gram @ mean)
+  weights = np.asarray(jax.jit(cagrad_weights, static_argnums=1)(jnp.asarray(gram, jnp.float32), 0.5))
+  dual = lambda w: w @ gram @ mean + 0.5 * g0_norm * np.sqrt(w @ gram @ w + 1e-8)
+  reference = scipy.optimize.minimize(dual, mean, bounds=[(0, 1)] * num_tasks, method="SLSQP",
+                                      constraints={"type": "eq", "fun": lambda w: 1 - w.sum()})
+  assert dual(weights) <= reference.fun + 1e-4 * g0_norm ** 2  # measured 1e-5; SLSQP's own precision ~1e-6
 
 
 def test_mgda_normalisation_solves_on_scaled_gradients():
