@@ -27,7 +27,8 @@ import inspect
 from typing import Callable
 
 from tg_jax.balancing.base import Balancer, combine, gram_matrix
-from tg_jax.balancing.gradient import aligned_mtl, cagrad, gradvac, imtl, imtl_g, mgda, min_norm_weights, nash_mtl, pcgrad
+from tg_jax.balancing.gradient import (aligned_mtl, cagrad, gradvac, imtl, imtl_g, mgda, min_norm_weights, nash_mtl,
+                                       pcgrad)
 from tg_jax.balancing.surgery import db_mtl, graddrop
 from tg_jax.balancing.weighting import dwa, equal, famo, gradnorm, imtl_l, rlw, uncertainty
 
@@ -90,4 +91,5 @@ def get(name: str, **options) -> Balancer:
   return factory(**options)
 
 
-__all__ = ["Balancer", "combine", "combines_linearly", "get", "gram_matrix", "min_norm_weights", "names", "needs_task_gradients"]
+__all__ = ["Balancer", "combine", "combines_linearly", "get", "gram_matrix", "min_norm_weights", "names",
+           "needs_task_gradients"]

@@ -288,10 +288,10 @@ def balanced_gradients(*, model: nn.Module, task_names: Sequence[str], balancer:
 
   The balancer weighs the tasks from their losses and their gradients of the shared parameters
   (``shared_names``; per-task gradients from one forward pass and a ``vmap`` of its VJP over the
-  tasks). Every method combines linearly (``balancing.base``), so the network's gradient is
-  ``sum_t w_t g_t`` over *all* parameters: the gradient of ``sum_t w_t L_t`` with the weights held
-  fixed. The shared parameters thus get the balancer's combined gradient, and each decoder its own
-  task's gradient times that task's weight, as back-propagating MGDA-UB's or Kendall et al.'s
+  tasks). The shared parameters get the balancer's update and each decoder its own task's gradient
+  times that task's weight; for every method that combines linearly (all but GradDrop and DB-MTL,
+  ``balancing.combines_linearly``) that is ``sum_t w_t g_t`` over *all* parameters, the gradient of
+  ``sum_t w_t L_t`` with the weights held fixed, as back-propagating MGDA-UB's or Kendall et al.'s
   weighted loss does; the balancer ``equal`` reproduces ``equal_weight_gradients`` exactly. Methods
   whose weights ignore the gradients (``needs_task_gradients=False``) take one backward pass.
 
