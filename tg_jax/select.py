@@ -48,7 +48,8 @@ _PREDICT = flags.DEFINE_enum("predict", "none", list(study.PREDICTIONS),
 _AFFINITIES = flags.DEFINE_string("affinities", None, "--predict=tag/tag_cosine: TAG's measurements, "
                                   "WORKDIR/results/tag.json.")
 _SURROGATE_SAMPLE = flags.DEFINE_float("surrogate_sample", 1.0, "--predict=surrogate: the share of --results' "
-                                       "multi-task networks it is fitted on (the rest count as not trained).")
+                                       "networks of 3+ tasks it is fitted on (the rest count as not trained; singles "
+                                       "and pairs are always used).")
 _BUDGETS = flags.DEFINE_list("budgets", None, "Inference budgets in SNT (default 1 to #tasks in steps of 0.5).")
 _JSON = flags.DEFINE_string("json", None, "Write the solutions and baselines as JSON here.")
 _WEIGHTS = flags.DEFINE_list("weights", None, "Objective weights, task=weight,... (default 1 each).")

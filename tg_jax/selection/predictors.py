@@ -7,8 +7,8 @@ networks it used, as measured, and one predicted row per untrained group), the t
 (``Compute``) and, where it can be measured, how far its predictions are from measured losses.
 
 - ``hoa``: the Higher Order Approximation (``hoa.py``; paper section 3.3.2), from the singles and pairs.
-- ``surrogate``: a ridge regression fitted on whatever groups were trained (singles, pairs, a sample
-  of larger groups), on task membership and pairwise terms, as MTG-Net's and Grad-TAE's surrogates
+- ``surrogate``: a ridge regression fitted on whatever groups were trained (singles, pairs and a
+  share of the larger groups, ``sample``), on task membership and pairwise terms, as MTG-Net's and Grad-TAE's surrogates
   do; its regularisation is chosen by leave-one-out error.
 - ``tag``: TAG's lookahead inter-task affinity (Fifty et al. 2021; ``tag.py``), from one all-task run.
 - ``tag_cosine``: the same selection on the mean cosine similarity of the tasks' gradients of the
@@ -85,12 +85,14 @@ class Compute:
 
   Attributes:
     trainings: how many.
+    snt_trainings: the same, each weighted by its network's cost in SNT.
     counted: what they are, in words.
     trained: keys (``tables.network_key``) of the networks trained to convergence for it; networks the
       selection then chooses among these need no further training.
   """
 
   trainings: float
+  snt_trainings: float
   counted: str
   trained: frozenset = dataclasses.field(default=frozenset(), repr=False)
 
@@ -181,7 +183,7 @@ def _hoa(measured: Measured, max_group_size: Optional[int]) -> Prediction:
   predicted = np.array([len(tasks) >= 3 for tasks in table.network_tasks])
   used = [r for r in range(table.num_networks) if not predicted[r]]
   count = len(used)
-  compute = Compute(float(count), f"{count} singles, half-size singles and pairs",
+  compute = Compute(float(count), float(table.costs[used].sum()), f"{count} singles, half-size singles and pairs",
                     frozenset(table.network_key(r) for r in used))
   return Prediction("hoa", table, predicted, compute, _held_out_error(trained, table, predicted))
 
@@ -288,21 +290,21 @@ def _groups_up_to(num_tasks: int, max_group_size: int) -> np.ndarray:
 
 
 def _surrogate(measured: Measured, max_group_size: Optional[int], sample: float = 1.0, seed: int = 0) -> Prediction:
-  """``sample``: the share of the trained multi-task networks (full size) the surrogate is fitted on,
-  drawn with ``seed`` (the others count as not trained: a study's way of pricing fewer trainings).
-  Every full-size single is used, and the half-size singles stay candidates as measured."""
+  """Fitted on every trained single and pair and on ``sample``, a share of the trained networks of 3+
+  tasks drawn with ``seed`` (the others count as not trained: a study's way of pricing fewer
+  trainings). The half-size singles stay candidates as measured."""
   if not 0.0 <= sample <= 1.0:
-    raise ValueError(f"the surrogate's sample is a share of the trained multi-task networks, in [0, 1]; got {sample}")
+    raise ValueError(f"the surrogate's sample is a share of the trained networks of 3+ tasks, in [0, 1]; got {sample}")
   trained = measured.trained
   num_tasks = trained.num_tasks
   max_group_size = num_tasks if max_group_size is None else max_group_size
   check_size(num_tasks, max_group_size)
-  singles = _full_size_rows(trained, lambda tasks: len(tasks) == 1)
+  small = _full_size_rows(trained, lambda tasks: len(tasks) <= 2)
   half = [r for r, tasks in enumerate(trained.network_tasks) if len(tasks) == 1 and has_size(trained.costs[r], HALF_COST)]
-  multi = _full_size_rows(trained, lambda tasks: len(tasks) >= 2)
-  drawn = np.random.default_rng(seed).permutation(len(multi))[:int(round(sample * len(multi)))]
-  used = singles + half + sorted(multi[i] for i in drawn)
-  fit = fit_surrogate(trained, singles + sorted(multi[i] for i in drawn))
+  larger = _full_size_rows(trained, lambda tasks: len(tasks) >= 3)
+  drawn = sorted(larger[i] for i in np.random.default_rng(seed).permutation(len(larger))[:round(sample * len(larger))])
+  used = small + half + drawn
+  fit = fit_surrogate(trained, small + drawn)
   kept = trained.subset(used)
   column = {name: t for t, name in enumerate(trained.task_names)}
   known = {frozenset(column[t] for t in tasks) for tasks, cost in zip(kept.network_tasks, kept.costs)
@@ -315,8 +317,8 @@ def _surrogate(measured: Measured, max_group_size: Optional[int], sample: float 
     table = kept.concat(ResultsTable(trained.task_names, groups, np.full(len(groups), FULL_COST),
                                      fit.predict(membership)))
   predicted = np.arange(table.num_networks) >= kept.num_networks
-  compute = Compute(float(len(used)), f"{len(singles)} singles, {len(half)} half-size singles and {len(drawn)} of "
-                    f"{len(multi)} multi-task networks", frozenset(kept.network_key(r) for r in range(kept.num_networks)))
+  compute = Compute(float(len(used)), float(kept.costs.sum()), f"{len(small)} singles and pairs, {len(half)} half-size singles and "
+                    f"{len(drawn)} of {len(larger)} groups of 3+ tasks", frozenset(kept.network_key(r) for r in range(kept.num_networks)))
   error = _held_out_error(trained, table, predicted) or fit.loo_error
   return Prediction("surrogate", table, predicted, compute, error)
 
@@ -339,7 +341,7 @@ def _tag_prediction(name: str, measured: Measured, matrix: np.ndarray, extra_ste
   table = tag_selection.table(trained.task_names, scores, max_group_size=max_group_size)
   all_tasks = network_key(trained.task_names, FULL_COST)
   trainings = 1.0 + (extra_steps / affinities.training_steps if affinities.training_steps else 0.0)
-  compute = Compute(trainings, f"one all-task network while measuring {what}", frozenset({all_tasks}))
+  compute = Compute(trainings, trainings * FULL_COST, f"one all-task network while measuring {what}", frozenset({all_tasks}))
   return Prediction(name, table, np.ones(table.num_networks, dtype=bool), compute)
 
 
