@@ -406,20 +406,23 @@ def compute_per_method(study_tables: StudyTables, comparison: Comparison,
     chosen = [n for n in _chosen_networks(comparison.runs[method]) if n.key not in trained]
     return len(chosen), float(sum(n.cost for n in chosen))
 
+  def networks(count: int) -> str:
+    return f"{count} chosen network{'' if count == 1 else 's'}"
+
   for method in ("optimal", "selected"):
     if method in comparison.runs:
       result[method] = Compute(len(costs), sum(costs), f"{len(costs)} candidate networks", total)
   if "esa" in comparison.runs:
     count, snt = chosen_beyond("esa")
     result["esa"] = Compute(len(costs) * esa_fraction + count, sum(costs) * esa_fraction + snt,
-                            f"{len(costs)} candidates x {esa_fraction:g} of a training + {count} chosen networks",
+                            f"{len(costs)} candidates x {esa_fraction:g} of a training + {networks(count)}",
                             total)
   for method, run in comparison.runs.items():
     needed = run.prediction_compute
     if needed is not None:
       count, snt = chosen_beyond(method, needed.trained)
       result[method] = Compute(needed.trainings + count, needed.snt_trainings + snt,
-                               f"{needed.counted} + {count} chosen networks", total)
+                               f"{needed.counted} + {networks(count)}", total)
   task_names = set(study_tables.task_names)
   for name, entry in study_tables.methods.items():
     steps = entry.get("network_steps")
