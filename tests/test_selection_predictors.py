@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tg_jax.selection import hoa, predictors, study, synthetic, tables
+from tg_jax.selection import predictors, study, synthetic, tables
 from tg_jax.selection import tag as tag_selection
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
