@@ -114,3 +114,17 @@ def test_data_directories_can_be_set_on_the_command_line():
   config = flag_values.config
   assert (config.data.data_dir, config.data.manual_dir, config.data.image_size) == ("/scratch/tfds", "/data/taskonomy", 256)
   assert config_lib.base_config().data.data_dir is None
+
+
+@pytest.mark.parametrize("predict", ["none", "esa", "hoa", "surrogate", "tag", "tag_cosine"])
+def test_every_predictor_is_a_valid_selection_predict(predict):
+  config = _load("pairs", "")
+  config.selection.predict = predict
+  config_lib.validate(config)
+
+
+def test_an_unknown_selection_predict_names_the_choices():
+  config = _load("pairs", "")
+  config.selection.predict = "mtg"
+  with pytest.raises(ValueError, match="none, esa, hoa, surrogate, tag, tag_cosine"):
+    config_lib.validate(config)

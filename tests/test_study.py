@@ -145,7 +145,8 @@ def test_retraining_trains_exactly_the_predicted_choices_without_converged_resul
   assert "retrain/results/val.csv" in text and "a+b+c" in text
   # With the triple retrained, every group of the 3 tasks has converged results: the optimum is known.
   assert "| optimal |" in text and "| selected |" not in text
-  assert "2 chosen groups of 3+ tasks" not in text and "1 chosen groups of 3+ tasks" in text
+  # HOA trained the singles and pairs, then the one triple it chose (counted once, over all budgets).
+  assert "| hoa | 10 | " in text and "9 singles, half-size singles and pairs + 1 chosen network |" in text
 
 
 def test_selection_among_trained_networks_when_not_every_subset_is(tmp_path):
@@ -209,7 +210,8 @@ def test_report_sections_for_methods_tag_and_ensembles(method_workdir):
   assert f"| optimal + ensembling | - | {optimal_total - (loss(('a', 'b'), 'a') - 0.5):.3f} |" in text
   assert "## TAG inter-task affinity" in text and "## Ensembling" in text and "+20.6%" in text
   # Compute: 10 candidates x 125 steps; TAG: 125 + 40 + the one group it chose besides the all-task one.
-  assert "| optimal | 1,250 |" in text and "| tag | 415 |" in text and "| mgda (all tasks) | 125 |" in text
+  assert "| optimal | 10 | 1,250 |" in text and "| tag | 3.32 | 415 |" in text
+  assert "| mgda (all tasks) | 1 | 125 |" in text
 
 
 def test_report_without_method_files_has_no_method_sections(tmp_path):
@@ -294,3 +296,15 @@ def test_method_network_replicas_are_averaged_in_table_4():
                                          methods={"a+b+c:mgda": entry(0, 1.5), "a+b+c:mgda#1": entry(1, 2.1)})
   result = analysis.compare_methods(study_tables, budgets=[0.5, 1.0], random_samples=5)
   assert result.methods["mgda (all tasks)"] == [None, pytest.approx(1.8)]
+
+
+@pytest.mark.parametrize("predict", ["surrogate", "tag"])
+def test_selection_predict_names_any_predictor(method_workdir, predict):
+  config = _load("pairs", "")
+  config.tasks = TASKS
+  config.selection.predict = predict
+  finish.finish(config, method_workdir, train=FakeTrainer(), random_samples=20)
+  with open(os.path.join(method_workdir, "selection.json")) as f:
+    selection = json.load(f)
+  assert selection["predict"] == predict and selection["method"] == predict
+  assert selection["prediction_compute"]["trainings"] > 0

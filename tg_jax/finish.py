@@ -23,14 +23,14 @@ import ml_collections
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis
 from tg_jax.reporting import report
-from tg_jax.selection import study
+from tg_jax.selection import predictors, study
 from tg_jax.selection.tables import TableError
 from tg_jax.training import retrain
 from tg_jax.training import trainer
 
 EXIT_PREEMPTED = 128 + 15  # what a process killed by SIGTERM reports; launch scripts requeue on it
 # config.selection.predict -> the comparison's name of that selection.
-METHOD_OF_PREDICTION = {"none": "optimal", "hoa": "hoa", "esa": "esa"}
+METHOD_OF_PREDICTION = {"none": "optimal", "esa": "esa", **{name: name for name in predictors.NAMES}}
 
 
 def missing_networks(study_tables: workdir_lib.StudyTables, runs: dict[str, study.Selection]) -> list[str]:
@@ -43,7 +43,8 @@ def selection_of(comparison: analysis.Comparison, predict: str, workdir: workdir
 
   ``"none"``: on the converged validation losses of the networks as trained (all subsets: the
   optimum; otherwise the best among those trained). ``"hoa"``: on the Higher Order Approximation
-  from the pair networks. ``"esa"``: on the early-stopping-approximation table.
+  from the pair networks. ``"esa"``: on the early-stopping-approximation table. ``"surrogate"``,
+  ``"tag"``, ``"tag_cosine"``: on those predictors' tables (``tg_jax.selection.predictors``).
   """
   method = METHOD_OF_PREDICTION[predict]
   if predict == "none" and method not in comparison.runs:
@@ -51,6 +52,9 @@ def selection_of(comparison: analysis.Comparison, predict: str, workdir: workdir
   if method not in comparison.runs:
     raise TableError(f"selection.predict={predict!r} needs tables {workdir.path} does not have: "
                      + {"hoa": "every pair network trained to convergence (experiments/pairs.py)",
+                        "surrogate": "a full-size network trained to convergence on every task",
+                        "tag": f"{workdir.relative(workdir.tag)} (config.tag.enabled)",
+                        "tag_cosine": f"gradient cosines in {workdir.relative(workdir.tag)} (config.tag.enabled)",
                         "esa": workdir.relative(workdir.table("esa")), "none": "converged networks"}[predict])
   return dataclasses.replace(comparison.runs[method], baselines=comparison.baselines or {})
 

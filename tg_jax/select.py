@@ -8,6 +8,11 @@ r"""Chooses networks for each inference budget from results tables; no training,
   # differences against the baselines, from --bootstrap resamples:
   python -m tg_jax.select --results=val.csv --test_results=test.csv --bootstrap=1000
 
+  # Other grouping predictors (tg_jax.selection.predictors): a surrogate fitted on the trained networks,
+  # TAG's affinities or its gradient-cosine variant from an all-task run:
+  python -m tg_jax.select --results=val.csv --test_results=test.csv --predict=surrogate
+  python -m tg_jax.select --results=val.csv --predict=tag --affinities=WORKDIR/results/tag.json
+
   # The authors' published tables (Early Stopping Approximation: select on ESA losses, assign tasks
   # by the converged networks' validation losses, score on test):
   python -m tg_jax.select --format=standley --results=setting1_esa.tsv \
@@ -25,7 +30,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from tg_jax.selection import selector, study, tables, uncertainty
+from tg_jax.selection import predictors, selector, study, tables, uncertainty
 
 _RESULTS = flags.DEFINE_string("results", None, "Table the selection runs on (validation losses, or ESA losses).")
 _TEST_RESULTS = flags.DEFINE_string("test_results", None, "Test losses of the same networks; scores the choices.")
@@ -37,7 +42,14 @@ _FORMAT = flags.DEFINE_enum("format", "csv", list(tables.READERS), "Table format
                             "standley (the authors' tab-separated files).")
 _TASK_NAMES = flags.DEFINE_list("task_names", None, "Column names for --format=standley (default s,d,n,k,e).")
 _PREDICT = flags.DEFINE_enum("predict", "none", list(study.PREDICTIONS),
-                             "hoa: select among groups of 3+ tasks predicted from the pair networks.")
+                             "Select among predicted groups too: hoa (groups of 3+ tasks from the pair networks), "
+                             "surrogate (a ridge regression fitted on the networks in --results), tag or tag_cosine "
+                             "(TAG's lookahead affinities or gradient cosines, --affinities).")
+_AFFINITIES = flags.DEFINE_string("affinities", None, "--predict=tag/tag_cosine: TAG's measurements, "
+                                  "WORKDIR/results/tag.json.")
+_SURROGATE_SAMPLE = flags.DEFINE_float("surrogate_sample", 1.0, "--predict=surrogate: the share of --results' "
+                                       "networks of 3+ tasks it is fitted on (the rest count as not trained; singles "
+                                       "and pairs are always used).")
 _BUDGETS = flags.DEFINE_list("budgets", None, "Inference budgets in SNT (default 1 to #tasks in steps of 0.5).")
 _JSON = flags.DEFINE_string("json", None, "Write the solutions and baselines as JSON here.")
 _WEIGHTS = flags.DEFINE_list("weights", None, "Objective weights, task=weight,... (default 1 each).")
@@ -49,8 +61,9 @@ _RANDOM_SAMPLES = flags.DEFINE_integer("random_samples", 1000, "Random valid sol
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline and of the bootstrap.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", uncertainty.DEFAULT_RESAMPLES,
                                   "Bootstrap resamples of the seed replicas (tables with a seed column); 0: none.")
-_MAX_GROUP_SIZE = flags.DEFINE_integer("max_group_size", None, "--predict=hoa: the largest group predicted "
-                                      "(default: all tasks; needed past 16 tasks, where HOA lists too many groups).")
+_MAX_GROUP_SIZE = flags.DEFINE_integer("max_group_size", None, "--predict: the largest group predicted "
+                                      "(default: all tasks; needed past 16 tasks, where a predictor lists too many "
+                                      "groups).")
 _PROGRESS_AFTER = flags.DEFINE_float("progress_after", 2.0, "Report each stage on stderr once the selection has run "
                                      "this many seconds (0: always).")
 _RISK_QUANTILE = flags.DEFINE_float("risk_quantile", None, "Select on each network's upper quantile over its seeds "
@@ -98,6 +111,15 @@ def _read(path: str) -> tables.Replicas:
   return tables.Replicas.from_table(tables.read(path, _FORMAT.value, _TASK_NAMES.value))
 
 
+def _read_affinities(path: str) -> predictors.Affinities:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return predictors.Affinities.from_json(json.load(f))
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise UsageError(f"--affinities={path}: not a readable tag.json ({error}); point it at WORKDIR/results/tag.json "
+                     "of a run with config.tag.enabled") from None
+
+
 def _progress_printer():
   """Prints a stage's line on stderr, once the command has run ``--progress_after`` seconds."""
   start = time.monotonic()
@@ -116,8 +138,13 @@ def run_command() -> str:
     raise UsageError("--results is required: the path of a results table, e.g. WORKDIR/results/val.csv")
   if _RANDOM_SAMPLES.value < 0:
     raise UsageError(f"--random_samples must be >= 0 (0: no Random baseline), got {_RANDOM_SAMPLES.value}")
-  if _MAX_GROUP_SIZE.value is not None and _PREDICT.value != "hoa":
-    raise UsageError("--max_group_size limits HOA's predicted groups; it needs --predict=hoa")
+  if _MAX_GROUP_SIZE.value is not None and _PREDICT.value == "none":
+    raise UsageError("--max_group_size limits a predictor's groups; it needs --predict (e.g. --predict=hoa)")
+  if _AFFINITIES.value and not _PREDICT.value.startswith("tag"):
+    raise UsageError("--affinities feeds TAG; it needs --predict=tag or --predict=tag_cosine")
+  if _SURROGATE_SAMPLE.value != 1.0 and _PREDICT.value != "surrogate":
+    raise UsageError("--surrogate_sample is the surrogate's; it needs --predict=surrogate")
+  affinities = _read_affinities(_AFFINITIES.value) if _AFFINITIES.value else None
   val_replicas = _read(_RESULTS.value)
   test_replicas = _read(_TEST_RESULTS.value) if _TEST_RESULTS.value else None
   converged_replicas = _read(_CONVERGED_RESULTS.value) if _CONVERGED_RESULTS.value else None
@@ -146,6 +173,8 @@ def run_command() -> str:
                      objective=objective, converged=converged, random_samples=_RANDOM_SAMPLES.value,
                      seed=_SEED.value, replicas=replicas, bootstrap=_BOOTSTRAP.value,
                      risk_quantile=_RISK_QUANTILE.value, max_group_size=_MAX_GROUP_SIZE.value,
+                     affinities=affinities,
+                     predictor_options={"sample": _SURROGATE_SAMPLE.value} if _PREDICT.value == "surrogate" else None,
                      progress=_progress_printer())
   if all(solution.infeasible for solution in result.solutions):
     raise selector.NoFeasibleSolution(result.solutions[0].infeasible)

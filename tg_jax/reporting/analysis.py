@@ -8,7 +8,7 @@
   scored with the networks it chose (trained to convergence);
 - ``untrained_choices``: the networks a predicting method (ESA, HOA, TAG) chose that have no
   converged results yet, which the paper's procedure trains before scoring;
-- ``compute_per_method``: what each method costs to run, in network-steps;
+- ``compute_per_method``: what each method costs to run, in trainings and network-steps;
 - ``esa_correlation``: how well early losses predict final ones.
 """
 
@@ -20,9 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tg_jax.selection import baselines as baselines_lib
-from tg_jax.selection import hoa, study, tables, uncertainty
+from tg_jax.selection import hoa, predictors, study, tables, uncertainty
 from tg_jax.workdir import StudyTables
-from tg_jax.selection import tag as tag_selection
 from tg_jax.selection.selector import COST_TOLERANCE
 from tg_jax.selection.tables import ResultsTable, TableError
 
@@ -30,7 +29,9 @@ HALF_COST = 0.5
 FULL_COST = 1.0
 # Methods whose selection runs on predicted losses; their chosen networks are trained to
 # convergence before they are scored.
-PREDICTING_METHODS = ("esa", "hoa", "tag")
+PREDICTING_METHODS = ("esa",) + predictors.NAMES
+# The share of the trained groups of 3+ tasks the study's surrogate is fitted on; it predicts the rest.
+SURROGATE_SAMPLE = 0.25
 
 
 def _single_task_losses(table: ResultsTable, size: float) -> np.ndarray:
@@ -150,7 +151,7 @@ class Comparison:
   Attributes:
     budgets: the budgets (SNT).
     methods: Table 4's rows, ``{name: [total test loss per budget, None where no answer]}``.
-    runs: ``{method: Selection}`` of the selecting methods (optimal, selected, esa, hoa, tag).
+    runs: ``{method: Selection}`` of the selecting methods (optimal, selected, esa, and the predictors).
     baselines: ``study.baselines_for``'s entries, when every candidate converged.
   """
 
@@ -216,8 +217,9 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
                bootstrap: int = uncertainty.DEFAULT_RESAMPLES) -> dict[str, study.Selection]:
   """``{method: Selection}``: the selection of every method the tables allow, each scored on test.
 
-  Optimal needs every group of tasks converged; HOA the pairs; ESA the early table; TAG
-  ``tag.json``. Each selection is scored on test with the networks it chose, looked up among the
+  Optimal needs every group of tasks converged; HOA the pairs; the surrogate a full-size network
+  per task (fitted on the singles, pairs and ``SURROGATE_SAMPLE`` of the groups of 3+ tasks); ESA the
+  early table; TAG (and its cosine variant) ``tag.json``. Each selection is scored on test with the networks it chose, looked up among the
   converged networks (a chosen network without converged results has no test loss: see
   ``untrained_choices``). With seed replicas, Optimal, HOA and "selected" carry their uncertainty
   from ``bootstrap`` resamples.
@@ -244,10 +246,19 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
       runs["hoa"] = study.run(candidates, test, predict="hoa", converged=val, **certain)
     except TableError:
       pass  # no pair networks: HOA is not part of this study
+  if study_tables.main_converged and candidates is not None:
+    try:
+      runs["surrogate"] = study.run(candidates, test, predict="surrogate", converged=val,
+                                    predictor_options={"sample": SURROGATE_SAMPLE}, **options)
+    except TableError:
+      pass  # a task without a full-size network: no surrogate
   if study_tables.tag is not None and val is not None:
-    tag_table = tag_selection.table(study_tables.tag["tasks"], study_tables.tag["affinity"])
-    if tag_table.task_names == val.task_names:
-      runs["tag"] = study.run(tag_table, test, converged=val, **options)
+    affinities = predictors.Affinities.from_json(study_tables.tag)
+    for name in ("tag", "tag_cosine") if affinities.cosine is not None else ("tag",):
+      try:
+        runs[name] = study.run(val, test, predict=name, affinities=affinities, **options)
+      except TableError:
+        pass  # measured on other tasks than the tables'
   if "optimal" not in runs and study_tables.main_converged and candidates is not None:
     # Not every subset converged: the best selection among the networks that did (not the optimum).
     runs["selected"] = study.run(candidates, test, converged=val, **certain)
@@ -344,64 +355,78 @@ def untrained_choices(runs: dict[str, study.Selection]) -> list[tuple[tuple[str,
   return list(missing.values())
 
 
+# The paper's Early Stopping Approximation trains every candidate on 20% of the training data.
+PAPER_ESA_FRACTION = 0.2
+
+
 @dataclasses.dataclass(frozen=True)
 class Compute:
-  """Training a method needs, in network-steps (one network trained one step, any size) and in
-  SNT-steps (weighted by each network's cost), with what it counts."""
+  """Training a method needs, in trainings (one network trained for the whole schedule, any size) and
+  SNT-trainings (each weighted by the network's cost), with what it counts; in network-steps and
+  SNT-steps where the schedule is known (``steps_per_training``)."""
 
-  network_steps: float
-  snt_steps: float
+  trainings: float
+  snt_trainings: float
   counted: str
+  steps_per_training: Optional[int] = None
+
+  @property
+  def network_steps(self) -> Optional[float]:
+    return None if self.steps_per_training is None else self.trainings * self.steps_per_training
+
+  @property
+  def snt_steps(self) -> Optional[float]:
+    return None if self.steps_per_training is None else self.snt_trainings * self.steps_per_training
 
 
-def compute_per_method(study_tables: StudyTables, comparison: Comparison) -> dict[str, Compute]:
+def compute_per_method(study_tables: StudyTables, comparison: Comparison,
+                       esa_fraction: Optional[float] = None) -> dict[str, Compute]:
   """What each selection method costs to run under the paper's procedure.
 
-  Optimal trains every candidate to convergence; ESA trains every candidate for the early fraction,
-  then its chosen networks (over all budgets) to convergence; HOA trains the singles, half-size
-  singles and pairs, then its chosen groups of 3+ tasks; TAG trains one all-task network while
-  measuring affinities (plus the lookahead passes), then its chosen groups. Networks trained with a
-  balancing method count their own steps (``methods.json``).
+  Optimal (and "selected") trains every candidate to convergence; ESA trains every candidate for the
+  early fraction (the schedule's ESA step, else ``esa_fraction``, else the paper's 20%), then its
+  chosen networks (over all budgets) to convergence; a predictor (``predictors``: HOA, the surrogate,
+  TAG) trains what its prediction needed (``Selection.prediction_compute``: HOA the singles, half-size
+  singles and pairs; TAG one all-task network with its measurement passes), then its chosen networks
+  that are not among those. Networks trained with a balancing method count their own steps
+  (``methods.json``, with a schedule).
   """
-  schedule = study_tables.schedule
-  if schedule is None or study_tables.val is None and study_tables.esa is None:
+  if study_tables.val is None and study_tables.esa is None:
     return {}
-  total, early = schedule.total_steps, schedule.esa_step
+  schedule = study_tables.schedule
+  total = None if schedule is None else schedule.total_steps
+  if esa_fraction is None:
+    esa_fraction = PAPER_ESA_FRACTION if schedule is None else schedule.esa_step / schedule.total_steps
   # The main run's candidates (the converged table may hold retrained networks too).
   candidates = selection_candidates(study_tables.esa if study_tables.esa is not None else study_tables.val)
   costs = [float(c) for c in candidates.costs]
   result = {}
 
-  def chosen_cost(method: str, keep=lambda tasks: True) -> tuple[int, float]:
-    chosen = [n for n in _chosen_networks(comparison.runs[method]) if keep(n.tasks)]
+  def chosen_beyond(method: str, trained: frozenset = frozenset()) -> tuple[int, float]:
+    chosen = [n for n in _chosen_networks(comparison.runs[method]) if n.key not in trained]
     return len(chosen), float(sum(n.cost for n in chosen))
 
-  if "optimal" in comparison.runs:
-    result["optimal"] = Compute(len(costs) * total, sum(costs) * total,
-                                f"{len(costs)} candidate networks x {total} steps")
+  def networks(count: int) -> str:
+    return f"{count} chosen network{'' if count == 1 else 's'}"
+
+  for method in ("optimal", "selected"):
+    if method in comparison.runs:
+      result[method] = Compute(len(costs), sum(costs), f"{len(costs)} candidate networks", total)
   if "esa" in comparison.runs:
-    count, snt = chosen_cost("esa")
-    result["esa"] = Compute(len(costs) * early + count * total, sum(costs) * early + snt * total,
-                            f"{len(costs)} candidates x {early} early steps + {count} chosen networks x {total} steps")
-  if "hoa" in comparison.runs:
-    small = [c for t, c in zip(candidates.network_tasks, candidates.costs) if len(t) <= 2]
-    count, snt = chosen_cost("hoa", keep=lambda tasks: len(tasks) >= 3)
-    result["hoa"] = Compute(len(small) * total + count * total, float(sum(small)) * total + snt * total,
-                            f"{len(small)} singles and pairs x {total} steps + {count} chosen groups of 3+ tasks "
-                            f"x {total} steps")
-  if "tag" in comparison.runs and study_tables.tag is not None:
-    tag = study_tables.tag
-    all_tasks = frozenset(tag["tasks"])
-    count, snt = chosen_cost("tag", keep=lambda tasks: frozenset(tasks) != all_tasks)
-    measured = tag["network_steps"] + tag["lookahead_network_steps"]
-    result["tag"] = Compute(measured + count * total, measured + snt * total,
-                            f"all-task run {tag['network_steps']} steps + lookahead "
-                            f"{tag['lookahead_network_steps']:.0f} network-step equivalents + {count} chosen groups "
-                            f"x {total} steps")
+    count, snt = chosen_beyond("esa")
+    result["esa"] = Compute(len(costs) * esa_fraction + count, sum(costs) * esa_fraction + snt,
+                            f"{len(costs)} candidates x {esa_fraction:g} of a training + {networks(count)}",
+                            total)
+  for method, run in comparison.runs.items():
+    needed = run.prediction_compute
+    if needed is not None:
+      count, snt = chosen_beyond(method, needed.trained)
+      result[method] = Compute(needed.trainings + count, needed.snt_trainings + snt,
+                               f"{needed.counted} + {networks(count)}", total)
   task_names = set(study_tables.task_names)
   for name, entry in study_tables.methods.items():
     steps = entry.get("network_steps")
-    if steps is not None:
+    if steps is not None and total:
       label = f"{entry['method']} (all tasks)" if set(entry["tasks"]) == task_names else name
-      result[label] = Compute(steps, steps * float(entry["cost"]), f"{name}: its own training")
+      result[label] = Compute(steps / total, steps / total * float(entry["cost"]), f"{name}: its own training", total)
   return result

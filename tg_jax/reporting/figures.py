@@ -18,6 +18,8 @@ METHOD_STYLES = {
     "hoa": dict(color="tab:blue", marker="s"),
     "esa": dict(color="tab:orange", marker="^"),
     "tag": dict(color="tab:purple", marker="D"),
+    "tag_cosine": dict(color="tab:pink", marker="d"),
+    "surrogate": dict(color="teal", marker="v"),
     "all_task": dict(color="tab:gray", linestyle="--"),
     "independent": dict(color="tab:green", linestyle="--", marker="."),
     "random": dict(color="tab:red", linestyle=":"),

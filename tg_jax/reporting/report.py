@@ -18,6 +18,7 @@ import numpy as np
 from tg_jax import records
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis, figures
+from tg_jax.reporting import regret as regret_lib
 from tg_jax.selection import hoa, study, tables
 from tg_jax.selection.tables import TableError
 
@@ -172,7 +173,11 @@ def _table4_notes(comparison: analysis.Comparison) -> list[str]:
       "selected": "the exact selection among the networks trained (not every subset was: not the optimum)",
       "esa": "selection on the early (ESA) validation losses; chosen networks scored converged",
       "hoa": "selection on HOA predictions from the pairs; chosen networks scored converged",
+      "surrogate": f"selection on a ridge surrogate's predictions, fitted on the singles, pairs and "
+                   f"{100 * analysis.SURROGATE_SAMPLE:.0f}% of the groups of 3+ tasks; chosen networks scored converged",
       "tag": "selection on TAG affinity scores; chosen groups scored converged",
+      "tag_cosine": "selection on TAG's gradient cosine similarities (the TAG paper's CS); chosen groups scored "
+                    "converged",
       "all_task": "the largest all-task network that fits",
       "independent": "one single-task network per task, the largest size that fits (1/5 to 1 SNT)",
       "random": "mean of random fills of the budget that serve every task",
@@ -222,13 +227,22 @@ def _compute_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.C
   compute = analysis.compute_per_method(study_tables, comparison)
   if not compute:
     return []
-  rows = [[name, f"{c.network_steps:,.0f}", f"{c.snt_steps:,.1f}", c.counted] for name, c in compute.items()]
+  rows = [[name, f"{c.trainings:.4g}", "-" if c.network_steps is None else f"{c.network_steps:,.0f}",
+           "-" if c.snt_steps is None else f"{c.snt_steps:,.1f}", c.counted] for name, c in compute.items()]
   return (["## Training compute per method", "",
-           "Network-steps: one network trained for one step, whatever its size; SNT-steps weight each network by "
-           "its cost in standard networks. Under the paper's procedure a predicting method trains its chosen "
-           "networks (over all budgets) to convergence after predicting, whether or not this study had them "
-           f"already. Schedule from `{_FILES.networks}`.", ""]
-          + _markdown_table(["method", "network-steps", "SNT-steps", "what is counted"], rows) + [""])
+           "Trainings: networks trained for the whole schedule, whatever their size; network-steps: one network "
+           "trained for one step; SNT-steps weight each network by its cost in standard networks. Under the "
+           "paper's procedure a predicting method trains its chosen networks (over all budgets) to convergence "
+           f"after predicting, whether or not this study had them already. Schedule from `{_FILES.networks}`.", ""]
+          + _markdown_table(["method", "trainings", "network-steps", "SNT-steps", "what is counted"], rows) + [""])
+
+
+def _regret_lines(measured: Optional[regret_lib.Regret], figure_dir: str) -> list[str]:
+  if measured is None:
+    return []
+  regret_lib.figure(measured, os.path.join(figure_dir, "regret_vs_compute.png"))
+  return (["## Regret against training compute", ""] + regret_lib.text_lines(measured)
+          + [f"![Regret against compute]({_FILES.figures}/regret_vs_compute.png)", ""])
 
 
 def _groupings_lines(comparison: analysis.Comparison) -> list[str]:
@@ -349,6 +363,8 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
                if comparison.intervals else "") + ".", "", f"![Figure 5]({_FILES.figures}/figure5_groupings.png)", ""]
   lines += _groupings_lines(comparison)
   lines += _compute_lines(study_tables, comparison)
+  measured_regret = regret_lib.measure(study_tables, comparison)
+  lines += _regret_lines(measured_regret, figure_dir)
   lines += _approximation_lines(study_tables)
   if study_tables.tag is not None:
     lines += _tag_lines(study_tables.tag)
@@ -358,7 +374,8 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     lines += _improvement_section(study_tables)
   lines[robust_at:robust_at] = _robust_lines(study_tables, comparison, main_method, robust_pairs)
   workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison.methods,
-                                       "intervals": comparison.intervals})
+                                       "intervals": comparison.intervals,
+                                       "regret": None if measured_regret is None else measured_regret.to_json()})
   path = paths.report
   temporary = f"{path}.tmp-{os.getpid()}"
   with open(temporary, "w", encoding="utf-8") as f:

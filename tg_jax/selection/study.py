@@ -6,9 +6,11 @@
 
 Tables in play:
 - ``val``: validation losses of trained networks (what selection uses when nothing is predicted);
-- ``predict="hoa"``: selection runs on the Higher Order Approximation built from ``val``'s pairs;
+- ``predict="<predictor>"``: selection runs on a predictor's table (``predictors.NAMES``: HOA from
+  ``val``'s pairs, the surrogate fitted on ``val``'s networks, TAG and its cosine variant from
+  ``affinities``): the networks it used as measured, and its predictions for untrained groups;
 - ``converged``: validation losses of fully trained networks, used to assign each task to a chosen
-  network when the selection table holds predictions (ESA tables, HOA); defaults to ``val``;
+  network when the selection table holds predictions (ESA tables, predictors); defaults to ``val``;
 - ``test``: test losses of the same networks as ``converged``; each solution's test total sums the
   test losses of the networks serving each task.
 """
@@ -20,10 +22,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tg_jax.selection import baselines, hoa, selector, uncertainty
+from tg_jax.selection import baselines, predictors, selector, uncertainty
 from tg_jax.selection.tables import Replicas, ResultsTable, TableError, network_key
 
-PREDICTIONS = ("none", "hoa")
+PREDICTIONS = ("none",) + predictors.NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +137,13 @@ class Selection:
 
   Attributes:
     tasks: the tasks, in table order.
-    predict: what the selection table held (``"none"``: losses as trained, ``"hoa"``: HOA).
+    predict: what the selection table held (``"none"``: losses as trained, else the predictor's name).
     budgets: the budgets, one solution each.
     solutions: per budget.
     baselines: the baselines at the same budgets, where computed.
-    hoa_accuracy: HOA's error against the measured groups (``predict="hoa"``; None if none measured).
+    prediction_error: the predictor's error against measured losses it did not use (held-out), else
+      its own fit's (leave-one-out); None where neither exists.
+    prediction_compute: the training the predictor needed (before its chosen networks are trained).
     method: the name a study gives this selection (``optimal``, ``hoa``, ``esa``, ``tag``, ...).
   """
 
@@ -148,7 +152,8 @@ class Selection:
   budgets: tuple[float, ...]
   solutions: tuple[Solution, ...]
   baselines: Optional[Baselines] = None
-  hoa_accuracy: Optional[hoa.PredictionAccuracy] = None
+  prediction_error: Optional[predictors.PredictionError] = None
+  prediction_compute: Optional[predictors.Compute] = None
   method: str = ""
 
   def to_json(self) -> dict[str, Any]:
@@ -159,8 +164,11 @@ class Selection:
     if self.baselines is not None:
       value["baselines"] = {name: [None if e is None else e.to_json() for e in entries]
                             for name, entries in self.baselines.items()}
-    if self.predict == "hoa":
-      value["hoa_accuracy"] = None if self.hoa_accuracy is None else dataclasses.asdict(self.hoa_accuracy)
+    if self.predict != "none":
+      value["prediction_error"] = None if self.prediction_error is None else dataclasses.asdict(self.prediction_error)
+      compute = self.prediction_compute
+      value["prediction_compute"] = None if compute is None else {"trainings": compute.trainings,
+                                                                 "counted": compute.counted}
     return value
 
 
@@ -193,6 +201,7 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         with_baselines: bool = True, replicas: Optional[tuple[Replicas, Replicas]] = None,
         bootstrap: int = uncertainty.DEFAULT_RESAMPLES, risk_quantile: Optional[float] = None,
         examples: Optional[uncertainty.Examples] = None, max_group_size: Optional[int] = None,
+        affinities: Optional[predictors.Affinities] = None, predictor_options: Optional[Mapping[str, Any]] = None,
         progress: Optional[Callable[[str], None]] = None) -> Selection:
   """Selects networks for every budget and scores them and the baselines.
 
@@ -206,8 +215,10 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
   resamples (``tg_jax.selection.uncertainty``), which also redraw the evaluation examples when
   ``examples`` (per-example losses of the replicas, in their order) are given. ``risk_quantile``
   selects on each network's upper quantile over its replicas instead of its mean
-  (``uncertainty.risk_table``; needs ``replicas``). ``max_group_size``: HOA's largest predicted group
-  (default: all tasks). ``progress`` is called with a line as each stage finishes.
+  (``uncertainty.risk_table``; needs ``replicas``). ``max_group_size``: the predictor's largest
+  predicted group (default: all tasks). ``affinities``: TAG's measurements (``predict="tag"`` and
+  ``"tag_cosine"``); ``predictor_options``: the predictor's own (``predictors.predict``). ``progress``
+  is called with a line as each stage finishes.
   """
   if risk_quantile is not None and replicas is None:
     raise ValueError("selecting by a risk quantile needs seed replicas (a results table with a seed column)")
@@ -221,14 +232,18 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
     val = dataclasses.replace(val, losses=val.losses + risk_offsets)
   if predict not in PREDICTIONS:
     raise ValueError(f"unknown prediction {predict!r}; choose one of {', '.join(PREDICTIONS)}")
-  if predict == "hoa":
-    hoa.check_size(val.num_tasks, max_group_size)
+  if predict != "none":
+    predictors.check_size(val.num_tasks, max_group_size)
   converged = val if converged is None else converged
   converged = converged.with_task_order(val.task_names, "converged table")
   if test is not None:
     test = test.aligned_to(converged)
   budgets = default_budgets(val) if budgets is None else [float(b) for b in budgets]
-  table = hoa.predict(val, max_group_size) if predict == "hoa" else val
+  prediction = None
+  if predict != "none":
+    prediction = predictors.predict(predict, predictors.Measured(val, affinities), max_group_size,
+                                    **(predictor_options or {}))
+  table = val if prediction is None else prediction.table
   converged_rows = _rows_by_key(converged)
   tasks = np.arange(val.num_tasks)
   if progress is not None:
@@ -269,24 +284,30 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
         unused=unused, gap=solution.gap, method=solution.method))
 
   if replicas is not None and bootstrap:
-    solutions = _with_uncertainty(solutions, val, converged, replicas, predict, budgets, objective, risk_offsets,
-                                  random_samples, bootstrap, seed, examples, max_group_size)
+    def predicted_table(losses: ResultsTable) -> ResultsTable:
+      return predictors.predict(predict, predictors.Measured(losses, affinities), max_group_size,
+                                **(predictor_options or {})).table
+
+    solutions = _with_uncertainty(solutions, val, converged, replicas, predicted_table if prediction else None,
+                                  budgets, objective, risk_offsets, random_samples, bootstrap, seed, examples)
   if progress is not None and with_baselines:
     progress("scoring the baselines (all-task, independent, Random, Pessimal)")
   return Selection(
       tasks=tuple(val.task_names), predict=predict, budgets=tuple(budgets), solutions=tuple(solutions),
       baselines=baselines_for(converged, test, budgets, random_samples, seed, objective=objective)
       if with_baselines else None,
-      hoa_accuracy=hoa.accuracy(converged) if predict == "hoa" else None)
+      prediction_error=None if prediction is None else prediction.error,
+      prediction_compute=None if prediction is None else prediction.compute)
 
 
 def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converged: ResultsTable,
-                      replicas: tuple[Replicas, Replicas], predict: str, budgets: Sequence[float],
+                      replicas: tuple[Replicas, Replicas],
+                      predicted_table: Optional[Callable[[ResultsTable], ResultsTable]], budgets: Sequence[float],
                       objective: Optional[selector.Objective], risk_offsets, random_samples: int, resamples: int,
-                      seed: int, examples: Optional[uncertainty.Examples],
-                      max_group_size: Optional[int]) -> list[Solution]:
-  """``solutions`` with their uncertainty: the same selection re-run on bootstrap resamples of the
-  replicas, and paired differences against the all-task, independent and Random baselines."""
+                      seed: int, examples: Optional[uncertainty.Examples]) -> list[Solution]:
+  """``solutions`` with their uncertainty: the same selection (on ``predicted_table`` of the
+  measured losses, when it selects on predictions) re-run on bootstrap resamples of the replicas, and
+  paired differences against the all-task, independent and Random baselines."""
   val_replicas, test_replicas = replicas
   replica_rows = _rows_by_key(val_replicas.table)
   if set(_rows_by_key(converged)) != set(replica_rows):
@@ -297,8 +318,8 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
 
   def choose(means: np.ndarray, budgets: Sequence[float]) -> list[list[Optional[uncertainty.Grouping]]]:
     """The selection of ``run`` on resampled validation means ``[resamples, replica rows, tasks]``."""
-    if predict == "hoa":
-      predicted = [hoa.predict(dataclasses.replace(val, losses=m[candidates]), max_group_size) for m in means]
+    if predicted_table is not None:
+      predicted = [predicted_table(dataclasses.replace(val, losses=m[candidates])) for m in means]
       table, losses = predicted[0], np.stack([t.losses for t in predicted])
     else:
       table, losses = val, means[:, candidates] + risk_offsets
@@ -393,10 +414,14 @@ def _uncertainty_lines(assessed: uncertainty.Uncertainty) -> list[str]:
   return lines
 
 
+_PREDICTOR_NAMES = {"hoa": "HOA predictions", "surrogate": "the surrogate's predictions",
+                    "tag": "TAG's affinities", "tag_cosine": "TAG's gradient cosine similarities"}
+
+
 def format_text(result: Selection) -> str:
   """The per-budget report: chosen networks, which tasks each serves, totals, baselines."""
   lines = []
-  predicted = " (networks chosen from HOA predictions)" if result.predict == "hoa" else ""
+  predicted = "" if result.predict == "none" else f" (networks chosen from {_PREDICTOR_NAMES[result.predict]})"
   lines.append(f"Network selection for tasks {', '.join(result.tasks)}{predicted}")
   for solution in result.solutions:
     lines.append("")
@@ -428,10 +453,11 @@ def format_text(result: Selection) -> str:
   widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
   for row in [header] + rows:
     lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
-  accuracy = result.hoa_accuracy
-  if accuracy:
+  if result.predict != "none":
     lines.append("")
-    lines.append(f"HOA accuracy on the {accuracy.count} measured higher-order losses: average max-ratio error "
-                 f"{100 * accuracy.max_ratio_error:.1f}%, average overestimate "
-                 f"{100 * accuracy.overestimate:.1f}% (paper: 5.2% and 1.4%)")
+    compute = result.prediction_compute
+    lines.append(f"{_PREDICTOR_NAMES[result.predict]}: trained {compute.counted} ({compute.trainings:g} trainings)")
+    error = result.prediction_error
+    if error is not None:
+      lines.append(f"  prediction {error.describe()}" + (" (paper, HOA: 5.2% and 1.4%)" if result.predict == "hoa" else ""))
   return "\n".join(lines)

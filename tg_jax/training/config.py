@@ -181,8 +181,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need((is_int(seeds) and seeds >= 1) or (listed and len(set(seeds)) == len(seeds)),
        f"networks.seeds must be a count >= 1 or a non-empty list of distinct seeds >= 0, got {seeds!r}; "
        f"e.g. networks.seeds = 3 (seeds 0, 1, 2) or networks.seeds = (0, 5)")
-  need(config.selection.predict in ("hoa", "esa", "none"),
-       f"selection.predict must be 'hoa', 'esa' or 'none', got {config.selection.predict!r}")
+  from tg_jax.selection import predictors  # pylint: disable=g-import-not-at-top
+  predictions = ("none", "esa") + predictors.NAMES
+  need(config.selection.predict in predictions,
+       f"selection.predict must be one of {', '.join(predictions)}, got {config.selection.predict!r}")
   from tg_jax import balancing  # pylint: disable=g-import-not-at-top
   for method, options in config.get("balancing_options", {}).items():
     need(method in balancing.names(),
