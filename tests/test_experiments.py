@@ -19,16 +19,16 @@ def _load(name, variant):
 
 
 @pytest.mark.parametrize("name, variant, count, predict", [
-    ("pairs", "", 5 + 10 + 5, "hoa"), ("pairs", "full", 20, "hoa"),
+    ("pairs", "", 2 * (5 + 10 + 5), "hoa"), ("pairs", "full", 40, "hoa"),
     ("all_subsets", "", 31 + 5, "none"), ("all_subsets", "full", 36, "none"),
     ("esa", "", 36, "esa"), ("esa", "full", 36, "esa"),
-    ("study", "", 31 + 5 + 4 * 5 + 1, "none"), ("study", "full", 57, "none"),
+    ("study", "", 3 * (31 + 5 + 4 * 5 + 1), "none"), ("study", "full", 171, "none"),
     ("methods", "", 5 + 1 + 4, "none"), ("methods", "full", 10, "none"),
 ])
 def test_configs_validate_and_list_their_networks(name, variant, count, predict):
   config = _load(name, variant)
   config_lib.validate(config)
-  assert len(networks.from_config(config)) == count
+  assert len(networks.from_config(config)) == count  # every seed replica is a network
   assert config.selection.predict == predict
   assert len(config.tasks) == 5
   if name == "esa":
@@ -47,13 +47,20 @@ def test_presets():
   assert full.model.to_dict() == models.default_config("paper").to_dict()
   assert cpu.model.cost_image_size == cpu.data.image_size == 32
   assert full.model.cost_image_size == full.data.image_size == 256
-  # 5 epochs of 20% of the 4000 training images at batch 32: 125 steps.
-  assert (cpu.batch_size, cpu.eval_batch_size, cpu.num_epochs, cpu.log_every_steps) == (32, 100, 5, 5)
+  # 16 epochs of 10% of the 4000 training images at batch 16: 400 steps, an epoch every 25.
+  assert (cpu.batch_size, cpu.eval_batch_size, cpu.num_epochs, cpu.log_every_steps) == (16, 100, 16, 5)
+  assert cpu.epoch_fraction == 0.1 and full.epoch_fraction == 0.2
   assert (cpu.optimizer.learning_rate, cpu.optimizer.plateau_patience, cpu.half_precision) == (0.1, 1, False)
   # The paper's: batch 64, 50 epochs, learning rate 0.2 halved after 2 epochs without improvement.
   assert (full.batch_size, full.eval_batch_size, full.num_epochs, full.log_every_steps) == (64, 128, 50, 100)
   assert (full.optimizer.learning_rate, full.optimizer.plateau_patience, full.half_precision) == (0.2, 2, True)
   assert config_lib.base_config("").to_dict() == cpu.to_dict()
+
+
+def test_the_demo_and_the_study_train_seed_replicas():
+  """Every number of their reports needs an interval over seeds; the study's Table 1 needs 3+."""
+  assert _load("pairs", "").networks.seeds == 2
+  assert _load("study", "").networks.seeds >= 3
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -254,3 +254,29 @@ def test_errors_name_the_problem(config):
   bad.decoder_widths = (32, 16)
   with pytest.raises(ValueError, match="decoder_widths needs 4 widths"):
     models.build(bad, (DEPTH,))
+  for key, value, message in (("output_layer", "fft", "unknown model.output_layer 'fft'; known: separable, dense"),
+                              ("output_kernel_size", 0, "output_kernel_size must be >= 1")):
+    bad = models.default_config()
+    bad[key] = value
+    with pytest.raises(ValueError, match=message):
+      models.build(bad, (DEPTH,))
+
+
+@pytest.mark.parametrize("output_layer,kernel_size", [("separable", 5), ("dense", 3), ("dense", 1)])
+def test_output_layers_keep_the_output_shape(config, output_layer, kernel_size):
+  variant = config.copy_and_resolve_references()
+  variant.output_layer, variant.output_kernel_size = output_layer, kernel_size
+  net = models.build(variant, (NORMALS,))
+  variables = net.init(jax.random.key(0), _images(2), train=False)
+  assert net.apply(variables, _images(2), train=False)[NORMALS].shape == (2, *IMAGE_SHAPE[:2], 3)
+  output = variables["params"][f"decoder_{NORMALS}"]["output"]
+  kernel = output["kernel"] if output_layer == "dense" else output["depthwise"]["kernel"]
+  assert kernel.shape[:2] == (kernel_size, kernel_size)
+
+
+def test_a_model_config_without_the_output_layer_builds_the_authors_one(config):
+  """Workdirs written before the option existed hold model configs without it."""
+  legacy = config.copy_and_resolve_references()
+  del legacy["output_layer"], legacy["output_kernel_size"]
+  net = models.build(legacy, (DEPTH,))
+  assert (net.output_layer, net.output_kernel_size) == ("separable", 5)

@@ -69,3 +69,30 @@ def test_measured_costs_near_nominal_sizes_count_as_those_sizes():
   table = tables.ResultsTable.from_rows(("a", "b"), [
       (("a",), 0.4987, {"a": 2.0}), (("b",), 0.4987, {"b": 4.0}), (("a", "b"), 1.0, {"a": 1.5, "b": 5.0})])
   assert analysis.pair_relative_performance(table)[0, 1] == pytest.approx(0.25)
+
+
+def test_convergence_counts_networks_whose_curves_ended_flat():
+  flat = [(25, 1.0), (50, 0.8), (75, 0.7), (100, 0.699)]
+  still_falling = [(25, 1.0), (50, 0.8), (75, 0.7), (100, 0.6)]
+  result = analysis.convergence({"a": flat, "b": still_falling, "short": [(25, 1.0)]})
+  assert (result.networks, result.flat, result.window_start) == (2, 1, 80)
+  assert result.largest[0] == "b" and result.largest[1] == pytest.approx(0.1 / 0.6)
+  assert analysis.convergence({"short": [(25, 1.0), (50, 0.9)]}) is None
+
+
+def test_capacity_gaps_compare_the_smallest_single_task_network_with_the_standard_one():
+  names = ("a", "b")
+  network_tasks = (("a",), ("a",), ("a",), ("b",), ("b",))
+  costs = np.array([1.0, 0.5, 0.2, 1.0, 0.5])
+  # Per seed: a's 0.2-SNT network is 20-25% worse (resolved over three seeds), b's 0.5-SNT one -5..+5%.
+  replicate_losses = [np.array([[1.0, np.inf], [1.1, np.inf], [small_a, np.inf], [np.inf, 2.0], [np.inf, small_b]])
+                      for small_a, small_b in ((1.20, 1.9), (1.25, 2.1), (1.22, 2.0))]
+  rows = tables.ResultsTable(names, network_tasks * 3, np.tile(costs, 3), np.concatenate(replicate_losses))
+  replicas = tables.Replicas.from_table(rows, seeds=[0] * 5 + [1] * 5 + [2] * 5)
+  gaps = {gap.task: gap for gap in analysis.capacity_gaps(replicas.table, replicas)}
+  assert gaps["a"].size == 0.2 and gaps["a"].relative == pytest.approx(0.67 / 3)
+  assert gaps["a"].significant and gaps["a"].interval[0] > 0.1
+  assert gaps["b"].size == 0.5 and gaps["b"].relative == pytest.approx(0.0, abs=1e-12)
+  assert not gaps["b"].significant
+  one_seed = analysis.capacity_gaps(tables.ResultsTable(names, network_tasks, costs, replicate_losses[0]))
+  assert [gap.interval for gap in one_seed] == [None, None]

@@ -384,6 +384,24 @@ class Workdir:
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
       raise WorkdirError(f"{path} cannot be read ({_reason(error)}); {_REWRITE}") from None
 
+  def read_validations(self) -> dict[str, list[tuple[int, float]]]:
+    """Per network of the main run, ``(step, mean validation loss over its tasks)`` at each validation,
+    from ``log.jsonl``'s ``eval`` events; empty without a log. Lines cut short by a kill are skipped."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if not os.path.exists(self.log):
+      return curves
+    with open(self.log, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        try:
+          event = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if not isinstance(event, dict) or event.get("event") != "eval" or event.get("split") != "val":
+          continue
+        for name, losses in event.get("loss", {}).items():
+          curves.setdefault(name, []).append((int(event["step"]), float(np.mean(list(losses.values())))))
+    return curves
+
   def read_methods(self) -> dict[str, Any]:
     return read_json(self.methods) or {}
 

@@ -430,3 +430,93 @@ def compute_per_method(study_tables: StudyTables, comparison: Comparison,
       label = f"{entry['method']} (all tasks)" if set(entry["tasks"]) == task_names else name
       result[label] = Compute(steps / total, steps / total * float(entry["cost"]), f"{name}: its own training", total)
   return result
+
+
+# A network counts as converged when its best validation loss improved by less than this fraction over
+# the last CONVERGENCE_WINDOW of its training (validations flat; the plateau schedule has then usually
+# lowered its learning rate several times).
+CONVERGED_IMPROVEMENT = 0.01
+CONVERGENCE_WINDOW = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Convergence:
+  """How flat the main run's validation curves ended (``WORKDIR/log.jsonl``).
+
+  Attributes:
+    networks: networks with at least three validations.
+    flat: those whose best validation loss improved by less than ``CONVERGED_IMPROVEMENT`` over the
+      last ``CONVERGENCE_WINDOW`` of their validations.
+    window_start: the step that window starts at.
+    largest: the network that improved most over the window, and the relative improvement.
+  """
+
+  networks: int
+  flat: int
+  window_start: int
+  largest: tuple[str, float]
+
+
+def convergence(curves: dict[str, list[tuple[int, float]]]) -> Optional[Convergence]:
+  """From ``Workdir.read_validations``'s curves; None when no network was validated three times."""
+  improvements, window_start = {}, 0
+  for name, curve in curves.items():
+    if len(curve) < 3:
+      continue
+    steps = np.array([step for step, _ in curve])
+    losses = np.array([loss for _, loss in curve])
+    window_start = int(steps[-1] * (1 - CONVERGENCE_WINDOW))
+    before = losses[steps <= window_start]
+    best = losses.min()
+    improvements[name] = float((before.min() - best) / best) if before.size else np.inf
+  if not improvements:
+    return None
+  largest = max(improvements, key=improvements.get)
+  flat = sum(value < CONVERGED_IMPROVEMENT for value in improvements.values())
+  return Convergence(len(improvements), flat, window_start, (largest, improvements[largest]))
+
+
+@dataclasses.dataclass(frozen=True)
+class CapacityGap:
+  """One task's smallest single-task network against its 1-SNT one (test).
+
+  ``relative``: the smaller network's loss over the standard one's, minus 1 (mean over seed
+  replicates; positive: the smaller network is worse); ``interval``: its 95% Student-t interval over
+  replicates, None with one seed.
+  """
+
+  task: str
+  size: float
+  relative: float
+  interval: Optional[tuple[float, float]]
+
+  @property
+  def significant(self) -> bool:
+    return self.interval is not None and self.interval[0] > 0
+
+
+def capacity_gaps(test: ResultsTable, replicas: Optional[tables.Replicas] = None) -> list[CapacityGap]:
+  """Per task with both, its cheapest single-task network against its 1-SNT single-task network:
+  whether the study is in the regime where network size matters (the paper's budget trade-off).
+  With ``replicas`` (of the test table) the gaps are their means over seeds, with intervals."""
+  if replicas is not None:
+    test = replicas.table
+  pairs = {}
+  for j, task in enumerate(test.task_names):
+    singles = [r for r, tasks in enumerate(test.network_tasks) if tuple(tasks) == (task,)]
+    full = [r for r in singles if tables.has_size(test.costs[r], FULL_COST)]
+    smaller = [r for r in singles if test.costs[r] < FULL_COST - COST_TOLERANCE]
+    if full and smaller:
+      pairs[task] = (j, min(smaller, key=lambda r: test.costs[r]), full[0])
+
+  def gaps(table: ResultsTable) -> np.ndarray:
+    return np.array([table.losses[small, j] / table.losses[full, j] - 1 for j, small, full in pairs.values()])
+
+  relative = gaps(test)
+  intervals = None
+  if replicas is not None:
+    values = uncertainty.replicate_values(replicas, gaps)
+    relative, intervals = values.mean(axis=0), uncertainty.t_intervals(values)
+  return [CapacityGap(task, float(test.costs[small]), float(relative[i]),
+                      None if intervals is None else (float(intervals[0][i]), float(intervals[1][i])))
+          for i, (task, (_, small, _)) in enumerate(pairs.items())]

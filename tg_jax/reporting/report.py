@@ -167,6 +167,37 @@ def _robust_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Co
   return lines + [""]
 
 
+def _regime_lines(paths: workdir_lib.Workdir, study_tables: workdir_lib.StudyTables) -> list[str]:
+  """Whether this run is in the regime the paper's question needs: trained to convergence, and with
+  network size mattering (otherwise a budget trade-off between groups and sizes does not exist)."""
+  lines = ["## Training regime", ""]
+  converged = analysis.convergence(paths.read_validations())
+  if converged is None:
+    lines.append(f"- Convergence: no network was validated three times (`{_FILES.log}`).")
+  else:
+    name, improvement = converged.largest
+    lines.append(f"- Convergence: {converged.flat} of {converged.networks} networks improved their best validation "
+                 f"loss by less than {100 * analysis.CONVERGED_IMPROVEMENT:g}% after step {converged.window_start} "
+                 f"(the last {100 * analysis.CONVERGENCE_WINDOW:g}% of training); the most, {name}, by "
+                 f"{100 * improvement:.1f}% (`{_FILES.log}`).")
+  if study_tables.test is not None:
+    replicas = None if study_tables.replicas is None else study_tables.replicas[1]
+    gaps = analysis.capacity_gaps(study_tables.test, replicas)
+    if gaps:
+      described = [f"{gap.task} {100 * gap.relative:+.1f}%"
+                   + ("" if gap.interval is None else
+                      f" [{100 * gap.interval[0]:+.1f}, {100 * gap.interval[1]:+.1f}]" + ("*" if gap.significant else ""))
+                   for gap in gaps]
+      sizes = sorted({f"{gap.size:.2g}" for gap in gaps})
+      verdict = ("no seed replicas, so whether size matters beyond the training noise is not resolved"
+                 if replicas is None else
+                 f"worse beyond the seed noise (* : 95% interval above 0) on {sum(g.significant for g in gaps)} "
+                 f"of {len(gaps)} tasks")
+      lines.append(f"- Capacity: the smallest single-task networks ({', '.join(sizes)} SNT) against the 1-SNT ones, "
+                   f"test loss: {'; '.join(described)}; {verdict}.")
+  return lines + [""]
+
+
 def _table4_notes(comparison: analysis.Comparison) -> list[str]:
   notes = {
       "optimal": "the exact selection on the converged validation losses of every candidate network",
@@ -299,6 +330,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
            f"Tasks: {', '.join(study_tables.task_names)}. Losses: lower is better; totals sum over tasks. "
            f"Regenerate with `python -m tg_jax.report --workdir={workdir}`.", ""]
   lines += _sources(study_tables)
+  lines += _regime_lines(paths, study_tables)
   robust_at = len(lines)  # "what is robust" goes here once the tables below are computed
 
   robust_pairs = None
