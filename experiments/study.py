@@ -1,6 +1,6 @@
 """The paper's whole study: every task subset, the baselines' networks, and the report.
 
-  python -m tg_jax.main --config=experiments/study.py --workdir=/tmp/study        # 2-core CPU, ~25 min
+  python -m tg_jax.main --config=experiments/study.py --workdir=/tmp/study        # 2-core CPU, hours (171 networks)
   python -m tg_jax.main --config=experiments/study.py:full --workdir=/scratch/study   # GPUs, paper scale
 
 Networks (for 5 tasks, 57 in all):
