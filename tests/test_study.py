@@ -308,3 +308,29 @@ def test_selection_predict_names_any_predictor(method_workdir, predict):
     selection = json.load(f)
   assert selection["predict"] == predict and selection["method"] == predict
   assert selection["prediction_compute"]["trainings"] > 0
+
+
+def test_every_method_s_grouping_gets_its_probability_of_being_optimal(tmp_path):
+  workdir = str(tmp_path / "seeds")
+  # Seed noise of 0.1%, far below the gaps between groupings: the optimum wins every resample.
+  _write_replicated_run(workdir, VAL_ROWS + [TRIPLE_ROW], spread=0.001)
+  with open(os.path.join(workdir, "results", "tag.json"), "w") as f:
+    json.dump({"tasks": list(TASKS), "affinity": [[0, 1.0, -1.0], [1.0, 0, -1.0], [-1.0, -1.0, 0]],
+               "measurements": 12, "every_steps": 10, "network": "a+b+c", "network_steps": 125}, f)
+  budgets = [1.0, 1.5, 2.0, 2.5]
+  comparison = analysis.compare_methods(workdir_lib.load_study(workdir_lib.Workdir(workdir)), budgets=budgets,
+                                        random_samples=20, bootstrap=200)
+  probabilities = comparison.probability_optimal
+  optimal = comparison.runs["optimal"].solutions
+  # The same resamples as the optimum's own uncertainty.
+  assert probabilities["optimal"] == [s.uncertainty.probability_optimal for s in optimal] == [1.0] * 4
+  for method in ("esa", "hoa", "surrogate", "tag"):
+    same = [{n.key for n in s.networks} == {n.key for n in o.networks} for s, o in zip(comparison.runs[method].solutions, optimal)]
+    assert probabilities[method] == [1.0 if s else 0.0 for s in same], method
+  # TAG at budget 2 keeps c alone (a+b, c) where the optimum serves c from a+c.
+  assert probabilities["tag"][2] == 0.0
+  text = open(report.write_report(workdir, budgets=budgets, random_samples=20, comparison=comparison)).read()
+  assert "Probability that each method's grouping is the optimum" in text
+  assert "| tag | 1.00 | 1.00 | 0.00 |" in text
+  for method in ("optimal", "esa", "hoa", "surrogate", "tag"):
+    assert os.path.getsize(os.path.join(workdir, "figures", report.figure5_name(method))) > 5000

@@ -153,6 +153,9 @@ class Comparison:
     methods: Table 4's rows, ``{name: [total test loss per budget, None where no answer]}``.
     runs: ``{method: Selection}`` of the selecting methods (optimal, selected, esa, and the predictors).
     baselines: ``study.baselines_for``'s entries, when every candidate converged.
+    intervals: with seed replicas, the 95% interval of each row's total per budget.
+    probability_optimal: with seed replicas, per selecting method and budget the probability that
+      its grouping is the optimum among the converged candidates (``study.probability_optimal``).
   """
 
   budgets: list[float]
@@ -160,6 +163,7 @@ class Comparison:
   runs: dict[str, study.Selection]
   baselines: Optional[study.Baselines] = None
   intervals: dict[str, list[Optional[tuple[float, float]]]] = dataclasses.field(default_factory=dict)
+  probability_optimal: dict[str, list[Optional[float]]] = dataclasses.field(default_factory=dict)
 
 
 def _has_all_groups(table: ResultsTable) -> bool:
@@ -292,6 +296,10 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
   add_ensemble_rows(comparison, study_tables)
   if study_tables.replicas is not None:
     comparison.intervals = _table4_intervals(comparison, study_tables, random_samples, seed)
+    if study_tables.main_converged and val is not None:
+      comparison.probability_optimal = study.probability_optimal(
+          selection_candidates(val), study_tables.replicas, budgets,
+          {name: run.solutions for name, run in runs.items()}, bootstrap, seed, study_tables.examples)
   return comparison
 
 

@@ -67,16 +67,27 @@ def loss_against_budget(comparison: analysis.Comparison, path: str, title: str =
   plt.close(figure)
 
 
-def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (), title: str = "") -> None:
-  """Figure 5: per budget, networks (big circle: full size, small: half size or less; hatched: a
-  predicted network not trained yet) joined to the tasks they serve; decoders a network has but does
-  not use are drawn in grey."""
-  solutions = [s for s in result.solutions if not s.infeasible and (not budgets or s.budget in budgets)]
+def _size_label(cost: float) -> str:
+  """A network's size as drawn beside it: "" for a standard network, else its cost in SNT."""
+  return "" if abs(cost - 1.0) < 0.02 else f"{cost:.2g}"
+
+
+def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (), title: str = "",
+              probabilities: Optional[Sequence[Optional[float]]] = None) -> None:
+  """Figure 5: per budget (fractional ones too), networks (area proportional to cost, sizes other
+  than 1 SNT written beside them; hatched: a predicted network not trained yet) joined to the tasks
+  they serve; decoders a network has but does not use are drawn in grey. ``probabilities``: per
+  budget of ``result``, the probability that its grouping is the optimum (None: unknown)."""
+  indices = [i for i, s in enumerate(result.solutions) if not s.infeasible and (not budgets or s.budget in budgets)]
   tasks = result.tasks
-  figure, axes = plt.subplots(len(solutions), 1, figsize=(1.3 + 1.0 * len(tasks), 1.5 * len(solutions) + 0.3),
-                              dpi=110, squeeze=False)
+  figure, axes = plt.subplots(max(len(indices), 1), 1,
+                              figsize=(max(5.6, 1.3 + 1.0 * len(tasks)), 1.5 * max(len(indices), 1) + 0.3), dpi=110, squeeze=False)
   task_x = np.linspace(0, 1, len(tasks))
-  for axes_row, solution in zip(axes[:, 0], solutions):
+  if not indices:
+    axes[0, 0].text(0.5, 0.5, "no budget has a feasible selection", ha="center", va="center")
+    axes[0, 0].axis("off")
+  for axes_row, index_of_budget in zip(axes[:, 0], indices):
+    solution = result.solutions[index_of_budget]
     networks = solution.networks
     served = solution.assignment
     # Networks left to right by where their served tasks sit, so few lines cross.
@@ -90,21 +101,23 @@ def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (),
         used = served[task] == index
         axes_row.plot([network_x[index], task_x[tasks.index(task)]], [1, 0],
                       color="tab:blue" if used else "0.8", linewidth=2 if used else 1, zorder=1)
-      size = 260 if network.cost >= 0.75 else 120
       predicted = not network.converged
-      axes_row.scatter([network_x[index]], [1], s=size, color="white" if predicted else "tab:blue",
+      axes_row.scatter([network_x[index]], [1], s=260 * network.cost, color="white" if predicted else "tab:blue",
                        edgecolor="black", hatch="///" if predicted else None, zorder=2)
+      if _size_label(network.cost):
+        axes_row.annotate(_size_label(network.cost), (network_x[index], 1), textcoords="offset points",
+                          xytext=(9 + 5 * network.cost, 2), fontsize=7, color="0.3")
     axes_row.scatter(task_x, np.zeros(len(tasks)), s=90, marker="s", color="white", edgecolor="black", zorder=2)
     for x, task in zip(task_x, tasks):
       axes_row.annotate(task, (x, 0), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     test = solution.test_loss
-    axes_row.set_title(f"budget {solution.budget:g}: {len(networks)} network(s)"
+    probability = None if probabilities is None else probabilities[index_of_budget]
+    axes_row.set_title(f"budget {solution.budget:g}: {len(networks)} network(s), cost {solution.cost:.3g}"
                        + (f", test loss {test:.4f}" if test is not None else "")
-                       + (f", p={solution.uncertainty.probability_optimal:.2f} optimal"
-                          if solution.uncertainty is not None else "")
+                       + (f", p={probability:.2f} optimal" if probability is not None else "")
                        + (" (hatched: predicted, not trained yet)" if solution.untrained else ""), fontsize=9)
     axes_row.set_xlim(-0.1, 1.1)
-    axes_row.set_ylim(-0.45, 1.25)
+    axes_row.set_ylim(-0.45, 1.3)
     axes_row.axis("off")
   if title:
     figure.suptitle(title, fontsize=10)

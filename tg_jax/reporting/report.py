@@ -245,6 +245,33 @@ def _regret_lines(measured: Optional[regret_lib.Regret], figure_dir: str) -> lis
           + [f"![Regret against compute]({_FILES.figures}/regret_vs_compute.png)", ""])
 
 
+def figure5_name(method: str) -> str:
+  """Figure 5's file for one method's groupings, under ``figures/``."""
+  return f"figure5_groupings_{method}.png"
+
+
+def _figure5_lines(comparison: analysis.Comparison, figure_dir: str) -> list[str]:
+  """Figure 5 for every selecting method, and with seed replicas a table of each grouping's
+  probability of being the optimum."""
+  probabilities = comparison.probability_optimal
+  reference = "optimal" if "optimal" in comparison.runs else "the best selection among the trained networks"
+  lines = ["## Figure 5: each method's grouping at each budget", "",
+           "Per method and budget (fractional budgets included), the networks chosen (area proportional to cost; "
+           "sizes other than 1 SNT written beside them; hatched: predicted, not trained yet) joined to the tasks "
+           "they serve; grey: decoders a network has but does not use."
+           + (f" p: the share of bootstrap resamples over seeds in which the grouping is {reference}."
+              if probabilities else ""), ""]
+  if probabilities:
+    rows = [[name] + ["-" if p is None else f"{p:.2f}" for p in values] for name, values in probabilities.items()]
+    lines += ["Probability that each method's grouping is the optimum (share of resamples):", ""]
+    lines += _markdown_table(["method"] + [f"{b:g}" for b in comparison.budgets], rows) + [""]
+  for method, run in comparison.runs.items():
+    figures.groupings(run, os.path.join(figure_dir, figure5_name(method)), title=f"{method} grouping per budget",
+                      probabilities=probabilities.get(method))
+    lines += [f"![Figure 5, {method}]({_FILES.figures}/{figure5_name(method)})", ""]
+  return lines
+
+
 def _groupings_lines(comparison: analysis.Comparison) -> list[str]:
   runs = comparison.runs
   rows = [[f"{budget:g}"] + [_groups_text(run.solutions[i]) for run in runs.values()]
@@ -350,17 +377,10 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   figures.loss_against_budget(comparison, os.path.join(figure_dir, "figure4_loss_vs_budget.png"))
   lines += ["", f"![Figure 4]({_FILES.figures}/figure4_loss_vs_budget.png)", ""]
 
-  # The grouping worth drawing: the optimum where known, else the best-informed approximation.
+  # The grouping "What is robust" describes: the optimum where known, else the best-informed approximation.
   main_method = next(m for m in ("optimal", "hoa", "selected", "esa", "tag", *comparison.runs)
                      if m in comparison.runs)
-  main_result = comparison.runs[main_method]
-  figures.groupings(main_result, os.path.join(figure_dir, "figure5_groupings.png"),
-                    title=f"{main_method} grouping per budget")
-  lines += [f"## Figure 5: the {main_method} grouping at each budget", "",
-            "Networks (large: full size, small: half size) joined to the tasks they serve; grey: decoders a "
-            "network has but does not use"
-            + ("; p: the share of bootstrap resamples over seeds in which the grouping is the optimum"
-               if comparison.intervals else "") + ".", "", f"![Figure 5]({_FILES.figures}/figure5_groupings.png)", ""]
+  lines += _figure5_lines(comparison, figure_dir)
   lines += _groupings_lines(comparison)
   lines += _compute_lines(study_tables, comparison)
   measured_regret = regret_lib.measure(study_tables, comparison)
