@@ -9,11 +9,14 @@ One sequence for ``tg_jax.main`` (after a run) and ``tg_jax.merge`` (after an ar
 3. The comparison of every method with the baselines, computed once and handed to both the
    selection (``selection.json``) and the report (``report.md``, ``figures/``).
 4. Ensembles of the chosen networks that share a task (``ensemble.json``), when the config asks.
+5. Figure 6's predictions (``predictions.npz``): each method's networks chosen at
+   ``analysis.QUALITATIVE_BUDGET`` on a few test images, from the checkpoints (``training.predictions``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 from absl import logging
@@ -86,6 +89,30 @@ def _ensembles(config: ml_collections.ConfigDict, workdir: workdir_lib.Workdir,
   return {"method": selection.method, "split": "test", "budgets": entries}
 
 
+def _has_checkpoints(paths: workdir_lib.Workdir) -> bool:
+  return any(os.path.isdir(d.checkpoints) for d in [paths] + paths.shards())
+
+
+def _predictions(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, study_tables: workdir_lib.StudyTables,
+                 comparison: analysis.Comparison) -> Optional[workdir_lib.Predictions]:
+  """Figure 6's predictions, written to ``predictions.npz`` (kept when it already holds the same
+  networks at the same budget); None without checkpoints to compute them from (tables from other
+  code)."""
+  budget, named = analysis.serving_networks(study_tables, comparison)
+  existing = study_tables.predictions
+  if existing is not None and existing.budget == budget and existing.serving() == named:
+    return existing
+  if not named or not _has_checkpoints(paths):
+    return None
+  from tg_jax.training import predictions  # pylint: disable=g-import-not-at-top  (loads checkpoints: compiles)
+  sources = [(config, paths.path)]
+  if study_tables.retrained:
+    sources.append((retrain.derived_config(config, list(study_tables.retrained)), paths.retrain.path))
+  result = predictions.predict(config, sources, named, budget)
+  paths.write_predictions(result)
+  return result
+
+
 def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train = trainer.train_and_evaluate,
            random_samples: int = 1000) -> Optional[str]:
   """Retrains, selects, ensembles and reports for ``workdir``; returns the text to print, or None
@@ -122,6 +149,7 @@ def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predi
     workdir_lib.write_json(paths.ensemble, ensembles)
     study_tables = dataclasses.replace(study_tables, ensemble=ensembles)
     analysis.add_ensemble_rows(comparison, study_tables)
+  study_tables = dataclasses.replace(study_tables, predictions=_predictions(config, paths, study_tables, comparison))
   report_path = report.write_report(paths.path, study_tables=study_tables, comparison=comparison)
   return "\n".join([study.format_text(selection).rstrip(), "",
                     report.improvement_summary(study_tables.networks), f"Report: {report_path}",

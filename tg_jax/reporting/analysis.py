@@ -438,3 +438,28 @@ def compute_per_method(study_tables: StudyTables, comparison: Comparison,
       label = f"{entry['method']} (all tasks)" if set(entry["tasks"]) == task_names else name
       result[label] = Compute(steps / total, steps / total * float(entry["cost"]), f"{name}: its own training", total)
   return result
+
+
+# Figure 6 shows the predictions of the networks chosen at this budget (the paper's Figure 6: 2.5 SNT).
+QUALITATIVE_BUDGET = 2.5
+
+
+def serving_networks(study_tables: StudyTables, comparison: Comparison, budget: float = QUALITATIVE_BUDGET
+                     ) -> tuple[float, dict[str, dict[str, str]]]:
+  """Figure 6's networks: ``(the budget of comparison's closest to budget, {method: {task: the name of
+  the network serving it there}})`` for every selecting method whose choice there is trained to
+  convergence, then the all-task and independent baselines."""
+  index = int(np.argmin([abs(b - budget) for b in comparison.budgets]))
+  serving: dict[str, dict[str, study.ChosenNetwork]] = {}
+  for method, run in comparison.runs.items():
+    solution = run.solutions[index]
+    if not solution.infeasible and not solution.untrained:
+      serving[method] = {task: solution.networks[i] for task, i in solution.assignment.items()}
+  for name in ("all_task", "independent"):
+    entry = (comparison.baselines or {}).get(name, [None] * len(comparison.budgets))[index]
+    if entry is not None and entry.networks:
+      # Each task served by the first of the baseline's networks that solves it.
+      serving[name] = {task: network for network in reversed(entry.networks) for task in network.tasks}
+  return comparison.budgets[index], {
+      method: dict(zip(per_task, study_tables.names_of([(n.tasks, n.cost) for n in per_task.values()])))
+      for method, per_task in serving.items()}

@@ -1,4 +1,5 @@
-"""The study's figures (matplotlib, written as PNG): loss against budget, and the chosen groupings."""
+"""The study's figures (matplotlib, written as PNG): loss against budget, the chosen groupings, and
+the chosen networks' predictions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from tg_jax import workdir as workdir_lib  # noqa: E402
 from tg_jax.reporting import analysis  # noqa: E402
 from tg_jax.selection import study  # noqa: E402
 
@@ -147,6 +149,62 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str,
   figure.colorbar(image, ax=axes, label="% better than half-size single-task")
   axes.set_title(title + ("" if significant is None else "\n(grey: within the seed noise)"),
                  fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def _wrapped_name(name: str, width: int = 18) -> str:
+  """A network's name over lines of about ``width`` characters, broken after a "+"."""
+  lines = [""]
+  for part in name.replace("+", "+\n").split("\n"):
+    if lines[-1] and len(lines[-1]) + len(part) > width:
+      lines.append("")
+    lines[-1] += part
+  return "\n".join(lines)
+
+
+def _draw_label(axes, kind: str, value: np.ndarray, truth: np.ndarray) -> None:
+  """One task's label or prediction for one image, scaled like its ``truth`` so cells compare."""
+  if kind == "classification":
+    axes.text(0.5, 0.5, f"class {int(value)}", ha="center", va="center", fontsize=9, transform=axes.transAxes)
+  elif kind == "segmentation":
+    axes.imshow(value, cmap="tab20", vmin=-0.5, vmax=19.5, interpolation="nearest")
+  elif value.shape[-1] == 3:
+    low, high = truth.min(axis=(0, 1)), truth.max(axis=(0, 1))
+    axes.imshow(np.clip((value - low) / np.maximum(high - low, 1e-12), 0.0, 1.0))
+  else:
+    low, high = np.percentile(truth[..., 0], [2, 98])
+    axes.imshow(value[..., 0], cmap="viridis", vmin=low, vmax=max(high, low + 1e-12))
+
+
+def predictions(predicted: workdir_lib.Predictions, path: str) -> None:
+  """Figure 6: per test image and task (rows), the input, the ground truth and each method's
+  prediction (columns), each prediction named by the network that made it."""
+  examples, tasks, methods = len(predicted.images), predicted.tasks, predicted.methods
+  rows, columns = examples * len(tasks), 2 + len(methods)
+  figure, axes = plt.subplots(rows, columns, figsize=(1.45 * columns, 1.45 * rows + 0.5), dpi=90, squeeze=False)
+  for example in range(examples):
+    for j, (task, kind) in enumerate(zip(tasks, predicted.kinds)):
+      row = axes[example * len(tasks) + j]
+      truth = predicted.truth[j][example]
+      if j == 0:
+        row[0].imshow(predicted.images[example])
+        row[0].set_title(f"test image {example + 1}", fontsize=8)
+      _draw_label(row[1], kind, truth, truth)
+      row[1].set_ylabel(task, fontsize=8)
+      for i, method in enumerate(methods):
+        _draw_label(row[2 + i], kind, predicted.outputs[j][i][example], truth)
+        row[2 + i].set_xlabel(_wrapped_name(str(predicted.networks[i, j])), fontsize=6, labelpad=2)
+  for index, title in enumerate(["input", "ground truth", *methods]):
+    axes[0, index].set_title((axes[0, index].get_title() + "\n" if index == 0 else "") + title, fontsize=9)
+  for axes_cell in axes.flat:
+    axes_cell.set_xticks([])
+    axes_cell.set_yticks([])
+    if not axes_cell.images and not axes_cell.texts:
+      axes_cell.axis("off")
+  figure.suptitle(f"Predictions of each method's networks chosen at budget {predicted.budget:g} "
+                  "(under each: the network that made it)", fontsize=10)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

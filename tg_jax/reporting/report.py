@@ -123,6 +123,8 @@ def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
                  f"{study_tables.tag['network']};")
   if study_tables.ensemble is not None:
     lines.append(f"- `{_FILES.ensemble}`: test losses of ensembles of the chosen networks;")
+  if study_tables.predictions is not None:
+    lines.append(f"- `{_FILES.predictions}`: the chosen networks' predictions on a few test images (Figure 6);")
   lines.append(f"- `{_FILES.networks}`: schedule, sizes and the constant predictor's losses.")
   return lines + [""]
 
@@ -272,6 +274,27 @@ def _figure5_lines(comparison: analysis.Comparison, figure_dir: str) -> list[str
   return lines
 
 
+def _figure6_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison,
+                   figure_dir: str) -> list[str]:
+  """Figure 6 from ``predictions.npz``, when it holds the networks this comparison chose."""
+  predicted = study_tables.predictions
+  if predicted is None:
+    return []
+  budget, named = analysis.serving_networks(study_tables, comparison)
+  title = f"## Figure 6: predictions of the networks chosen at budget {predicted.budget:g}"
+  if predicted.budget != budget or predicted.serving() != named:
+    return [title, "", f"`{_FILES.predictions}` holds other networks' predictions than the ones chosen at budget "
+            f"{budget:g} now; rerun `python -m tg_jax.main` with the same config to refresh it.", ""]
+  figures.predictions(predicted, os.path.join(figure_dir, "figure6_predictions.png"))
+  rows = [[method] + [named[method][t] for t in predicted.tasks] for method in predicted.methods]
+  return ([title, "",
+           f"The first {len(predicted.images)} test images, their labels and each method's predictions (`{_FILES.predictions}`, "
+           "from each network's best-validation checkpoint); dense labels drawn on the ground truth's scale, "
+           "segmentation as class colours. The network serving each task:", ""]
+          + _markdown_table(["method"] + list(predicted.tasks), rows)
+          + ["", f"![Figure 6]({_FILES.figures}/figure6_predictions.png)", ""])
+
+
 def _groupings_lines(comparison: analysis.Comparison) -> list[str]:
   runs = comparison.runs
   rows = [[f"{budget:g}"] + [_groups_text(run.solutions[i]) for run in runs.values()]
@@ -382,6 +405,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
                      if m in comparison.runs)
   lines += _figure5_lines(comparison, figure_dir)
   lines += _groupings_lines(comparison)
+  lines += _figure6_lines(study_tables, comparison, figure_dir)
   lines += _compute_lines(study_tables, comparison)
   measured_regret = regret_lib.measure(study_tables, comparison)
   lines += _regret_lines(measured_regret, figure_dir)
