@@ -108,9 +108,30 @@ def _predictions(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, 
   sources = [(config, paths.path)]
   if study_tables.retrained:
     sources.append((retrain.derived_config(config, list(study_tables.retrained)), paths.retrain.path))
+  for index, keys in enumerate(study_tables.refined, start=1):
+    sources.append((retrain.derived_config(config, study_tables.names_of(keys)), paths.refine_round(index).path))
   result = predictions.predict(config, sources, named, budget)
   paths.write_predictions(result)
   return result
+
+
+def _refine(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, study_tables: workdir_lib.StudyTables,
+            train: retrain.Train) -> Optional[workdir_lib.StudyTables]:
+  """ESA's refinement loop (``selection.refine``): trains each round's new choice in
+  ``WORKDIR/refine/round_<k>`` until the choice is stable or the rounds run out; returns the tables
+  with every round's networks, or None when a round was preempted (the same command resumes it)."""
+  study_tables = dataclasses.replace(study_tables, refine=config.selection.refine)
+  while (refined := analysis.refinement(study_tables)) is not None and refined.pending:
+    index = len(study_tables.refined) + 1
+    names = study_tables.names_of(refined.pending)
+    logging.info("ESA refinement round %d: training %d network(s) its new choice needs: %s", index, len(names),
+                 ", ".join(names))
+    outcome = train(retrain.derived_config(config, names), paths.refine_round(index).path)
+    if outcome["status"] == trainer.STATUS_PREEMPTED:
+      logging.warning("ESA refinement round %d was preempted; run the same command again to resume it", index)
+      return None
+    study_tables = dataclasses.replace(workdir_lib.load_study(paths), refine=config.selection.refine)
+  return study_tables
 
 
 def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train = trainer.train_and_evaluate,
@@ -138,6 +159,11 @@ def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predi
       logging.warning("the retraining phase was preempted; run the same command again to resume it")
       return None
     study_tables = workdir_lib.load_study(paths)
+    runs = analysis.selections(study_tables)
+  if config.selection.refine:
+    study_tables = _refine(config, paths, study_tables, train)
+    if study_tables is None:
+      return None
     runs = analysis.selections(study_tables)
   if jax.process_index() != 0:
     return ""

@@ -30,6 +30,7 @@ WORKDIR/predictions.npz            Figure 6: each method's chosen networks' test
 WORKDIR/report.md, figures/        the study report                                                (finish, report)
 WORKDIR/study.json                 Table 4's numbers                                               (finish, report)
 WORKDIR/retrain/                   the retraining phase: a workdir of its own                      (finish)
+WORKDIR/refine/round_<k>/          ESA refinement round k's training (selection.refine): a workdir  (finish)
 WORKDIR/shards/shard_<i>_of_<n>/   an array job's slices, each a workdir of its own                (main)
 ```
 """
@@ -400,6 +401,10 @@ class Workdir:
   def retrain(self) -> "Workdir":
     return Workdir(self._join("retrain"))
 
+  def refine_round(self, index: int) -> "Workdir":
+    """ESA refinement round ``index``'s training (1, 2, ...)."""
+    return Workdir(self._join("refine", f"round_{index}"))
+
   def shard(self, index: int, count: int) -> "Workdir":
     return Workdir(self._join("shards", f"shard_{index:03d}_of_{count:03d}"))
 
@@ -504,6 +509,9 @@ class StudyTables:
     replicas: every seed replica of ``val`` and ``test``'s networks, when some network has 2+.
     examples: those replicas' per-example losses, when every one of them has its
       ``examples_<split>.npz`` rows (the bootstrap then redraws evaluation examples too).
+    refine: ``config.selection.refine`` of the run (``config.json``): ESA refinement rounds at most.
+    refined: per finished ESA refinement round (``refine/round_<k>``), the keys of the networks it
+      trained; their tables are in ``val`` and ``test``.
   """
 
   val: Optional[tables.ResultsTable]
@@ -518,6 +526,8 @@ class StudyTables:
   retrained: tuple[str, ...] = ()
   replicas: Optional[tuple[tables.Replicas, tables.Replicas]] = None
   examples: Optional[uncertainty.Examples] = None
+  refine: int = 0
+  refined: tuple[frozenset, ...] = ()
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -559,11 +569,17 @@ def load_study(workdir: Workdir) -> StudyTables:
     retrained_val, retrained_test = workdir.retrain.read_table("val"), workdir.retrain.read_table("test")
   val = _concat(val if main_converged else None, retrained_val)
   test = _concat(test if main_converged else None, retrained_test)
-  runs = tuple(run for run in (main_run, retrained_run) if run is not None)
+  refine_runs = []
+  while (round_run := workdir.refine_round(len(refine_runs) + 1).read_run()) is not None:
+    round_dir = workdir.refine_round(len(refine_runs) + 1)
+    val, test = _concat(val, round_dir.read_table("val")), _concat(test, round_dir.read_table("test"))
+    refine_runs.append(round_run)
+  runs = tuple(run for run in (main_run, retrained_run, *refine_runs) if run is not None)
   replicas = examples = None
   if val is not None and test is not None and val.replicated:
     replicas = (val, test.aligned_to(val))
-    sources = [workdir] + ([workdir.retrain] if retrained_run is not None else [])
+    sources = ([workdir] + ([workdir.retrain] if retrained_run is not None else [])
+               + [workdir.refine_round(k + 1) for k in range(len(refine_runs))])
     per_split = [_replica_examples(sources, split, split_replicas, runs)
                  for split, split_replicas in zip(EXAMPLE_SPLITS, replicas)]
     examples = None if any(e is None for e in per_split) else uncertainty.Examples(*per_split)
@@ -572,7 +588,18 @@ def load_study(workdir: Workdir) -> StudyTables:
       esa=None if esa is None else esa.table, main_converged=main_converged, replicas=replicas, examples=examples,
       methods=workdir.read_methods(), tag=workdir.read_tag(), ensemble=read_json(workdir.ensemble),
       predictions=workdir.read_predictions(), runs=runs,
-      retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else ())
+      retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else (),
+      refine=_refine_rounds(workdir), refined=tuple(frozenset(n.key for n in run.networks) for run in refine_runs))
+
+
+def _refine_rounds(workdir: Workdir) -> int:
+  """``config.selection.refine`` from the run's ``config.json`` (an array job's: its first shard's); 0
+  without one (tables from other code)."""
+  for source in [workdir] + workdir.shards()[:1]:
+    config = read_json(source.config)
+    if config is not None:
+      return int(config.get("selection", {}).get("refine", 0))
+  return 0
 
 
 def _replica_examples(sources: Sequence[Workdir], split: str, replicas: tables.Replicas,

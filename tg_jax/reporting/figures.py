@@ -19,6 +19,7 @@ METHOD_STYLES = {
     "optimal": dict(color="black", marker="o", linewidth=2),
     "hoa": dict(color="tab:blue", marker="s"),
     "esa": dict(color="tab:orange", marker="^"),
+    "esa_refined": dict(color="darkorange", marker="^", linestyle="-.", markerfacecolor="white"),
     "tag": dict(color="tab:purple", marker="D"),
     "tag_cosine": dict(color="tab:pink", marker="d"),
     "surrogate": dict(color="teal", marker="v"),

@@ -115,6 +115,9 @@ def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
   if study_tables.retrained:
     lines.append(f"- `{_FILES.retrain.table('val')}`, `test.csv`: the retraining phase, networks chosen from "
                  f"predictions trained to convergence: {', '.join(study_tables.retrained)};")
+  for index, keys in enumerate(study_tables.refined, start=1):
+    lines.append(f"- `{_FILES.refine_round(index).table('val')}`, `test.csv`: ESA refinement round {index}'s "
+                 f"networks trained to convergence: {', '.join(study_tables.names_of(keys))};")
   if study_tables.methods:
     lines.append(f"- `{_FILES.methods}`: networks trained with a balancing method or soft sharing: "
                  f"{', '.join(study_tables.methods)};")
@@ -174,6 +177,8 @@ def _table4_notes(comparison: analysis.Comparison) -> list[str]:
       "optimal": "the exact selection on the converged validation losses of every candidate network",
       "selected": "the exact selection among the networks trained (not every subset was: not the optimum)",
       "esa": "selection on the early (ESA) validation losses; chosen networks scored converged",
+      "esa_refined": "ESA refined (the paper's section 6 caveat): networks that serve nothing or are worse than "
+                     "predicted once trained are dropped and the selection rerun, until stable (see ESA refinement)",
       "hoa": "selection on HOA predictions from the pairs; chosen networks scored converged",
       "surrogate": f"selection on a ridge surrogate's predictions, fitted on the singles, pairs and "
                    f"{100 * analysis.SURROGATE_SAMPLE:.0f}% of the groups of 3+ tasks; chosen networks scored converged",
@@ -295,6 +300,37 @@ def _figure6_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.C
           + ["", f"![Figure 6]({_FILES.figures}/figure6_predictions.png)", ""])
 
 
+def _refinement_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison) -> list[str]:
+  """ESA's refinement rounds: what each dropped and why, what it trained and at what compute."""
+  refined = comparison.refinement
+  if refined is None:
+    return []
+  schedule = study_tables.schedule
+  steps = None if schedule is None else schedule.total_steps
+  lines = ["## ESA refinement", "",
+           f"After ESA's chosen networks were trained to convergence, networks that serve no task or are worse than "
+           f"predicted (a candidate predicted no better on the tasks they serve, at no greater cost, is better once "
+           f"trained) are dropped at that budget and ESA's selection rerun without them, training what the new choice "
+           f"needs (`{os.path.dirname(_FILES.refine_round(1).path)}/round_<k>/`), at most {study_tables.refine} round(s). "
+           + ("Stable: the last choice drops nothing." if refined.stable else
+              "Not stable: the rounds ran out, or the last round's networks are not trained yet"
+              + (f" ({', '.join('+'.join(t) + f' @ {c:g}' for t, c in refined.pending)})" if refined.pending else "")
+              + "."), ""]
+  if not refined.rounds:
+    return lines + ["ESA's choice needed no refinement.", ""]
+  rows = []
+  for round_ in refined.rounds:
+    dropped = "; ".join(f"{b:g}: {', '.join(labels)}" for b, labels in round_.dropped.items())
+    trained = ", ".join("+".join(t) + ("" if tables.has_size(c, 1.0) else f" @ {c:g}") for t, c in round_.trained)
+    rows.append([str(round_.index), dropped, trained or "-", str(round_.trainings),
+                 "-" if steps is None else f"{round_.trainings * steps:,}",
+                 "-" if steps is None else f"{round_.snt_trainings * steps:,.1f}"])
+  lines += _markdown_table(["round", "dropped (budget: networks)", "trained", "trainings", "network-steps",
+                            "SNT-steps"], rows)
+  reasons = {label: why for round_ in refined.rounds for label, why in round_.reasons.items()}
+  return lines + [""] + [f"- {label}: {why}" for label, why in reasons.items()] + [""]
+
+
 def _groupings_lines(comparison: analysis.Comparison) -> list[str]:
   runs = comparison.runs
   rows = [[f"{budget:g}"] + [_groups_text(run.solutions[i]) for run in runs.values()]
@@ -406,6 +442,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   lines += _figure5_lines(comparison, figure_dir)
   lines += _groupings_lines(comparison)
   lines += _figure6_lines(study_tables, comparison, figure_dir)
+  lines += _refinement_lines(study_tables, comparison)
   lines += _compute_lines(study_tables, comparison)
   measured_regret = regret_lib.measure(study_tables, comparison)
   lines += _regret_lines(measured_regret, figure_dir)
