@@ -204,8 +204,8 @@ def predictions(predicted: workdir_lib.Predictions, path: str) -> None:
     axes_cell.set_yticks([])
     if not axes_cell.images and not axes_cell.texts:
       axes_cell.axis("off")
-  figure.suptitle(f"Predictions of each method's networks chosen at budget {predicted.budget:g} "
-                  "(under each: the network that made it)", fontsize=10)
+  figure.suptitle(f"Networks chosen at budget {predicted.budget:g}:\npredictions (under each: the network that made it)",
+                  fontsize=10)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)
