@@ -338,6 +338,8 @@ def test_every_method_s_grouping_gets_its_probability_of_being_optimal(tmp_path)
   text = open(report.write_report(workdir, budgets=budgets, random_samples=20, comparison=comparison)).read()
   assert "Probability that each method's grouping is the optimum" in text
   assert "| tag | 1.00 | 1.00 | 0.00 |" in text
+  with open(os.path.join(workdir, "study.json")) as f:
+    assert json.load(f)["probability_optimal"]["tag"][2] == 0.0
   for method in ("optimal", "esa", "hoa", "surrogate", "tag"):
     assert os.path.getsize(os.path.join(workdir, "figures", report.figure5_name(method))) > 5000
 
@@ -370,6 +372,9 @@ def test_esa_refinement_drops_a_network_worse_than_predicted_and_trains_the_new_
   assert next(line for line in text.splitlines() if line.startswith("| esa_refined |")).split("|")[4].strip() == (
       f"{1.1 * (0.57 + 0.57 + 0.76):.3f}")
   assert "| esa_refined |" in text.split("## Training compute per method")[1]
+  with open(os.path.join(workdir, "study.json")) as f:
+    rounds = json.load(f)["refinement"]["rounds"]
+  assert [(r["round"], r["trained"]) for r in rounds] == [(1, [{"tasks": ["b", "c"], "cost": 1.0}])]
   # Resumable: once stable, nothing is trained again.
   finish.finish(config, workdir, train=trainer, random_samples=20)
   assert len(trainer.calls) == 2

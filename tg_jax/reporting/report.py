@@ -456,6 +456,9 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   lines[robust_at:robust_at] = _robust_lines(study_tables, comparison, main_method, robust_pairs)
   workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison.methods,
                                        "intervals": comparison.intervals,
+                                       "probability_optimal": comparison.probability_optimal,
+                                       "refinement": None if comparison.refinement is None
+                                       else comparison.refinement.to_json(),
                                        "regret": None if measured_regret is None else measured_regret.to_json()})
   path = paths.report
   temporary = f"{path}.tmp-{os.getpid()}"

@@ -56,6 +56,10 @@ class Round:
   def snt_trainings(self) -> float:
     return float(sum(cost for _, cost in self.trained))
 
+  def to_json(self) -> dict:
+    return {"round": self.index, "dropped": [{"budget": b, "networks": list(n)} for b, n in self.dropped.items()],
+            "reasons": dict(self.reasons), "trained": [{"tasks": list(t), "cost": c} for t, c in self.trained]}
+
 
 @dataclasses.dataclass(frozen=True)
 class Refinement:
@@ -73,6 +77,10 @@ class Refinement:
   rounds: tuple[Round, ...]
   stable: bool
   pending: tuple[tuple[tuple[str, ...], float], ...] = ()
+
+  def to_json(self) -> dict:
+    return {"stable": self.stable, "rounds": [r.to_json() for r in self.rounds],
+            "pending": [{"tasks": list(t), "cost": c} for t, c in self.pending]}
 
 
 def _select(early: ResultsTable, dropped: dict[float, set], converged: ResultsTable, test: Optional[ResultsTable],
