@@ -108,7 +108,6 @@ def flagged(solution: study.Solution, early: ResultsTable, converged: ResultsTab
     return {}
   early_rows = {early.network_key(r): r for r in range(early.num_networks)}
   converged_rows = {converged.network_key(r): r for r in range(converged.num_networks)}
-  result = {}
   by_label = {converged.network_label(r): key for key, r in converged_rows.items()}
   result = {by_label[label]: "serves no task once trained" for label in solution.unused}
   for index, network in enumerate(solution.networks):
@@ -142,10 +141,11 @@ def replay(early: ResultsTable, converged: ResultsTable, test: Optional[ResultsT
       after the retraining phase; ``available[k]``: after refinement round k trained).
     max_rounds: the most refinement rounds.
   """
+  converged = converged.with_task_order(early.task_names, "converged table")
   test = None if test is None else test.aligned_to(converged)
 
   def tables_after(round_index: int) -> tuple[ResultsTable, Optional[ResultsTable]]:
-    keys = available[min(round_index, len(available) - 1)]
+    keys = available[round_index]
     rows = [r for r in range(converged.num_networks) if converged.network_key(r) in keys]
     return converged.subset(rows), None if test is None else test.subset(rows)
 
@@ -164,25 +164,19 @@ def replay(early: ResultsTable, converged: ResultsTable, test: Optional[ResultsT
         new[solution.budget] = flags
     if not new:
       return Refinement(selection, tuple(rounds), stable=True)
-    labels = {}
+    label = {val_now.network_key(r): val_now.network_label(r) for r in range(val_now.num_networks)}
     for budget, flags in new.items():
       dropped[budget] |= set(flags)
-      labels[budget] = tuple(val_now.network_label(_row(val_now, key)) for key in flags)
-    reasons = {val_now.network_label(_row(val_now, key)): why for flags in new.values() for key, why in flags.items()}
+    labels = {budget: tuple(label[key] for key in flags) for budget, flags in new.items()}
+    reasons = {label[key]: why for flags in new.values() for key, why in flags.items()}
     selection = _select(early, dropped, val_now, test_now, budgets)
     needed = tuple(dict.fromkeys((n.tasks, n.cost) for s in selection.solutions for n in s.networks
                                  if not n.converged))
-    round_ = Round(index, labels, reasons, needed)
-    rounds.append(round_)
+    rounds.append(Round(index, labels, reasons, needed))
     if needed:
       if index >= len(available):
         return Refinement(selection, tuple(rounds), stable=False, pending=needed)
       val_now, test_now = tables_after(index)
       selection = _select(early, dropped, val_now, test_now, budgets)
-  last = selection
-  stable = not any(flagged(s, early, val_now, dropped[s.budget]) for s in last.solutions)
-  return Refinement(last, tuple(rounds), stable=stable)
-
-
-def _row(table: ResultsTable, key: Key) -> int:
-  return next(r for r in range(table.num_networks) if table.network_key(r) == key)
+  stable = not any(flagged(s, early, val_now, dropped[s.budget]) for s in selection.solutions)
+  return Refinement(selection, tuple(rounds), stable=stable)
