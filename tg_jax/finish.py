@@ -131,6 +131,10 @@ def _refine(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, study
       logging.warning("ESA refinement round %d was preempted; run the same command again to resume it", index)
       return None
     study_tables = dataclasses.replace(workdir_lib.load_study(paths), refine=config.selection.refine)
+    if len(study_tables.refined) < index:
+      raise workdir_lib.WorkdirError(f"ESA refinement round {index} ended without "
+                                     f"{paths.refine_round(index).relative(paths.refine_round(index).networks)} in "
+                                     f"{paths.refine_round(index).path}; rerun the same command to train it again")
   return study_tables
 
 
