@@ -135,3 +135,11 @@ def test_an_unknown_selection_predict_names_the_choices():
   config.selection.predict = "mtg"
   with pytest.raises(ValueError, match="none, esa, hoa, surrogate, tag, tag_cosine"):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("rounds", [-1, True])
+def test_selection_refine_must_be_a_count_of_rounds(rounds):
+  config = _load("esa", "")
+  config.selection.refine = rounds
+  with pytest.raises(ValueError, match="selection.refine must be a count of rounds >= 0"):
+    config_lib.validate(config)

@@ -11,6 +11,8 @@ from tg_jax import main
 from tg_jax import merge
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis
+from tg_jax.training import ensemble
+from tg_jax.training import predictions
 from tg_jax.training import trainer
 
 
@@ -66,6 +68,23 @@ def test_merged_shards_equal_one_unsharded_run(tmp_path):
             and not any(len(n["tasks"]) == 3 for n in s["networks"])
             and len({t for n in s["networks"] for t in n["tasks"]}) < sum(len(n["tasks"]) for n in s["networks"])]
   assert [e["budget"] for e in ensembles["budgets"] if e["tasks"]] == shared and ensembles["method"] == "hoa"
+  # Figure 6: at budget 2.5 each method's serving networks, from the shards' and the retraining phase's
+  # checkpoints, on the first test images.
+  predicted = sharded.read_predictions()
+  study_tables = workdir_lib.load_study(sharded)
+  assert (predicted.budget, predicted.serving()) == analysis.serving_networks(study_tables, analysis.compare_methods(
+      study_tables, random_samples=20))
+  assert {"optimal", "esa", "hoa", "all_task", "independent"} <= set(predicted.methods)
+  assert predicted.images.shape == (predictions.NUM_IMAGES, 16, 16, 3)
+  assert "toy_depth+toy_normals+toy_segment" in predicted.networks  # the all-task baseline, retrained
+  name = predicted.serving()["hoa"]["toy_segment"]
+  source = sharded.path if name in {n.name for n in sharded.read_run().networks} else sharded.retrain.path
+  model, variables = ensemble.best_variables(config, source, [name], (16, 16, 3))[name]
+  images = next(iter(train_fakes.FAKE_DATA.load(config.data, config.tasks, "test").eval_batches(3)))["image"]
+  expected = np.argmax(model.apply(variables, images, train=False)["toy_segment"], axis=-1)
+  np.testing.assert_array_equal(
+      predicted.outputs[config.tasks.index("toy_segment")][predicted.methods.index("hoa")], expected)
+  assert "## Figure 6" in report and os.path.getsize(os.path.join(sharded.figures, "figure6_predictions.png")) > 5000
 
 
 def test_a_run_with_two_seeds_reports_intervals_from_seeds_and_examples(tmp_path):

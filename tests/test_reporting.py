@@ -54,7 +54,8 @@ def test_report_numbers_trace_to_the_tables(workdir):
   assert "| hoa | " + " | ".join(f"{s.test_loss:.3f}" for s in hoa.solutions) + " |" in text
   assert "| esa |" in text and "| random |" in text and "| pessimal |" in text
   assert "HOA prediction error over" in text and "ESA: Pearson r" in text
-  for figure in ("table1_pairs.png", "figure4_loss_vs_budget.png", "figure5_groupings.png"):
+  for figure in ("table1_pairs.png", "figure4_loss_vs_budget.png", "figure5_groupings_optimal.png",
+                 "figure5_groupings_esa.png", "figure5_groupings_hoa.png"):
     assert os.path.getsize(directory / "figures" / figure) > 5000
 
 

@@ -148,3 +148,16 @@ def test_test_table_with_task_columns_in_another_order_is_matched_by_name():
   np.testing.assert_array_equal(aligned.losses, [[0.51, 0.26], [0.71, np.inf], [np.inf, 0.31]])
   with pytest.raises(TableError, match=r"missing \['b'\]"):
     tables.parse_csv("tasks,cost,a,c\na+c,1,0.5,0.25\n").aligned_to(val)
+
+
+def test_a_table_of_fewer_tasks_joins_with_unsolved_columns():
+  # A retraining run of a few networks writes only the columns its networks solve.
+  first = tables.ResultsTable.from_rows(("a", "b", "c"), [(("a", "b", "c"), 1.0, {"a": 1.0, "b": 2.0, "c": 3.0})])
+  second = tables.ResultsTable.from_rows(("c", "b"), [(("b", "c"), 1.0, {"b": 0.5, "c": 0.25})])
+  joined = first.concat(second)
+  assert joined.task_names == ("a", "b", "c")
+  np.testing.assert_array_equal(joined.losses[1], [np.inf, 0.5, 0.25])
+  replicas = tables.Replicas.from_table(first).concat(tables.Replicas.from_table(second))
+  np.testing.assert_array_equal(replicas.samples[1, 0], [np.inf, 0.5, 0.25])
+  with pytest.raises(TableError, match=r"the second has task\(s\) \['a'\]"):
+    second.concat(first)

@@ -1,5 +1,6 @@
 """The study: its config, the retraining phase of predicted choices, and the report's method sections."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -34,7 +35,9 @@ INDEPENDENT_ROWS = [((t,), 0.2, {t: 1.5}) for t in TASKS]
 
 
 def _table(rows, scale=1.0):
-  return tables.ResultsTable.from_rows(TASKS, [(t, c, {k: v * scale for k, v in l.items()}) for t, c, l in rows])
+  # Like the trainer, only the columns of tasks some network solves.
+  solved = tuple(t for t in TASKS if any(t in tasks for tasks, _, _ in rows))
+  return tables.ResultsTable.from_rows(solved, [(t, c, {k: v * scale for k, v in l.items()}) for t, c, l in rows])
 
 
 def _name(tasks, cost):
@@ -72,8 +75,10 @@ class FakeTrainer:
   """Stands in for trainer.train_and_evaluate: writes converged tables for the networks it is asked
   to train (the triple's losses from TRIPLE_ROW, others from VAL_ROWS x 0.95)."""
 
-  def __init__(self):
+  def __init__(self, overrides=None):
+    """``overrides``: ``{frozenset(tasks): converged losses}`` replacing those rules."""
     self.calls = []
+    self.overrides = overrides or {}
 
   def __call__(self, config, workdir):
     self.calls.append((config, workdir))
@@ -83,7 +88,8 @@ class FakeTrainer:
     for name in config.networks.extra:
       network = networks.parse(name, TASKS)
       tasks, cost, losses = known[(frozenset(network.tasks), "half") if network.size == 0.5 else frozenset(network.tasks)]
-      rows.append((tasks, cost, {k: v * (1 if len(tasks) == 3 else 0.95) for k, v in losses.items()}))
+      rows.append((tasks, cost, self.overrides.get(frozenset(tasks)) or
+                   {k: v * (1 if len(tasks) == 3 else 0.95) for k, v in losses.items()}))
     _write_run(workdir, rows, test_scale=1.1, esa_scale=None)
     return {"status": "complete", "workdir": workdir}
 
@@ -308,3 +314,67 @@ def test_selection_predict_names_any_predictor(method_workdir, predict):
     selection = json.load(f)
   assert selection["predict"] == predict and selection["method"] == predict
   assert selection["prediction_compute"]["trainings"] > 0
+
+
+def test_every_method_s_grouping_gets_its_probability_of_being_optimal(tmp_path):
+  workdir = str(tmp_path / "seeds")
+  # Seed noise of 0.1%, far below the gaps between groupings: the optimum wins every resample.
+  _write_replicated_run(workdir, VAL_ROWS + [TRIPLE_ROW], spread=0.001)
+  with open(os.path.join(workdir, "results", "tag.json"), "w") as f:
+    json.dump({"tasks": list(TASKS), "affinity": [[0, 1.0, -1.0], [1.0, 0, -1.0], [-1.0, -1.0, 0]],
+               "measurements": 12, "every_steps": 10, "network": "a+b+c", "network_steps": 125}, f)
+  budgets = [1.0, 1.5, 2.0, 2.5]
+  comparison = analysis.compare_methods(workdir_lib.load_study(workdir_lib.Workdir(workdir)), budgets=budgets,
+                                        random_samples=20, bootstrap=200)
+  probabilities = comparison.probability_optimal
+  optimal = comparison.runs["optimal"].solutions
+  # The same resamples as the optimum's own uncertainty.
+  assert probabilities["optimal"] == [s.uncertainty.probability_optimal for s in optimal] == [1.0] * 4
+  for method in ("esa", "hoa", "surrogate", "tag"):
+    same = [{n.key for n in s.networks} == {n.key for n in o.networks} for s, o in zip(comparison.runs[method].solutions, optimal)]
+    assert probabilities[method] == [1.0 if s else 0.0 for s in same], method
+  # TAG at budget 2 keeps c alone (a+b, c) where the optimum serves c from a+c.
+  assert probabilities["tag"][2] == 0.0
+  text = open(report.write_report(workdir, budgets=budgets, random_samples=20, comparison=comparison)).read()
+  assert "Probability that each method's grouping is the optimum" in text
+  assert "| tag | 1.00 | 1.00 | 0.00 |" in text
+  with open(os.path.join(workdir, "study.json")) as f:
+    assert json.load(f)["probability_optimal"]["tag"][2] == 0.0
+  for method in ("optimal", "esa", "hoa", "surrogate", "tag"):
+    assert os.path.getsize(os.path.join(workdir, "figures", report.figure5_name(method))) > 5000
+
+
+def test_esa_refinement_drops_a_network_worse_than_predicted_and_trains_the_new_choice(tmp_path):
+  workdir = str(tmp_path / "esa")
+  _write_run(workdir, VAL_ROWS, schedule=dict(SCHEDULE, stop_step=25, eval_steps=[25]))
+  config = _load("esa", "")
+  config.tasks = TASKS
+  config.selection.refine = 3
+  # Trained, a+c is far worse on c (1.5) than c's half-size network (0.95), which early losses ranked below it.
+  trainer = FakeTrainer(overrides={frozenset("ac"): {"a": 0.665, "c": 1.5}})
+  finish.finish(config, workdir, train=trainer, random_samples=20)
+  # The retraining phase trains ESA's choice; round 1 trains b+c, the choice at budget 2 once a+c is dropped.
+  assert [sorted(derived.networks.extra) for derived, _ in trainer.calls] == [["a+b", "a+c", "c@0.5"], ["b+c"]]
+  assert trainer.calls[1][1] == os.path.join(workdir, "refine", "round_1")
+  study_tables = dataclasses.replace(workdir_lib.load_study(workdir_lib.Workdir(workdir)), refine=3)
+  refined = analysis.refinement(study_tables)
+  assert refined.stable and not refined.pending and len(refined.rounds) == 1
+  first = refined.rounds[0]
+  assert first.dropped[2.0] == ("a+c @ 1 SNT",) and "c@0.5" not in first.reasons
+  assert "worse than predicted: c @ 0.4987 SNT" in first.reasons["a+c @ 1 SNT"]
+  assert first.trained == ((("b", "c"), 1.0),)
+  budget2 = refined.selection.solutions[refined.selection.budgets.index(2.0)]
+  assert {n.tasks for n in budget2.networks} == {("a", "b"), ("b", "c")}
+  # Test losses are 1.1 x the converged ones: a and b from a+b (0.57 each), c from b+c (0.76).
+  assert budget2.test_loss == pytest.approx(1.1 * (0.57 + 0.57 + 0.76))
+  text = open(os.path.join(workdir, "report.md")).read()
+  assert "## ESA refinement" in text and "Stable" in text and "| 1 | 2: a+c @ 1 SNT" in text
+  assert next(line for line in text.splitlines() if line.startswith("| esa_refined |")).split("|")[4].strip() == (
+      f"{1.1 * (0.57 + 0.57 + 0.76):.3f}")
+  assert "| esa_refined |" in text.split("## Training compute per method")[1]
+  with open(os.path.join(workdir, "study.json")) as f:
+    rounds = json.load(f)["refinement"]["rounds"]
+  assert [(r["round"], r["trained"]) for r in rounds] == [(1, [{"tasks": ["b", "c"], "cost": 1.0}])]
+  # Resumable: once stable, nothing is trained again.
+  finish.finish(config, workdir, train=trainer, random_samples=20)
+  assert len(trainer.calls) == 2

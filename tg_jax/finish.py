@@ -9,11 +9,14 @@ One sequence for ``tg_jax.main`` (after a run) and ``tg_jax.merge`` (after an ar
 3. The comparison of every method with the baselines, computed once and handed to both the
    selection (``selection.json``) and the report (``report.md``, ``figures/``).
 4. Ensembles of the chosen networks that share a task (``ensemble.json``), when the config asks.
+5. Figure 6's predictions (``predictions.npz``): each method's networks chosen at
+   ``analysis.QUALITATIVE_BUDGET`` on a few test images, from the checkpoints (``training.predictions``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 from absl import logging
@@ -86,6 +89,55 @@ def _ensembles(config: ml_collections.ConfigDict, workdir: workdir_lib.Workdir,
   return {"method": selection.method, "split": "test", "budgets": entries}
 
 
+def _has_checkpoints(paths: workdir_lib.Workdir) -> bool:
+  return any(os.path.isdir(d.checkpoints) for d in [paths] + paths.shards())
+
+
+def _predictions(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, study_tables: workdir_lib.StudyTables,
+                 comparison: analysis.Comparison) -> Optional[workdir_lib.Predictions]:
+  """Figure 6's predictions, written to ``predictions.npz`` (kept when it already holds the same
+  networks at the same budget); None without checkpoints to compute them from (tables from other
+  code)."""
+  budget, named = analysis.serving_networks(study_tables, comparison)
+  existing = study_tables.predictions
+  if existing is not None and existing.budget == budget and existing.serving() == named:
+    return existing
+  if not named or not _has_checkpoints(paths):
+    return None
+  from tg_jax.training import predictions  # pylint: disable=g-import-not-at-top  (loads checkpoints: compiles)
+  sources = [(config, paths.path)]
+  if study_tables.retrained:
+    sources.append((retrain.derived_config(config, list(study_tables.retrained)), paths.retrain.path))
+  for index, keys in enumerate(study_tables.refined, start=1):
+    sources.append((retrain.derived_config(config, study_tables.names_of(keys)), paths.refine_round(index).path))
+  result = predictions.predict(config, sources, named, budget)
+  paths.write_predictions(result)
+  return result
+
+
+def _refine(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, study_tables: workdir_lib.StudyTables,
+            train: retrain.Train) -> Optional[workdir_lib.StudyTables]:
+  """ESA's refinement loop (``selection.refine``): trains each round's new choice in
+  ``WORKDIR/refine/round_<k>`` until the choice is stable or the rounds run out; returns the tables
+  with every round's networks, or None when a round was preempted (the same command resumes it)."""
+  study_tables = dataclasses.replace(study_tables, refine=config.selection.refine)
+  while (refined := analysis.refinement(study_tables)) is not None and refined.pending:
+    index = len(study_tables.refined) + 1
+    names = study_tables.names_of(refined.pending)
+    logging.info("ESA refinement round %d: training %d network(s) its new choice needs: %s", index, len(names),
+                 ", ".join(names))
+    outcome = train(retrain.derived_config(config, names), paths.refine_round(index).path)
+    if outcome["status"] == trainer.STATUS_PREEMPTED:
+      logging.warning("ESA refinement round %d was preempted; run the same command again to resume it", index)
+      return None
+    study_tables = dataclasses.replace(workdir_lib.load_study(paths), refine=config.selection.refine)
+    if len(study_tables.refined) < index:
+      raise workdir_lib.WorkdirError(f"ESA refinement round {index} ended without "
+                                     f"{paths.refine_round(index).relative(paths.refine_round(index).networks)} in "
+                                     f"{paths.refine_round(index).path}; rerun the same command to train it again")
+  return study_tables
+
+
 def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train = trainer.train_and_evaluate,
            random_samples: int = 1000) -> Optional[str]:
   """Retrains, selects, ensembles and reports for ``workdir``; returns the text to print, or None
@@ -112,6 +164,11 @@ def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predi
       return None
     study_tables = workdir_lib.load_study(paths)
     runs = analysis.selections(study_tables)
+  if config.selection.refine:
+    study_tables = _refine(config, paths, study_tables, train)
+    if study_tables is None:
+      return None
+    runs = analysis.selections(study_tables)
   if jax.process_index() != 0:
     return ""
   comparison = analysis.compare_methods(study_tables, runs=runs, random_samples=random_samples)
@@ -122,6 +179,7 @@ def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predi
     workdir_lib.write_json(paths.ensemble, ensembles)
     study_tables = dataclasses.replace(study_tables, ensemble=ensembles)
     analysis.add_ensemble_rows(comparison, study_tables)
+  study_tables = dataclasses.replace(study_tables, predictions=_predictions(config, paths, study_tables, comparison))
   report_path = report.write_report(paths.path, study_tables=study_tables, comparison=comparison)
   return "\n".join([study.format_text(selection).rstrip(), "",
                     report.improvement_summary(study_tables.networks), f"Report: {report_path}",

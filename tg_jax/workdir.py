@@ -26,9 +26,11 @@ WORKDIR/log.jsonl                  one JSON event a line                        
 WORKDIR/tensorboard/               scalars per network and task                                    (trainer)
 WORKDIR/selection.json             the selection per budget and the baselines                      (finish)
 WORKDIR/ensemble.json              ensembling gains of the chosen networks                         (finish)
+WORKDIR/predictions.npz            Figure 6: each method's chosen networks' test predictions       (finish)
 WORKDIR/report.md, figures/        the study report                                                (finish, report)
 WORKDIR/study.json                 Table 4's numbers                                               (finish, report)
 WORKDIR/retrain/                   the retraining phase: a workdir of its own                      (finish)
+WORKDIR/refine/round_<k>/          ESA refinement round k's training (selection.refine): a workdir  (finish)
 WORKDIR/shards/shard_<i>_of_<n>/   an array job's slices, each a workdir of its own                (main)
 ```
 """
@@ -255,6 +257,60 @@ class Examples:
             for row, name in enumerate(self.networks)}
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Predictions:
+  """Figure 6's data (``predictions.npz``): a few test images, their labels, and what each method's
+  networks chosen at one budget predict for each task.
+
+  Attributes:
+    budget: the budget (SNT) whose choices made the predictions.
+    images: ``[examples, h, w, 3]`` the input images in [0, 1].
+    tasks, kinds: the tasks and their kinds (``tg_jax.tasks``' ``dense_regression``, ``segmentation``,
+      ``classification``).
+    truth: per task, the labels: dense ``[examples, h, w, channels]`` (normalised as trained),
+      segmentation ``[examples, h, w]`` and classification ``[examples]`` class ids.
+    methods: the methods (columns of the figure).
+    networks: ``[methods, tasks]`` the name of the network serving each task ("" where none).
+    outputs: per task, ``[methods, ...]`` each method's prediction in the layout of ``truth``
+      (class ids for segmentation and classification).
+  """
+
+  budget: float
+  images: np.ndarray
+  tasks: tuple[str, ...]
+  kinds: tuple[str, ...]
+  truth: tuple[np.ndarray, ...]
+  methods: tuple[str, ...]
+  networks: np.ndarray
+  outputs: tuple[np.ndarray, ...]
+
+  def __post_init__(self):
+    if not len(self.tasks) == len(self.kinds) == len(self.truth) == len(self.outputs):
+      raise ValueError(f"predictions need one kind, label and output per task; got {len(self.tasks)} tasks, "
+                       f"{len(self.kinds)} kinds, {len(self.truth)} labels, {len(self.outputs)} outputs")
+    object.__setattr__(self, "networks", np.asarray(self.networks, str).reshape(len(self.methods), len(self.tasks)))
+
+  def serving(self) -> dict[str, dict[str, str]]:
+    """``{method: {task: network}}``."""
+    return {m: {t: str(self.networks[i, j]) for j, t in enumerate(self.tasks) if self.networks[i, j]}
+            for i, m in enumerate(self.methods)}
+
+  def to_arrays(self) -> dict[str, np.ndarray]:
+    arrays = {"budget": np.float64(self.budget), "images": np.asarray(self.images, np.float32),
+              "tasks": np.asarray(self.tasks, str), "kinds": np.asarray(self.kinds, str),
+              "methods": np.asarray(self.methods, str), "networks": self.networks}
+    for j in range(len(self.tasks)):
+      arrays[f"truth_{j}"], arrays[f"outputs_{j}"] = self.truth[j], self.outputs[j]
+    return arrays
+
+  @classmethod
+  def from_arrays(cls, arrays) -> "Predictions":
+    tasks = tuple(str(t) for t in arrays["tasks"])
+    return cls(float(arrays["budget"]), arrays["images"], tasks, tuple(str(k) for k in arrays["kinds"]),
+               tuple(arrays[f"truth_{j}"] for j in range(len(tasks))), tuple(str(m) for m in arrays["methods"]),
+               arrays["networks"], tuple(arrays[f"outputs_{j}"] for j in range(len(tasks))))
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
   """Paths of one workdir (a run, its retraining phase or one shard of an array job)."""
@@ -325,6 +381,11 @@ class Workdir:
     return self._join("ensemble.json")
 
   @property
+  def predictions(self) -> str:
+    """``predictions.npz``: Figure 6's images, labels and predictions (``Predictions``)."""
+    return self._join("predictions.npz")
+
+  @property
   def report(self) -> str:
     return self._join("report.md")
 
@@ -339,6 +400,10 @@ class Workdir:
   @property
   def retrain(self) -> "Workdir":
     return Workdir(self._join("retrain"))
+
+  def refine_round(self, index: int) -> "Workdir":
+    """ESA refinement round ``index``'s training (1, 2, ...)."""
+    return Workdir(self._join("refine", f"round_{index}"))
 
   def shard(self, index: int, count: int) -> "Workdir":
     return Workdir(self._join("shards", f"shard_{index:03d}_of_{count:03d}"))
@@ -402,6 +467,23 @@ class Workdir:
           curves.setdefault(name, []).append((int(event["step"]), float(np.mean(list(losses.values())))))
     return curves
 
+  def read_predictions(self) -> Optional["Predictions"]:
+    """``predictions.npz``; None if absent (tables without checkpoints, or before ``finish``)."""
+    if not os.path.exists(self.predictions):
+      return None
+    try:
+      with np.load(self.predictions) as arrays:
+        return Predictions.from_arrays(arrays)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+      raise WorkdirError(f"{self.predictions} cannot be read ({_reason(error)}); delete it and rerun "
+                         f"python -m tg_jax.main (finish writes it from the checkpoints)") from None
+
+  def write_predictions(self, predictions: "Predictions") -> None:
+    """``predictions.npz``, atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **predictions.to_arrays())
+    write_atomic(self.predictions, buffer.getvalue())
+
   def read_methods(self) -> dict[str, Any]:
     return read_json(self.methods) or {}
 
@@ -439,11 +521,15 @@ class StudyTables:
     methods: ``results/methods.json``: networks trained with a balancing method or soft sharing.
     tag: ``results/tag.json``: TAG's averaged lookahead affinities.
     ensemble: ``ensemble.json``: ensembling gains of the selection's networks.
+    predictions: ``predictions.npz``: Figure 6's predictions of the chosen networks.
     runs: the ``RunRecord``s of the main run and of the retraining phase (when finished).
     retrained: names of the networks the retraining phase trained.
     replicas: every seed replica of ``val`` and ``test``'s networks, when some network has 2+.
     examples: those replicas' per-example losses, when every one of them has its
       ``examples_<split>.npz`` rows (the bootstrap then redraws evaluation examples too).
+    refine: ``config.selection.refine`` of the run (``config.json``): ESA refinement rounds at most.
+    refined: per finished ESA refinement round (``refine/round_<k>``), the keys of the networks it
+      trained; their tables are in ``val`` and ``test``.
   """
 
   val: Optional[tables.ResultsTable]
@@ -453,10 +539,13 @@ class StudyTables:
   methods: dict = dataclasses.field(default_factory=dict)
   tag: Optional[dict] = None
   ensemble: Optional[dict] = None
+  predictions: Optional[Predictions] = None
   runs: tuple[records.RunRecord, ...] = ()
   retrained: tuple[str, ...] = ()
   replicas: Optional[tuple[tables.Replicas, tables.Replicas]] = None
   examples: Optional[uncertainty.Examples] = None
+  refine: int = 0
+  refined: tuple[frozenset, ...] = ()
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -498,19 +587,37 @@ def load_study(workdir: Workdir) -> StudyTables:
     retrained_val, retrained_test = workdir.retrain.read_table("val"), workdir.retrain.read_table("test")
   val = _concat(val if main_converged else None, retrained_val)
   test = _concat(test if main_converged else None, retrained_test)
-  runs = tuple(run for run in (main_run, retrained_run) if run is not None)
+  refine_runs = []
+  while (round_run := workdir.refine_round(len(refine_runs) + 1).read_run()) is not None:
+    round_dir = workdir.refine_round(len(refine_runs) + 1)
+    val, test = _concat(val, round_dir.read_table("val")), _concat(test, round_dir.read_table("test"))
+    refine_runs.append(round_run)
+  runs = tuple(run for run in (main_run, retrained_run, *refine_runs) if run is not None)
   replicas = examples = None
   if val is not None and test is not None and val.replicated:
     replicas = (val, test.aligned_to(val))
-    sources = [workdir] + ([workdir.retrain] if retrained_run is not None else [])
+    sources = ([workdir] + ([workdir.retrain] if retrained_run is not None else [])
+               + [workdir.refine_round(k + 1) for k in range(len(refine_runs))])
     per_split = [_replica_examples(sources, split, split_replicas, runs)
                  for split, split_replicas in zip(EXAMPLE_SPLITS, replicas)]
     examples = None if any(e is None for e in per_split) else uncertainty.Examples(*per_split)
   return StudyTables(
       val=None if val is None else val.table, test=None if test is None else test.table,
       esa=None if esa is None else esa.table, main_converged=main_converged, replicas=replicas, examples=examples,
-      methods=workdir.read_methods(), tag=workdir.read_tag(), ensemble=read_json(workdir.ensemble), runs=runs,
-      retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else ())
+      methods=workdir.read_methods(), tag=workdir.read_tag(), ensemble=read_json(workdir.ensemble),
+      predictions=workdir.read_predictions(), runs=runs,
+      retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else (),
+      refine=_refine_rounds(workdir), refined=tuple(frozenset(n.key for n in run.networks) for run in refine_runs))
+
+
+def _refine_rounds(workdir: Workdir) -> int:
+  """``config.selection.refine`` from the run's ``config.json`` (an array job's: its first shard's); 0
+  without one (tables from other code)."""
+  for source in [workdir] + workdir.shards()[:1]:
+    config = read_json(source.config)
+    if config is not None:
+      return int(config.get("selection", {}).get("refine", 0))
+  return 0
 
 
 def _replica_examples(sources: Sequence[Workdir], split: str, replicas: tables.Replicas,

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tg_jax.selection import baselines as baselines_lib
-from tg_jax.selection import hoa, predictors, study, tables, uncertainty
+from tg_jax.selection import hoa, predictors, refine, study, tables, uncertainty
 from tg_jax.workdir import StudyTables
 from tg_jax.selection.selector import COST_TOLERANCE
 from tg_jax.selection.tables import ResultsTable, TableError
@@ -153,6 +153,10 @@ class Comparison:
     methods: Table 4's rows, ``{name: [total test loss per budget, None where no answer]}``.
     runs: ``{method: Selection}`` of the selecting methods (optimal, selected, esa, and the predictors).
     baselines: ``study.baselines_for``'s entries, when every candidate converged.
+    intervals: with seed replicas, the 95% interval of each row's total per budget.
+    probability_optimal: with seed replicas, per selecting method and budget the probability that
+      its grouping is the optimum among the converged candidates (``study.probability_optimal``).
+    refinement: ESA's refinement rounds (``refinement``), when the study asks for them.
   """
 
   budgets: list[float]
@@ -160,6 +164,8 @@ class Comparison:
   runs: dict[str, study.Selection]
   baselines: Optional[study.Baselines] = None
   intervals: dict[str, list[Optional[tuple[float, float]]]] = dataclasses.field(default_factory=dict)
+  probability_optimal: dict[str, list[Optional[float]]] = dataclasses.field(default_factory=dict)
+  refinement: Optional[refine.Refinement] = None
 
 
 def _has_all_groups(table: ResultsTable) -> bool:
@@ -259,10 +265,27 @@ def selections(study_tables: StudyTables, budgets: Optional[Sequence[float]] = N
         runs[name] = study.run(val, test, predict=name, affinities=affinities, **options)
       except TableError:
         pass  # measured on other tasks than the tables'
+  refined = refinement(study_tables, budgets)
+  if refined is not None:
+    runs["esa_refined"] = refined.selection
   if "optimal" not in runs and study_tables.main_converged and candidates is not None:
     # Not every subset converged: the best selection among the networks that did (not the optimum).
     runs["selected"] = study.run(candidates, test, converged=val, **certain)
   return {name: dataclasses.replace(run, method=name) for name, run in runs.items()}
+
+
+def refinement(study_tables: StudyTables, budgets: Optional[Sequence[float]] = None) -> Optional[refine.Refinement]:
+  """ESA's refinement loop (``refine.replay``) on the study's tables, when ``study_tables.refine``
+  asks for rounds and there are an ESA table and converged networks."""
+  if study_tables.refine <= 0 or study_tables.esa is None or study_tables.val is None:
+    return None
+  val = study_tables.val
+  later = frozenset().union(*study_tables.refined)
+  available = [frozenset(val.network_key(r) for r in range(val.num_networks)) - later]
+  for keys in study_tables.refined:
+    available.append(available[-1] | keys)
+  return refine.replay(selection_candidates(study_tables.esa), val, study_tables.test,
+                       _budgets(study_tables, budgets), available, study_tables.refine)
 
 
 def _budgets(study_tables: StudyTables, budgets: Optional[Sequence[float]]) -> list[float]:
@@ -280,7 +303,8 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
   runs = selections(study_tables, budgets, bootstrap) if runs is None else runs
   val, test = study_tables.val, study_tables.test
   methods = {name: [s.test_loss for s in result.solutions] for name, result in runs.items()}
-  comparison = Comparison(budgets, methods, runs)
+  comparison = Comparison(budgets, methods, runs, refinement=refinement(study_tables, budgets) if "esa_refined" in runs
+                          else None)
   if study_tables.main_converged and val is not None:
     aligned_test = test.aligned_to(val)
     candidate_rows = _candidate_rows(val)
@@ -292,6 +316,10 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
   add_ensemble_rows(comparison, study_tables)
   if study_tables.replicas is not None:
     comparison.intervals = _table4_intervals(comparison, study_tables, random_samples, seed)
+    if study_tables.main_converged and val is not None:
+      comparison.probability_optimal = study.probability_optimal(
+          selection_candidates(val), study_tables.replicas, budgets,
+          {name: run.solutions for name, run in runs.items()}, bootstrap, seed, study_tables.examples)
   return comparison
 
 
@@ -417,6 +445,12 @@ def compute_per_method(study_tables: StudyTables, comparison: Comparison,
     result["esa"] = Compute(len(costs) * esa_fraction + count, sum(costs) * esa_fraction + snt,
                             f"{len(costs)} candidates x {esa_fraction:g} of a training + {networks(count)}",
                             total)
+  if "esa" in result and comparison.refinement is not None:
+    rounds = comparison.refinement.rounds
+    trained = sum(r.trainings for r in rounds)
+    esa = result["esa"]
+    result["esa_refined"] = Compute(esa.trainings + trained, esa.snt_trainings + sum(r.snt_trainings for r in rounds),
+                                    f"ESA's + {len(rounds)} refinement round(s) training {trained} network(s)", total)
   for method, run in comparison.runs.items():
     needed = run.prediction_compute
     if needed is not None:
@@ -520,3 +554,27 @@ def capacity_gaps(test: ResultsTable, replicas: Optional[tables.Replicas] = None
   return [CapacityGap(task, float(test.costs[small]), float(relative[i]),
                       None if intervals is None else (float(intervals[0][i]), float(intervals[1][i])))
           for i, (task, (_, small, _)) in enumerate(pairs.items())]
+
+# Figure 6 shows the predictions of the networks chosen at this budget (the paper's Figure 6: 2.5 SNT).
+QUALITATIVE_BUDGET = 2.5
+
+
+def serving_networks(study_tables: StudyTables, comparison: Comparison, budget: float = QUALITATIVE_BUDGET
+                     ) -> tuple[float, dict[str, dict[str, str]]]:
+  """Figure 6's networks: ``(the budget of comparison's closest to budget, {method: {task: the name of
+  the network serving it there}})`` for every selecting method whose choice there is trained to
+  convergence, then the all-task and independent baselines."""
+  index = int(np.argmin([abs(b - budget) for b in comparison.budgets]))
+  serving: dict[str, dict[str, study.ChosenNetwork]] = {}
+  for method, run in comparison.runs.items():
+    solution = run.solutions[index]
+    if not solution.infeasible and not solution.untrained:
+      serving[method] = {task: solution.networks[i] for task, i in solution.assignment.items()}
+  for name in ("all_task", "independent"):
+    entry = (comparison.baselines or {}).get(name, [None] * len(comparison.budgets))[index]
+    if entry is not None and entry.networks:
+      # Each task served by the first of the baseline's networks that solves it.
+      serving[name] = {task: network for network in reversed(entry.networks) for task in network.tasks}
+  return comparison.budgets[index], {
+      method: dict(zip(per_task, study_tables.names_of([(n.tasks, n.cost) for n in per_task.values()])))
+      for method, per_task in serving.items()}

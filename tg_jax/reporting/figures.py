@@ -1,4 +1,5 @@
-"""The study's figures (matplotlib, written as PNG): loss against budget, and the chosen groupings."""
+"""The study's figures (matplotlib, written as PNG): loss against budget, the chosen groupings, and
+the chosen networks' predictions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from tg_jax import workdir as workdir_lib  # noqa: E402
 from tg_jax.reporting import analysis  # noqa: E402
 from tg_jax.selection import study  # noqa: E402
 
@@ -17,6 +19,7 @@ METHOD_STYLES = {
     "optimal": dict(color="black", marker="o", linewidth=2),
     "hoa": dict(color="tab:blue", marker="s"),
     "esa": dict(color="tab:orange", marker="^"),
+    "esa_refined": dict(color="darkorange", marker="^", linestyle="-.", markerfacecolor="white"),
     "tag": dict(color="tab:purple", marker="D"),
     "tag_cosine": dict(color="tab:pink", marker="d"),
     "surrogate": dict(color="teal", marker="v"),
@@ -67,16 +70,27 @@ def loss_against_budget(comparison: analysis.Comparison, path: str, title: str =
   plt.close(figure)
 
 
-def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (), title: str = "") -> None:
-  """Figure 5: per budget, networks (big circle: full size, small: half size or less; hatched: a
-  predicted network not trained yet) joined to the tasks they serve; decoders a network has but does
-  not use are drawn in grey."""
-  solutions = [s for s in result.solutions if not s.infeasible and (not budgets or s.budget in budgets)]
+def _size_label(cost: float) -> str:
+  """A network's size as drawn beside it: "" for a standard network, else its cost in SNT."""
+  return "" if abs(cost - 1.0) < 0.02 else f"{cost:.2g}"
+
+
+def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (), title: str = "",
+              probabilities: Optional[Sequence[Optional[float]]] = None) -> None:
+  """Figure 5: per budget (fractional ones too), networks (area proportional to cost, sizes other
+  than 1 SNT written beside them; hatched: a predicted network not trained yet) joined to the tasks
+  they serve; decoders a network has but does not use are drawn in grey. ``probabilities``: per
+  budget of ``result``, the probability that its grouping is the optimum (None: unknown)."""
+  indices = [i for i, s in enumerate(result.solutions) if not s.infeasible and (not budgets or s.budget in budgets)]
   tasks = result.tasks
-  figure, axes = plt.subplots(len(solutions), 1, figsize=(1.3 + 1.0 * len(tasks), 1.5 * len(solutions) + 0.3),
-                              dpi=110, squeeze=False)
+  figure, axes = plt.subplots(max(len(indices), 1), 1,
+                              figsize=(max(5.6, 1.3 + 1.0 * len(tasks)), 1.5 * max(len(indices), 1) + 0.3), dpi=110, squeeze=False)
   task_x = np.linspace(0, 1, len(tasks))
-  for axes_row, solution in zip(axes[:, 0], solutions):
+  if not indices:
+    axes[0, 0].text(0.5, 0.5, "no budget has a feasible selection", ha="center", va="center")
+    axes[0, 0].axis("off")
+  for axes_row, index_of_budget in zip(axes[:, 0], indices):
+    solution = result.solutions[index_of_budget]
     networks = solution.networks
     served = solution.assignment
     # Networks left to right by where their served tasks sit, so few lines cross.
@@ -90,21 +104,23 @@ def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (),
         used = served[task] == index
         axes_row.plot([network_x[index], task_x[tasks.index(task)]], [1, 0],
                       color="tab:blue" if used else "0.8", linewidth=2 if used else 1, zorder=1)
-      size = 260 if network.cost >= 0.75 else 120
       predicted = not network.converged
-      axes_row.scatter([network_x[index]], [1], s=size, color="white" if predicted else "tab:blue",
+      axes_row.scatter([network_x[index]], [1], s=260 * network.cost, color="white" if predicted else "tab:blue",
                        edgecolor="black", hatch="///" if predicted else None, zorder=2)
+      if _size_label(network.cost):
+        axes_row.annotate(_size_label(network.cost), (network_x[index], 1), textcoords="offset points",
+                          xytext=(9 + 5 * network.cost, 2), fontsize=7, color="0.3")
     axes_row.scatter(task_x, np.zeros(len(tasks)), s=90, marker="s", color="white", edgecolor="black", zorder=2)
     for x, task in zip(task_x, tasks):
       axes_row.annotate(task, (x, 0), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
     test = solution.test_loss
-    axes_row.set_title(f"budget {solution.budget:g}: {len(networks)} network(s)"
+    probability = None if probabilities is None else probabilities[index_of_budget]
+    axes_row.set_title(f"budget {solution.budget:g}: {len(networks)} network(s), cost {solution.cost:.3g}"
                        + (f", test loss {test:.4f}" if test is not None else "")
-                       + (f", p={solution.uncertainty.probability_optimal:.2f} optimal"
-                          if solution.uncertainty is not None else "")
+                       + (f", p={probability:.2f} optimal" if probability is not None else "")
                        + (" (hatched: predicted, not trained yet)" if solution.untrained else ""), fontsize=9)
     axes_row.set_xlim(-0.1, 1.1)
-    axes_row.set_ylim(-0.45, 1.25)
+    axes_row.set_ylim(-0.45, 1.3)
     axes_row.axis("off")
   if title:
     figure.suptitle(title, fontsize=10)
@@ -134,6 +150,62 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str,
   figure.colorbar(image, ax=axes, label="% better than half-size single-task")
   axes.set_title(title + ("" if significant is None else "\n(grey: within the seed noise)"),
                  fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def _wrapped_name(name: str, width: int = 18) -> str:
+  """A network's name over lines of about ``width`` characters, broken after a "+"."""
+  lines = [""]
+  for part in name.replace("+", "+\n").split("\n"):
+    if lines[-1] and len(lines[-1]) + len(part) > width:
+      lines.append("")
+    lines[-1] += part
+  return "\n".join(lines)
+
+
+def _draw_label(axes, kind: str, value: np.ndarray, truth: np.ndarray) -> None:
+  """One task's label or prediction for one image, scaled like its ``truth`` so cells compare."""
+  if kind == "classification":
+    axes.text(0.5, 0.5, f"class {int(value)}", ha="center", va="center", fontsize=9, transform=axes.transAxes)
+  elif kind == "segmentation":
+    axes.imshow(value, cmap="tab20", vmin=-0.5, vmax=19.5, interpolation="nearest")
+  elif value.shape[-1] == 3:
+    low, high = truth.min(axis=(0, 1)), truth.max(axis=(0, 1))
+    axes.imshow(np.clip((value - low) / np.maximum(high - low, 1e-12), 0.0, 1.0))
+  else:
+    low, high = np.percentile(truth[..., 0], [2, 98])
+    axes.imshow(value[..., 0], cmap="viridis", vmin=low, vmax=max(high, low + 1e-12))
+
+
+def predictions(predicted: workdir_lib.Predictions, path: str) -> None:
+  """Figure 6: per test image and task (rows), the input, the ground truth and each method's
+  prediction (columns), each prediction named by the network that made it."""
+  examples, tasks, methods = len(predicted.images), predicted.tasks, predicted.methods
+  rows, columns = examples * len(tasks), 2 + len(methods)
+  figure, axes = plt.subplots(rows, columns, figsize=(1.45 * columns, 1.45 * rows + 0.5), dpi=90, squeeze=False)
+  for example in range(examples):
+    for j, (task, kind) in enumerate(zip(tasks, predicted.kinds)):
+      row = axes[example * len(tasks) + j]
+      truth = predicted.truth[j][example]
+      if j == 0:
+        row[0].imshow(predicted.images[example])
+        row[0].set_title(f"test image {example + 1}", fontsize=8)
+      _draw_label(row[1], kind, truth, truth)
+      row[1].set_ylabel(task, fontsize=8)
+      for i, method in enumerate(methods):
+        _draw_label(row[2 + i], kind, predicted.outputs[j][i][example], truth)
+        row[2 + i].set_xlabel(_wrapped_name(str(predicted.networks[i, j])), fontsize=6, labelpad=2)
+  for index, title in enumerate(["input", "ground truth", *methods]):
+    axes[0, index].set_title((axes[0, index].get_title() + "\n" if index == 0 else "") + title, fontsize=9)
+  for axes_cell in axes.flat:
+    axes_cell.set_xticks([])
+    axes_cell.set_yticks([])
+    if not axes_cell.images and not axes_cell.texts:
+      axes_cell.axis("off")
+  figure.suptitle(f"Networks chosen at budget {predicted.budget:g}:\npredictions (under each: the network that made it)",
+                  fontsize=10)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

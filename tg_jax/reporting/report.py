@@ -115,6 +115,9 @@ def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
   if study_tables.retrained:
     lines.append(f"- `{_FILES.retrain.table('val')}`, `test.csv`: the retraining phase, networks chosen from "
                  f"predictions trained to convergence: {', '.join(study_tables.retrained)};")
+  for index, keys in enumerate(study_tables.refined, start=1):
+    lines.append(f"- `{_FILES.refine_round(index).table('val')}`, `test.csv`: ESA refinement round {index}'s "
+                 f"networks trained to convergence: {', '.join(study_tables.names_of(keys))};")
   if study_tables.methods:
     lines.append(f"- `{_FILES.methods}`: networks trained with a balancing method or soft sharing: "
                  f"{', '.join(study_tables.methods)};")
@@ -123,6 +126,8 @@ def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
                  f"{study_tables.tag['network']};")
   if study_tables.ensemble is not None:
     lines.append(f"- `{_FILES.ensemble}`: test losses of ensembles of the chosen networks;")
+  if study_tables.predictions is not None:
+    lines.append(f"- `{_FILES.predictions}`: the chosen networks' predictions on a few test images (Figure 6);")
   lines.append(f"- `{_FILES.networks}`: schedule, sizes and the constant predictor's losses.")
   return lines + [""]
 
@@ -203,6 +208,8 @@ def _table4_notes(comparison: analysis.Comparison) -> list[str]:
       "optimal": "the exact selection on the converged validation losses of every candidate network",
       "selected": "the exact selection among the networks trained (not every subset was: not the optimum)",
       "esa": "selection on the early (ESA) validation losses; chosen networks scored converged",
+      "esa_refined": "ESA refined (the paper's section 6 caveat): networks that serve nothing or are worse than "
+                     "predicted once trained are dropped and the selection rerun, until stable (see ESA refinement)",
       "hoa": "selection on HOA predictions from the pairs; chosen networks scored converged",
       "surrogate": f"selection on a ridge surrogate's predictions, fitted on the singles, pairs and "
                    f"{100 * analysis.SURROGATE_SAMPLE:.0f}% of the groups of 3+ tasks; chosen networks scored converged",
@@ -274,6 +281,85 @@ def _regret_lines(measured: Optional[regret_lib.Regret], figure_dir: str) -> lis
   regret_lib.figure(measured, os.path.join(figure_dir, "regret_vs_compute.png"))
   return (["## Regret against training compute", ""] + regret_lib.text_lines(measured)
           + [f"![Regret against compute]({_FILES.figures}/regret_vs_compute.png)", ""])
+
+
+def figure5_name(method: str) -> str:
+  """Figure 5's file for one method's groupings, under ``figures/``."""
+  return f"figure5_groupings_{method}.png"
+
+
+def _figure5_lines(comparison: analysis.Comparison, figure_dir: str) -> list[str]:
+  """Figure 5 for every selecting method, and with seed replicas a table of each grouping's
+  probability of being the optimum."""
+  probabilities = comparison.probability_optimal
+  reference = "optimal" if "optimal" in comparison.runs else "the best selection among the trained networks"
+  lines = ["## Figure 5: each method's grouping at each budget", "",
+           "Per method and budget (fractional budgets included), the networks chosen (area proportional to cost; "
+           "sizes other than 1 SNT written beside them; hatched: predicted, not trained yet) joined to the tasks "
+           "they serve; grey: decoders a network has but does not use."
+           + (f" p: the share of bootstrap resamples over seeds in which the grouping is {reference}."
+              if probabilities else ""), ""]
+  if probabilities:
+    rows = [[name] + ["-" if p is None else f"{p:.2f}" for p in values] for name, values in probabilities.items()]
+    lines += ["Probability that each method's grouping is the optimum (share of resamples):", ""]
+    lines += _markdown_table(["method"] + [f"{b:g}" for b in comparison.budgets], rows) + [""]
+  for method, run in comparison.runs.items():
+    figures.groupings(run, os.path.join(figure_dir, figure5_name(method)), title=f"{method} grouping per budget",
+                      probabilities=probabilities.get(method))
+    lines += [f"![Figure 5, {method}]({_FILES.figures}/{figure5_name(method)})", ""]
+  return lines
+
+
+def _figure6_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison,
+                   figure_dir: str) -> list[str]:
+  """Figure 6 from ``predictions.npz``, when it holds the networks this comparison chose."""
+  predicted = study_tables.predictions
+  if predicted is None:
+    return []
+  budget, named = analysis.serving_networks(study_tables, comparison)
+  title = f"## Figure 6: predictions of the networks chosen at budget {predicted.budget:g}"
+  if predicted.budget != budget or predicted.serving() != named:
+    return [title, "", f"`{_FILES.predictions}` holds other networks' predictions than the ones chosen at budget "
+            f"{budget:g} now; rerun `python -m tg_jax.main` with the same config to refresh it.", ""]
+  figures.predictions(predicted, os.path.join(figure_dir, "figure6_predictions.png"))
+  rows = [[method] + [named[method][t] for t in predicted.tasks] for method in predicted.methods]
+  return ([title, "",
+           f"The first {len(predicted.images)} test images, their labels and each method's predictions (`{_FILES.predictions}`, "
+           "from each network's best-validation checkpoint); dense labels drawn on the ground truth's scale, "
+           "segmentation as class colours. The network serving each task:", ""]
+          + _markdown_table(["method"] + list(predicted.tasks), rows)
+          + ["", f"![Figure 6]({_FILES.figures}/figure6_predictions.png)", ""])
+
+
+def _refinement_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison) -> list[str]:
+  """ESA's refinement rounds: what each dropped and why, what it trained and at what compute."""
+  refined = comparison.refinement
+  if refined is None:
+    return []
+  schedule = study_tables.schedule
+  steps = None if schedule is None else schedule.total_steps
+  lines = ["## ESA refinement", "",
+           f"After ESA's chosen networks were trained to convergence, networks that serve no task or are worse than "
+           f"predicted (a candidate predicted no better on the tasks they serve, at no greater cost, is better once "
+           f"trained) are dropped at that budget and ESA's selection rerun without them, training what the new choice "
+           f"needs (`{os.path.dirname(_FILES.refine_round(1).path)}/round_<k>/`), at most {study_tables.refine} round(s). "
+           + ("Stable: the last choice drops nothing." if refined.stable else
+              "Not stable: the rounds ran out, or the last round's networks are not trained yet"
+              + (f" ({', '.join('+'.join(t) + f' @ {c:g}' for t, c in refined.pending)})" if refined.pending else "")
+              + "."), ""]
+  if not refined.rounds:
+    return lines + ["ESA's choice needed no refinement.", ""]
+  rows = []
+  for round_ in refined.rounds:
+    dropped = "; ".join(f"{b:g}: {', '.join(labels)}" for b, labels in round_.dropped.items())
+    trained = ", ".join("+".join(t) + ("" if tables.has_size(c, 1.0) else f" @ {c:g}") for t, c in round_.trained)
+    rows.append([str(round_.index), dropped, trained or "-", str(round_.trainings),
+                 "-" if steps is None else f"{round_.trainings * steps:,}",
+                 "-" if steps is None else f"{round_.snt_trainings * steps:,.1f}"])
+  lines += _markdown_table(["round", "dropped (budget: networks)", "trained", "trainings", "network-steps",
+                            "SNT-steps"], rows)
+  reasons = {label: why for round_ in refined.rounds for label, why in round_.reasons.items()}
+  return lines + [""] + [f"- {label}: {why}" for label, why in reasons.items()] + [""]
 
 
 def _groupings_lines(comparison: analysis.Comparison) -> list[str]:
@@ -382,18 +468,13 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   figures.loss_against_budget(comparison, os.path.join(figure_dir, "figure4_loss_vs_budget.png"))
   lines += ["", f"![Figure 4]({_FILES.figures}/figure4_loss_vs_budget.png)", ""]
 
-  # The grouping worth drawing: the optimum where known, else the best-informed approximation.
+  # The grouping "What is robust" describes: the optimum where known, else the best-informed approximation.
   main_method = next(m for m in ("optimal", "hoa", "selected", "esa", "tag", *comparison.runs)
                      if m in comparison.runs)
-  main_result = comparison.runs[main_method]
-  figures.groupings(main_result, os.path.join(figure_dir, "figure5_groupings.png"),
-                    title=f"{main_method} grouping per budget")
-  lines += [f"## Figure 5: the {main_method} grouping at each budget", "",
-            "Networks (large: full size, small: half size) joined to the tasks they serve; grey: decoders a "
-            "network has but does not use"
-            + ("; p: the share of bootstrap resamples over seeds in which the grouping is the optimum"
-               if comparison.intervals else "") + ".", "", f"![Figure 5]({_FILES.figures}/figure5_groupings.png)", ""]
+  lines += _figure5_lines(comparison, figure_dir)
   lines += _groupings_lines(comparison)
+  lines += _figure6_lines(study_tables, comparison, figure_dir)
+  lines += _refinement_lines(study_tables, comparison)
   lines += _compute_lines(study_tables, comparison)
   measured_regret = regret_lib.measure(study_tables, comparison)
   lines += _regret_lines(measured_regret, figure_dir)
@@ -407,6 +488,9 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   lines[robust_at:robust_at] = _robust_lines(study_tables, comparison, main_method, robust_pairs)
   workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison.methods,
                                        "intervals": comparison.intervals,
+                                       "probability_optimal": comparison.probability_optimal,
+                                       "refinement": None if comparison.refinement is None
+                                       else comparison.refinement.to_json(),
                                        "regret": None if measured_regret is None else measured_regret.to_json()})
   path = paths.report
   temporary = f"{path}.tmp-{os.getpid()}"

@@ -300,20 +300,10 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
       prediction_compute=None if prediction is None else prediction.compute)
 
 
-def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converged: ResultsTable,
-                      replicas: tuple[Replicas, Replicas],
-                      predicted_table: Optional[Callable[[ResultsTable], ResultsTable]], budgets: Sequence[float],
-                      objective: Optional[selector.Objective], risk_offsets, random_samples: int, resamples: int,
-                      seed: int, examples: Optional[uncertainty.Examples]) -> list[Solution]:
-  """``solutions`` with their uncertainty: the same selection (on ``predicted_table`` of the
-  measured losses, when it selects on predictions) re-run on bootstrap resamples of the replicas, and
-  paired differences against the all-task, independent and Random baselines."""
-  val_replicas, test_replicas = replicas
-  replica_rows = _rows_by_key(val_replicas.table)
-  if set(_rows_by_key(converged)) != set(replica_rows):
-    raise TableError("the replicas must hold exactly the converged table's networks")
-  test_replicas = test_replicas.aligned_to(val_replicas)
-  # The selection table's networks as rows of the replicas (the selector's candidates).
+def _chooser(val: ResultsTable, replica_rows: Mapping, predicted_table: Optional[Callable[[ResultsTable], ResultsTable]],
+             objective: Optional[selector.Objective], risk_offsets) -> Callable:
+  """``run``'s selection on ``val``'s networks as a function of resampled validation means of the
+  replicas (rows ``replica_rows``), for ``uncertainty.assess`` and ``uncertainty.choice_frequencies``."""
   candidates = [replica_rows[val.network_key(r)] for r in range(val.num_networks)]
 
   def choose(means: np.ndarray, budgets: Sequence[float]) -> list[list[Optional[uncertainty.Grouping]]]:
@@ -342,6 +332,26 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
         chosen[-1].append(tuple(sorted(set(assignment))))
     return chosen
 
+  return choose
+
+
+def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converged: ResultsTable,
+                      replicas: tuple[Replicas, Replicas],
+                      predicted_table: Optional[Callable[[ResultsTable], ResultsTable]], budgets: Sequence[float],
+                      objective: Optional[selector.Objective], risk_offsets, random_samples: int, resamples: int,
+                      seed: int, examples: Optional[uncertainty.Examples]) -> list[Solution]:
+  """``solutions`` with their uncertainty: the same selection (on ``predicted_table`` of the
+  measured losses, when it selects on predictions) re-run on bootstrap resamples of the replicas, and
+  paired differences against the all-task, independent and Random baselines."""
+  val_replicas, test_replicas = replicas
+  replica_rows = _rows_by_key(val_replicas.table)
+  if set(_rows_by_key(converged)) != set(replica_rows):
+    raise TableError("the replicas must hold exactly the converged table's networks")
+  test_replicas = test_replicas.aligned_to(val_replicas)
+  # The selection table's networks as rows of the replicas (the selector's candidates).
+  candidates = [replica_rows[val.network_key(r)] for r in range(val.num_networks)]
+
+  choose = _chooser(val, replica_rows, predicted_table, objective, risk_offsets)
   groupings = [None if s.infeasible or s.untrained else tuple(sorted(replica_rows[n.key] for n in s.networks))
                for s in solutions]
   compared = []
@@ -360,6 +370,36 @@ def _with_uncertainty(solutions: Sequence[Solution], val: ResultsTable, converge
   assessed = uncertainty.assess(val_replicas, test_replicas, budgets, groupings, choose, compared, resamples, seed,
                                 examples)
   return [s if a is None else dataclasses.replace(s, uncertainty=a) for s, a in zip(solutions, assessed)]
+
+
+def probability_optimal(candidates: ResultsTable, replicas: tuple[Replicas, Replicas], budgets: Sequence[float],
+                        solutions: Mapping[str, Sequence[Solution]], resamples: int = uncertainty.DEFAULT_RESAMPLES,
+                        seed: int = 0, examples: Optional[uncertainty.Examples] = None,
+                        objective: Optional[selector.Objective] = None) -> dict[str, list[Optional[float]]]:
+  """Per method and budget, the probability that the method's grouping is the optimum: the share of
+  bootstrap resamples of the replicas in which the exact selection among ``candidates`` (all
+  converged) chooses it. ``solutions``: ``{method: per budget}``; None where a method has no
+  grouping (infeasible, or networks without seed replicas). With the same ``resamples``, ``seed``
+  and ``examples``, Optimal's entry equals its ``Uncertainty.probability_optimal``: the resamples
+  are the same."""
+  val_replicas, test_replicas = replicas
+  replica_rows = _rows_by_key(val_replicas.table)
+  missing = [candidates.network_label(r) for r in range(candidates.num_networks)
+             if candidates.network_key(r) not in replica_rows]
+  if missing:
+    raise TableError(f"the probability of being optimal needs seed replicas of every candidate; none of "
+                     f"{', '.join(missing)}")
+  choose = _chooser(candidates, replica_rows, None, objective, 0.0)
+  counts = uncertainty.choice_frequencies(val_replicas, test_replicas.aligned_to(val_replicas), budgets, choose,
+                                          resamples, seed, examples)
+  result = {}
+  for method, per_budget in solutions.items():
+    result[method] = []
+    for count, solution in zip(counts, per_budget):
+      keys = [n.key for n in solution.networks]
+      known = not solution.infeasible and keys and all(key in replica_rows for key in keys)
+      result[method].append(count[tuple(sorted(replica_rows[k] for k in keys))] / resamples if known else None)
+  return result
 
 
 def _serves(table: ResultsTable, objective: Optional[selector.Objective]) -> np.ndarray:

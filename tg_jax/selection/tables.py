@@ -148,10 +148,11 @@ class ResultsTable:
                         self.losses[rows])
 
   def concat(self, other: "ResultsTable") -> "ResultsTable":
-    if other.task_names != self.task_names:
-      raise TableError(f"cannot join tables with different tasks: {self.task_names} vs {other.task_names}")
+    """Both tables' rows over this table's tasks; ``other`` may leave out tasks none of its networks
+    solve (a retraining run of a few networks writes only their columns)."""
     return ResultsTable(self.task_names, self.network_tasks + other.network_tasks,
-                        np.concatenate([self.costs, other.costs]), np.concatenate([self.losses, other.losses]))
+                        np.concatenate([self.costs, other.costs]),
+                        np.concatenate([self.losses, _widened(other.losses, other.task_names, self.task_names)]))
 
   def with_task_order(self, task_names: Sequence[str], what: str = "test table") -> "ResultsTable":
     """This table with its task columns in the order ``task_names`` (the same tasks), or an error
@@ -184,6 +185,17 @@ class ResultsTable:
       raise TableError(f"the {what}'s networks do not match the validation table's: missing "
                        f"{missing or 'none'}; not in the validation table: {extra or 'none'}")
     return self.subset(order)
+
+
+def _widened(losses: np.ndarray, task_names: Sequence[str], to: Sequence[str]) -> np.ndarray:
+  """``losses`` (tasks on the last axis, ``task_names``) over the columns ``to``, inf (unsolved) in
+  the columns it lacks."""
+  extra = [t for t in task_names if t not in to]
+  if extra:
+    raise TableError(f"cannot join tables: the second has task(s) {extra} the first does not ({', '.join(to)})")
+  widened = np.full(losses.shape[:-1] + (len(to),), np.inf)
+  widened[..., [list(to).index(t) for t in task_names]] = losses
+  return widened
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -244,8 +256,9 @@ class Replicas:
     count = max(self.samples.shape[1], other.samples.shape[1])
     pad = lambda samples: np.concatenate(
         [samples, np.full((samples.shape[0], count - samples.shape[1], samples.shape[2]), np.nan)], axis=1)
+    widened = _widened(other.samples, other.table.task_names, self.table.task_names)
     return Replicas(self.table.concat(other.table), self.seeds + other.seeds,
-                    np.concatenate([pad(self.samples), pad(other.samples)]))
+                    np.concatenate([pad(self.samples), pad(widened)]))
 
   def aligned_to(self, reference: "Replicas", what: str = "test table") -> "Replicas":
     """This table's networks in ``reference``'s order (task columns matched by name), each with the

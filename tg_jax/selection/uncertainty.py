@@ -196,6 +196,45 @@ class Baseline:
   groupings: tuple[Grouping, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Resamples:
+  """Bootstrap resamples of the replicas: ``[resamples, networks, tasks]`` validation and test means,
+  and with per-example losses, each replica's means under each example resample ``{split:
+  [resamples, networks, replicas, tasks]}`` (the evaluation set's noise)."""
+
+  val_means: np.ndarray
+  test_means: np.ndarray
+  replica_means: Optional[dict[str, np.ndarray]]
+
+
+def _resample(val: Replicas, test: Replicas, resamples: int, seed: int,
+              examples: Optional[Examples]) -> _Resamples:
+  """The resamples ``assess`` and ``choice_frequencies`` draw: the same ones for the same ``seed``."""
+  rng = np.random.default_rng(seed)
+  draws = rng.random((resamples, val.table.num_networks, val.samples.shape[1]))
+  val_samples, test_samples = val.samples, test.samples
+  replica_means = None
+  if examples is not None:
+    weights = {split: rng.multinomial(losses.shape[2], np.full(losses.shape[2], 1 / losses.shape[2]), resamples)
+               / losses.shape[2] for split, losses in (("val", examples.val), ("test", examples.test))}
+    val_samples = examples.reweighted("val", weights["val"], val.samples)
+    test_samples = examples.reweighted("test", weights["test"], test.samples)
+    replica_means = {"val": np.nanmean(val_samples, axis=2), "test": np.nanmean(test_samples, axis=2)}
+  return _Resamples(_resampled_means(val_samples, val.counts, draws), _resampled_means(test_samples, val.counts, draws),
+                    replica_means)
+
+
+def choice_frequencies(val: Replicas, test: Replicas, budgets: Sequence[float],
+                       choose: Callable[[np.ndarray, Sequence[float]], list[list[Optional[Grouping]]]],
+                       resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                       examples: Optional[Examples] = None) -> list[collections.Counter]:
+  """Per budget, how many of ``resamples`` bootstrap resamples ``choose`` each grouping on (the
+  resamples ``assess`` draws with the same ``seed``): with the exact selection on the converged
+  losses as ``choose``, a grouping's count over ``resamples`` is its probability of being optimal."""
+  chosen = choose(_resample(val, test, resamples, seed, examples).val_means, budgets)
+  return [collections.Counter(choice[i] for choice in chosen if choice[i] is not None) for i in range(len(budgets))]
+
+
 def assess(val: Replicas, test: Replicas, budgets: Sequence[float], groupings: Sequence[Optional[Grouping]],
            choose: Callable[[np.ndarray, Sequence[float]], list[list[Optional[Grouping]]]],
            baselines: Sequence[Sequence[Baseline]] = (), resamples: int = DEFAULT_RESAMPLES,
@@ -216,16 +255,8 @@ def assess(val: Replicas, test: Replicas, budgets: Sequence[float], groupings: S
       intervals add the evaluation set's sampling variance.
   """
   counts = val.counts
-  rng = np.random.default_rng(seed)
-  draws = rng.random((resamples, val.table.num_networks, val.samples.shape[1]))
-  val_samples, test_samples = val.samples, test.samples
-  replica_means = None  # per example resample, each replica's losses: the evaluation set's noise
-  if examples is not None:
-    weights = {split: rng.multinomial(losses.shape[2], np.full(losses.shape[2], 1 / losses.shape[2]), resamples)
-               / losses.shape[2] for split, losses in (("val", examples.val), ("test", examples.test))}
-    val_samples = examples.reweighted("val", weights["val"], val.samples)
-    test_samples = examples.reweighted("test", weights["test"], test.samples)
-    replica_means = {"val": np.nanmean(val_samples, axis=2), "test": np.nanmean(test_samples, axis=2)}
+  drawn = _resample(val, test, resamples, seed, examples)
+  replica_means = drawn.replica_means
 
   def evaluation_variance(split: str, assignments: Sequence[tuple[float, Sequence[int]]]) -> float:
     """Variance over example resamples of a signed sum of assignments' totals (replica means)."""
@@ -235,8 +266,7 @@ def assess(val: Replicas, test: Replicas, budgets: Sequence[float], groupings: S
     totals = sum(sign * np.sum(replica_means[split][:, list(a), tasks], axis=1) for sign, a in assignments)
     return float(np.var(totals, ddof=1))
 
-  val_means = _resampled_means(val_samples, counts, draws)
-  test_means = _resampled_means(test_samples, counts, draws)
+  val_means, test_means = drawn.val_means, drawn.test_means
   chosen = choose(val_means, budgets)
   results = []
   for i, grouping in enumerate(groupings):

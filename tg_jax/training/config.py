@@ -130,6 +130,7 @@ def base_config(variant: str | None = CPU) -> ml_collections.ConfigDict:
 
   config.selection = ml_collections.ConfigDict()
   config.selection.predict = "hoa"          # how main predicts unseen groups: "hoa", "esa", "none"
+  config.selection.refine = 0               # ESA refinement rounds at most (paper section 6), 0: none
 
   # Networks named "<tasks>[@size]:<method>" (in networks.extra) train with a tg_jax.balancing
   # method or with soft parameter sharing instead of equal task weights; they go to
@@ -187,6 +188,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   predictions = ("none", "esa") + predictors.NAMES
   need(config.selection.predict in predictions,
        f"selection.predict must be one of {', '.join(predictions)}, got {config.selection.predict!r}")
+  need(is_int(config.selection.refine) and config.selection.refine >= 0,
+       f"selection.refine must be a count of rounds >= 0, got {config.selection.refine!r}")
   from tg_jax import balancing  # pylint: disable=g-import-not-at-top
   for method, options in config.get("balancing_options", {}).items():
     need(method in balancing.names(),
