@@ -52,6 +52,20 @@ def stitch_init(self_weight: float):
   return init
 
 
+class OutputStitch(nn.Module):
+  """One task's mix of the columns' last outputs: ``[tasks, ...] -> [...]`` (its own submodule, so its
+  weights exist only where the task's ``decode`` runs, not in ``encode``'s shared parameters)."""
+
+  index: int
+  self_weight: float
+
+  @nn.compact
+  def __call__(self, columns: jax.Array) -> jax.Array:
+    init = stitch_init(self.self_weight)
+    beta = self.param("weights", lambda key, shape: init(key, shape, index=self.index), (columns.shape[0],))
+    return jnp.einsum("s,s...->...", beta.astype(columns.dtype), columns)
+
+
 class CrossStitchNet(nn.Module):
   """``len(tasks)`` columns (``columns_<column>_<stage>``), stitches ``stitch_<boundary>`` between stages,
   each task's output stitch ``output_stitch_<task>`` and the heads.
@@ -75,8 +89,7 @@ class CrossStitchNet(nn.Module):
     self.columns = [backbone.stages(self.encoder, self.dtype) for _ in self.tasks]
     self.stitches = [self.param(f"stitch_{boundary}", init, (num_tasks, num_tasks))
                      for boundary in range(backbone.NUM_STAGES - 1)]
-    self.output_stitches = {task: self.param(f"output_stitch_{task}", lambda key, shape, i=i: init(key, shape, index=i),
-                                             (num_tasks,))
+    self.output_stitches = {task: OutputStitch(i, self.self_weight, name=f"output_stitch_{task}")
                             for i, task in enumerate(self.tasks)}
 
   def encode(self, images: jax.Array, train: bool) -> jax.Array:
@@ -93,7 +106,7 @@ class CrossStitchNet(nn.Module):
   def task_features(self, task: str, columns: jax.Array, train: bool) -> jax.Array:
     """Task ``task``'s head input ``[b, h/16, w/16, representation_width]``: its stitch of the columns."""
     del train  # the output stitch has no batch statistics
-    return jnp.einsum("s,s...->...", self.output_stitches[task].astype(columns.dtype), columns)
+    return self.output_stitches[task](columns)
 
   def decode(self, task: str, columns: jax.Array, train: bool) -> jax.Array:
     return self.heads.decode(task, self.task_features(task, columns, train), train)
