@@ -13,7 +13,6 @@ import train_fakes
 from tg_jax import balancing
 from tg_jax import models
 from tg_jax import tasks as tasks_lib
-from tg_jax.models import backbone
 from tg_jax.models import cross_stitch
 from tg_jax.models import registry
 from tg_jax.training import cohort
@@ -177,14 +176,14 @@ def test_what_the_cost_counts(multiplier):
   stitches' few multiply-adds), MMoE's experts cost ``num_experts`` encoders plus the gates, MTAN's
   attention adds to its encoder, which is xception's; so ``XceptionStage`` computes the encoder."""
   config = models.default_config("cpu", "xception")
-  encoder = _flops(models.registry.get("xception").make(config, (), multiplier, jnp.float32))
+  encoder = _flops(registry.get("xception").make(config, (), multiplier, jnp.float32))
   for k in (1, 3):
     columns = _flops(cross_stitch.before_heads(as_family(config, "cross_stitch"), k, multiplier), "features")
     assert k * encoder <= columns <= 1.01 * k * encoder
   mmoe_config = as_family(config, "mmoe")
-  mixed = _flops(models.registry.get("mmoe").before_heads(mmoe_config, 2, multiplier), "features")
+  mixed = _flops(registry.get("mmoe").before_heads(mmoe_config, 2, multiplier), "features")
   assert mmoe_config.num_experts * encoder < mixed < 1.05 * mmoe_config.num_experts * encoder
-  mtan = models.registry.get("mtan").before_heads(as_family(config, "mtan"), 2, multiplier)
+  mtan = registry.get("mtan").before_heads(as_family(config, "mtan"), 2, multiplier)
   assert _flops(mtan) == pytest.approx(encoder, rel=1e-3)
   assert _flops(mtan, "features") > 1.1 * encoder
 
