@@ -18,7 +18,7 @@ def _config(tmp_path):
   config.data_dir = str(tmp_path / "tfds")
   config.manual_dir = str(manual_dir)
   config.image_size = 24
-  config.decode_threads = 2
+  config.workers = 0
   return config
 
 

@@ -1,9 +1,8 @@
-"""The dataset-independent pipeline on small in-memory sources: statistics, batches, prefetching."""
+"""The dataset-independent pipeline on small sources: statistics, batches, grain's sampler and workers, stream state."""
 
-import threading
-import time
 import types
 
+import grain.python as grain
 import numpy as np
 import pytest
 
@@ -63,26 +62,74 @@ class _FailingSource:
     raise OSError("disk on fire")
 
 
-def test_errors_in_the_prefetch_thread_reach_the_consumer():
+def test_errors_in_the_read_thread_reach_the_consumer():
   stats = pipeline.compute_stats(_source(), ("depth",), max_examples=100)
   batches = _dataset(_FailingSource(), stats).train_batches(2, seed=0)
   with pytest.raises(OSError, match="disk on fire"):
     next(batches)
-  with pytest.raises(StopIteration):
-    next(batches)
 
 
-def test_dropping_an_infinite_iterator_stops_its_thread():
+def test_a_stream_restored_from_its_state_goes_on_with_the_same_batches():
   dataset = _dataset(_source())
-  before = threading.active_count()
-  batches = dataset.train_batches(2, seed=0)
-  next(batches)
-  assert threading.active_count() == before + 1
-  del batches
-  deadline = time.time() + 5
-  while threading.active_count() > before and time.time() < deadline:
-    time.sleep(0.05)
-  assert threading.active_count() == before
+  batches = dataset.train_batches(3, seed=5, start_step=2)
+  for _ in range(4):
+    next(batches)
+  state = batches.get_state()
+  expected = [next(batches)["image"] for _ in range(3)]
+  restored = dataset.train_batches(3, seed=5, start_step=6, state=state)
+  np.testing.assert_array_equal(np.stack([next(restored)["image"] for _ in range(3)]), np.stack(expected))
+  with pytest.raises(ValueError, match="saved data state of toy/train is at step 6, its checkpoint at step 7"):
+    dataset.train_batches(3, seed=5, start_step=7, state=state)
+
+
+# A record source as a TFDS data source gives it: records decoded one at a time, in grain's workers.
+def _decode(record):
+  return {"image": record["png"], "depth": record["depth"], "depth_mask": record["depth_mask"],
+          "segment_semantic": record["segment_semantic"]}
+
+
+def _records(num_examples=23, size=4):
+  arrays = _source(num_examples, size).get(np.arange(num_examples), _source().keys)
+  records = [{key.replace("image", "png"): arrays[key][i] for key in arrays} for i in range(num_examples)]
+  return pipeline.RecordSource(records, _decode, _source().keys)
+
+
+def _record_dataset(source, workers):
+  stats = pipeline.compute_stats(source, ("depth",), max_examples=100)
+  return pipeline.Dataset(name="records", split="train", source=source, task_names=("depth", "segment_semantic"),
+                          stats=stats, image_shape=(4, 4, 3), workers=workers)
+
+
+def test_record_batches_follow_grains_sampler_and_do_not_depend_on_the_worker_count():
+  source = _records()
+  in_process = _record_dataset(source, workers=0)
+  stream = in_process.train_batches(2, seed=7, start_step=3, shard_index=1, num_shards=2)
+  expected = [next(stream) for _ in range(7)]  # 28 rows of the global stream: over an epoch's end
+  order = grain.IndexSampler(len(source), shard_options=grain.NoSharding(), shuffle=True, num_epochs=None, seed=7)
+  for k, batch in enumerate(expected):
+    indices = [order[p].record_key for p in range((3 + k) * 4 + 2, (3 + k) * 4 + 4)]  # shard 1: rows 2-3
+    np.testing.assert_array_equal(batch["segment_semantic"], source.get(indices, ["segment_semantic"])["segment_semantic"])
+    np.testing.assert_array_equal(indices, in_process.train_indices(4, seed=7, step=3 + k)[2:])
+
+  workers = _record_dataset(source, workers=2)
+  stream = workers.train_batches(2, seed=7, start_step=3, shard_index=1, num_shards=2)
+  got = [next(stream) for _ in range(4)]
+  state = stream.get_state()
+  resumed = workers.train_batches(2, seed=7, start_step=7, shard_index=1, num_shards=2, state=state)
+  got += [next(resumed) for _ in range(3)]
+  for batch, want in zip(got, expected):
+    for key in want:
+      np.testing.assert_array_equal(batch[key], want[key])
+  # A state saved with another number of workers restarts the stream at its step: the same batches.
+  restarted = in_process.train_batches(2, seed=7, start_step=7, shard_index=1, num_shards=2, state=state)
+  np.testing.assert_array_equal(next(restarted)["depth"], expected[4]["depth"])
+
+  shards = [list(workers.eval_batches(3, shard_index=i, num_shards=2)) for i in range(2)]
+  assert [len(s) for s in shards] == [4, 4]  # 23 examples in global batches of 6
+  rows = np.concatenate([np.concatenate([a["segment_semantic"], b["segment_semantic"]]) for a, b in zip(*shards)])
+  weights = np.concatenate([np.concatenate([a["weight"], b["weight"]]) for a, b in zip(*shards)])
+  np.testing.assert_array_equal(weights, np.arange(24) < 23)
+  np.testing.assert_array_equal(rows[:23], source.get(np.arange(23), ["segment_semantic"])["segment_semantic"])
 
 
 def test_a_registered_dataset_loads_through_the_pipeline(tmp_path):

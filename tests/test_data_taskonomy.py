@@ -54,7 +54,7 @@ def config(manual_dir, tmp_path_factory):
   config.image_size = 4
   config.validation_buildings = "beechwood"
   config.test_buildings = "coffeen"
-  config.decode_threads = 2
+  config.workers = 0
   return config
 
 

@@ -338,7 +338,7 @@ def test_ensemble_of_two_networks_is_the_loss_of_the_averaged_prediction(trained
 
   dataset = train_fakes.FakeDataset(TASKS, "test", config.data.num_test)
   variables = ensemble.best_variables(config, workdir, names, IMAGE_SHAPE)
-  arrays = dataset._arrays  # pylint: disable=protected-access
+  arrays = next(iter(dataset.eval_batches(dataset.num_examples)))
   outputs = {n: model.apply(v, jnp.asarray(arrays["image"]), train=False) for n, (model, v) in variables.items()}
   depth = np.mean([np.asarray(outputs[n]["toy_depth"]) for n in names], axis=0)
   expected_depth = np.mean(np.abs(depth - arrays["toy_depth"]))

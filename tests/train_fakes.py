@@ -1,13 +1,15 @@
 """Small stand-ins for the trainer's tests: toy tasks, an in-memory dataset, a tiny config.
 
 The dataset is registered as ``fake`` (``tg_jax.data.register``), so ``data.load`` returns it for
-``tiny_config()``'s ``config.data``. It has the API of ``tg_jax.data`` datasets (``train_batches``
-depends only on ``(seed, step)``, ``eval_batches`` pads with weight 0) and learnable labels computed
-from the images, so tests can check that training lowers losses without building the real dataset.
+``tiny_config()``'s ``config.data``. It is read through ``tg_jax.data``'s pipeline (grain; batches
+depend only on ``(seed, step)``, evaluation pads with weight 0, streams save their state in
+checkpoints) and has learnable labels computed from the images, so tests can check that training
+lowers losses without building the real dataset.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -16,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from tg_jax import data
+from tg_jax.data import pipeline
 from tg_jax import models
 from tg_jax import tasks as tasks_lib
 from tg_jax.training import config as config_lib
@@ -30,51 +33,57 @@ IMAGE_SIZE = 16
 
 def _make_split(num_examples: int, seed: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
-  images = rng.normal(size=(num_examples, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+  pixels = rng.integers(0, 256, size=(num_examples, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+  images = pixels / 255.0
   brightness = images.mean(axis=-1, keepdims=True)
   depth = 0.5 * (brightness + np.roll(brightness, 1, axis=1))
   return {
-      "image": images,
-      "toy_depth": ((depth - depth.mean()) / depth.std()).astype(np.float32),
-      "toy_normals": images[..., ::-1].copy(),
+      "image": pixels,
+      "toy_depth": depth.astype(np.float32),
+      "toy_normals": images[..., ::-1].astype(np.float32),
       "toy_segment": np.argmax(images, axis=-1).astype(np.int32),
   }
 
 
-class FakeDataset:
-  """An in-memory dataset with ``tg_jax.data``'s API."""
+@functools.cache
+def _training_stats() -> dict:
+  """Every split's normalisation, from a training split (as the pipeline's are)."""
+  return pipeline.compute_stats(pipeline.ArraySource(_make_split(128, 0)), TOY_TASKS, max_examples=128)
+
+
+class _Observed:
+  """Batches, each shown to ``on_step(step, batch)`` first; the stream's state is the batches'."""
+
+  def __init__(self, batches: pipeline.Batches, on_step):
+    self._batches = batches
+    self._on_step = on_step
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    step = self._batches.next_step
+    batch = next(self._batches)
+    self._on_step(step, batch)
+    return batch
+
+  def get_state(self) -> bytes:
+    return self._batches.get_state()
+
+
+class FakeDataset(pipeline.Dataset):
+  """An in-memory split read through ``tg_jax.data``'s pipeline (normalised with its own statistics)."""
 
   def __init__(self, tasks, split: str, num_examples: int, on_step=None):
     """``on_step(step, batch)``, if given, sees (and may change) each training batch first."""
-    self.tasks = tuple(tasks)
+    source = pipeline.ArraySource(_make_split(num_examples, {"train": 0, "validation": 1, "test": 2}[split]))
+    super().__init__(name="fake", split=split, source=source, task_names=tasks, stats=_training_stats(),
+                     image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
     self._on_step = on_step
-    self._arrays = _make_split(num_examples, {"train": 0, "validation": 1, "test": 2}[split])
-    self.num_examples = num_examples
-    self.image_shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
-    self.label_stats = {}
 
-  def _take(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[indices] for k, v in self._arrays.items() if k == "image" or k in self.tasks}
-
-  def train_batches(self, batch_size, *, seed, start_step=0, shard_index=0, num_shards=1):
-    step = start_step
-    while True:
-      indices = np.random.default_rng([seed, step]).choice(self.num_examples, batch_size * num_shards, replace=False)
-      batch = self._take(indices[shard_index * batch_size:(shard_index + 1) * batch_size])
-      batch["weight"] = np.ones(batch_size, np.float32)
-      if self._on_step is not None:
-        self._on_step(step, batch)
-      yield batch
-      step += 1
-
-  def eval_batches(self, batch_size, *, shard_index=0, num_shards=1):
-    global_size = batch_size * num_shards
-    for start in range(0, self.num_examples, global_size):
-      indices = np.arange(start, start + global_size)[shard_index * batch_size:(shard_index + 1) * batch_size]
-      valid = indices < self.num_examples
-      batch = self._take(np.where(valid, indices, 0))
-      batch["weight"] = valid.astype(np.float32)
-      yield batch
+  def train_batches(self, batch_size, **kwargs):
+    batches = super().train_batches(batch_size, **kwargs)
+    return batches if self._on_step is None else _Observed(batches, self._on_step)
 
 
 class FakeData:

@@ -20,14 +20,15 @@ Datasets: ``synthetic_scenes`` (rendered on first use, the default), ``taskonomy
 - optionally ``describe(config)``: what preparing does, for the console line ``prepare`` prints
   (e.g. "rendering synthetic_scenes (32x32, 5000 images: ...)"; default "preparing <name>").
 - ``open_split(builder, split, config) -> pipeline.ExampleSource``: an ``ArraySource`` for small
-  data or a ``RecordSource`` over a TFDS data source, whose examples hold ``image`` (uint8
+  data or a ``RecordSource`` over a TFDS data source (its decode function must pickle: grain's
+  worker processes run it), whose examples hold ``image`` (uint8
   ``[h, w, 3]``) and one label per task (dense regression in natural units, class ids as ints),
   optionally ``<task>_mask``.
 
 ``pipeline`` gives every such dataset its label statistics (computed once, stored beside the
-cache), batching, host sharding and exact resumption. An in-memory dataset (the tests' fakes) may
-instead provide ``load(config, tasks, split)`` returning an object with ``pipeline.Dataset``'s
-interface; it bypasses the cache and the pipeline. WORKSPACE.md, "How to add a dataset", has the
+cache), batching through grain (worker processes for records), host sharding and exact
+resumption. An in-memory dataset (the tests' fakes) may instead provide ``load(config, tasks,
+split)`` returning a ``pipeline.Dataset`` (or an object with its interface); it bypasses the cache. WORKSPACE.md, "How to add a dataset", has the
 steps.
 """
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import os
 import sys
 import time
@@ -52,6 +54,10 @@ def _hide_gpus_from_tensorflow():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines off; warnings and errors show
   # Its oneDNN kernels (and their notice on every import) serve computation TensorFlow does not do here.
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  if multiprocessing.parent_process() is not None:
+    # A process started by multiprocessing (grain's data workers) reads TFDS files without
+    # TensorFlow; importing it would add ~10 s to each worker's start.
+    return
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   try:
     tf.config.set_visible_devices([], "GPU")
@@ -122,8 +128,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.test_buildings = ""
   # Label statistics use at most this many training examples (all of synthetic_scenes').
   config.stats_examples = 4000
-  # Threads decoding records (taskonomy, celeb_a) and batches kept ready ahead of the trainer.
-  config.decode_threads = 8
+  # grain worker processes decoding records (taskonomy, celeb_a; 0: threads of the trainer's process;
+  # None: one per CPU core) and batches kept ready ahead of the trainer. Neither changes the batches.
+  config.workers = ml_collections.config_dict.placeholder(int)
   config.prefetch = 2
   return config
 
@@ -212,5 +219,6 @@ def load(config: ml_collections.ConfigDict, tasks: Optional[Sequence[str]] = Non
   stats = pipeline.load_or_compute_stats(str(builder.data_dir), train_source, available,
                                          max_examples=config.stats_examples)
   size = config.image_size
-  return pipeline.Dataset(name=config.name, split=split, source=source, task_names=task_names,
-                          stats=stats, image_shape=(size, size, 3), prefetch=config.prefetch)
+  workers = os.cpu_count() if config.workers is None else config.workers
+  return pipeline.Dataset(name=config.name, split=split, source=source, task_names=task_names, stats=stats,
+                          image_shape=(size, size, 3), workers=workers, prefetch=config.prefetch)

@@ -7,6 +7,7 @@ central square and resized to ``image_size`` when a batch is made.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -73,5 +74,5 @@ def decode(example: dict, image_size: int) -> dict[str, np.ndarray]:
 
 
 def open_split(prepared, split: str, config) -> pipeline.RecordSource:
-  return pipeline.RecordSource(prepared.as_data_source(split), lambda e: decode(e, config.image_size),
-                               keys=("image",) + TASKS, num_threads=config.decode_threads)
+  return pipeline.RecordSource(prepared.as_data_source(split), functools.partial(decode, image_size=config.image_size),
+                               keys=("image",) + TASKS)

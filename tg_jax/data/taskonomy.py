@@ -25,6 +25,7 @@ no depth masks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -265,5 +266,6 @@ def open_split(prepared: Taskonomy, split: str, config) -> pipeline.RecordSource
   tasks = prepared.builder_config.tasks
   probe = decode({"image": np.zeros((1, 1, 3), np.uint8),
                   **{t: np.zeros((1, 1, DOMAINS[t][2]), DOMAINS[t][3]) for t in tasks}}, tasks)
-  return pipeline.RecordSource(prepared.as_data_source(split), lambda e: decode(e, tasks),
-                               keys=tuple(probe), num_threads=config.decode_threads)
+  del config
+  return pipeline.RecordSource(prepared.as_data_source(split), functools.partial(decode, tasks=tasks),
+                               keys=tuple(probe))

@@ -2,8 +2,11 @@
 
 A checkpoint holds everything a run needs to continue exactly where it stopped: every cohort's
 parameters, batch statistics, optimiser and learning-rate-schedule state, best-validation
-checkpoints and trackers (``cohort.CohortState``), plus the step. Training batches depend only on
-``(seed, step)``, so the step is the data position too.
+checkpoints and trackers (``cohort.CohortState``), plus the step, and each host's training streams'
+position (``data``: ``DataStreams``, grain's iterator states, one file per host through grain's orbax
+handler). Training batches depend only on ``(seed, step)``, so the step alone would do: the saved
+streams are checked against it, and a checkpoint without them (written before they were saved, or
+by another number of hosts) restarts the streams at its step.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import os
 from typing import Any, Mapping, Optional
 
 from absl import logging
+from etils import epath
 import flax
+import grain.checkpoint as grain_checkpoint
 import jax
 import ml_collections
 import numpy as np
@@ -24,8 +29,9 @@ from tg_jax import workdir as workdir_lib
 CONFIG_FILE = "config.json"
 # Keys that may change between a run and its resumption: where the data lives, how often to log, how
 # the work is laid out on devices (results do not depend on them beyond float rounding).
-RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "log_every_steps", "num_devices",
-                     "max_networks_per_chunk", "memory_fraction")
+# ``data.decode_threads`` is the key ``data.workers`` replaced.
+RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.workers", "data.prefetch", "data.decode_threads",
+                     "log_every_steps", "num_devices", "max_networks_per_chunk", "memory_fraction")
 # Keys added since workdirs were first written, with the value that trains what a workdir without the
 # key trained: such a workdir resumes under a config that sets that value.
 ADDED_KEYS = {"networks.seeds": 1}
@@ -78,6 +84,34 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
   return True
 
 
+class DataStreams:
+  """This host's training streams (``{replica seed: pipeline.Batches}``) as one checkpoint item.
+
+  It has grain's iterator checkpointing protocol (``get_state``/``set_state``), so grain's orbax
+  ``CheckpointHandler`` saves it, one file per host; restoring keeps each stream's state as bytes
+  (``states``) for ``Dataset.train_batches(state=...)``.
+  """
+
+  def __init__(self, streams: Optional[Mapping[int, Any]] = None):
+    self._streams = dict(streams or {})
+    self.states: dict[int, bytes] = {}
+
+  def get_state(self) -> bytes:
+    return json.dumps({str(seed): json.loads(stream.get_state()) for seed, stream in self._streams.items()}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.states = {int(seed): json.dumps(saved).encode() for seed, saved in json.loads(state).items()}
+
+  def start_prefetch(self) -> None:
+    """The streams start reading when they are made from the states."""
+
+
+def _item_handlers(state: ocp.CheckpointHandler) -> dict[str, Any]:
+  """A checkpoint's items and their handlers (new ones per manager: closing a manager closes them)."""
+  return {"state": state, "progress": ocp.JsonCheckpointHandler(),
+          "data": grain_checkpoint.CheckpointHandler()}
+
+
 class NoIntactCheckpointError(workdir_lib.WorkdirError):
   """Every checkpoint of a workdir is damaged."""
 
@@ -86,8 +120,8 @@ def _read_whole(directory: str, step: int) -> None:
   """Reads checkpoint ``step`` of ``directory`` back entirely (metadata, every array, the progress) into
   host memory and drops it; raises whatever the damage makes orbax raise."""
   options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
-  reader = ocp.CheckpointManager(directory, options=options, item_handlers={
-      "state": ocp.PyTreeCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()})
+  reader = ocp.CheckpointManager(directory, options=options,
+                                 item_handlers=_item_handlers(ocp.PyTreeCheckpointHandler()))
   try:
     tree = reader.item_metadata(step)["state"].tree
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
@@ -95,8 +129,15 @@ def _read_whole(directory: str, step: int) -> None:
         state=ocp.args.PyTreeRestore(restore_args=as_numpy), progress=ocp.args.JsonRestore()))
     if not isinstance(restored.progress, Mapping) or "step" not in restored.progress:
       raise ValueError(f"its progress is {restored.progress!r}, not the step and network names")
+    if _data_file(directory, step).exists():
+      reader.restore(step, args=ocp.args.Composite(data=grain_checkpoint.CheckpointRestore(DataStreams())))
   finally:
     reader.close()
+
+
+def _data_file(directory: str, step: int) -> epath.Path:
+  """This host's file of the ``data`` item (grain's handler names it by process)."""
+  return epath.Path(directory) / str(step) / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
 class Checkpointer:
@@ -117,7 +158,8 @@ class Checkpointer:
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(self._directory, options=self._options, item_names=("state", "progress"))
+    return ocp.CheckpointManager(self._directory, options=self._options,
+                                 item_handlers=_item_handlers(ocp.StandardCheckpointHandler()))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -165,12 +207,25 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._open()
 
-  def save(self, step: int, state: Any, progress: Mapping[str, Any]) -> None:
-    """Saves a pytree ``state`` (flax structs and optax states allowed) and a JSON-able ``progress``."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-        progress=ocp.args.JsonSave(dict(progress))), force=True)
+  def save(self, step: int, state: Any, progress: Mapping[str, Any], data: Optional[DataStreams] = None) -> None:
+    """Saves a pytree ``state`` (flax structs and optax states allowed), a JSON-able ``progress`` and
+    this host's training streams ``data``."""
+    items = {"state": ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+             "progress": ocp.args.JsonSave(dict(progress))}
+    if data is not None:
+      items["data"] = grain_checkpoint.CheckpointSave(data)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
+
+  def data_states(self, step: int) -> dict[int, bytes]:
+    """This host's training streams' states saved with step ``step`` (``{replica seed: state}``); empty
+    when the checkpoint holds none for this host (written before they were saved, or by another
+    number of hosts)."""
+    if not _data_file(self._directory, step).exists():
+      return {}
+    streams = DataStreams()
+    self._manager.restore(step, args=ocp.args.Composite(data=grain_checkpoint.CheckpointRestore(streams)))
+    return streams.states
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """Restores step ``step`` into the structure, shapes and shardings of ``target``."""

@@ -139,9 +139,12 @@ def _train(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
                len(all_networks), len(my_networks), schedule.stop_step, schedule.steps_per_epoch,
                schedule.esa_step, mesh.size)
 
-  # One batch stream per replica seed this shard trains.
-  train_batches = {seed: _train_batches(datasets["train"], config, start_step, batch_sharding, seed)
-                   for seed in dict.fromkeys(n.seed for n in my_networks)}
+  # One batch stream per replica seed this shard trains, from where the checkpoint left it.
+  saved_streams = checkpointer.data_states(start_step) if start_step else {}
+  streams = {seed: _local_train_batches(datasets["train"], config, start_step, seed, saved_streams.get(seed))
+             for seed in dict.fromkeys(n.seed for n in my_networks)}
+  data_streams = checkpoints.DataStreams(streams)
+  train_batches = {seed: (_global_batch(b, batch_sharding) for b in stream) for seed, stream in streams.items()}
   first_seed = next(iter(train_batches))
   first_batch = next(train_batches[first_seed])
   train_batches[first_seed] = itertools.chain([first_batch], train_batches[first_seed])
@@ -191,12 +194,12 @@ def _train(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
         val_losses = cohorts.validate(_eval_batches(datasets[tracking.VALIDATION], config, batch_sharding), step,
                                       record_esa=step == schedule.esa_step)
         reporter.report_divergence(step)
-        _save_checkpoint(checkpointer, step, names, cohorts, tag_meter)
+        _save_checkpoint(checkpointer, step, names, cohorts, tag_meter, data_streams)
         reporter.validated(step, val_losses)
 
       if step < schedule.stop_step and stop.agreed(step, config.log_every_steps):
         if checkpointer.latest_step() != step:  # validation may just have saved this step
-          _save_checkpoint(checkpointer, step, names, cohorts, tag_meter)
+          _save_checkpoint(checkpointer, step, names, cohorts, tag_meter, data_streams)
         status = STATUS_PREEMPTED
         reporter.preempted(step)
         break
@@ -243,14 +246,13 @@ def data_seed(seed: int, replica_seed: int) -> int:
   return int(np.random.SeedSequence([seed, replica_seed]).generate_state(1)[0])
 
 
-def _train_batches(dataset: Any, config: ml_collections.ConfigDict, start_step: int, sharding: NamedSharding,
-                   replica_seed: int) -> Iterator[dict[str, jax.Array]]:
-  """Global training batches of replica ``replica_seed`` from step ``start_step`` on (batch k depends
-  only on the seed and k)."""
-  local = dataset.train_batches(config.batch_size // jax.process_count(), seed=data_seed(config.seed, replica_seed),
-                                start_step=start_step, shard_index=jax.process_index(),
-                                num_shards=jax.process_count())
-  return (_global_batch(b, sharding) for b in local)
+def _local_train_batches(dataset: Any, config: ml_collections.ConfigDict, start_step: int, replica_seed: int,
+                         state: Optional[bytes]) -> Iterator[dict[str, np.ndarray]]:
+  """This process's rows of replica ``replica_seed``'s training batches from step ``start_step`` on (batch k
+  depends only on the seed and k), restored from ``state`` (``Batches.get_state``) when given."""
+  return dataset.train_batches(config.batch_size // jax.process_count(), seed=data_seed(config.seed, replica_seed),
+                               start_step=start_step, shard_index=jax.process_index(),
+                               num_shards=jax.process_count(), state=state)
 
 
 def _eval_batches(dataset: Any, config: ml_collections.ConfigDict,
@@ -296,8 +298,10 @@ def _checkpoint_state(cohorts: cohorts_lib.Cohorts, tag_meter: Optional[meter_li
 
 
 def _save_checkpoint(checkpointer: checkpoints.Checkpointer, step: int, names: Sequence[str],
-                     cohorts: cohorts_lib.Cohorts, tag_meter: Optional[meter_lib.TagMeter]) -> None:
-  checkpointer.save(step, _checkpoint_state(cohorts, tag_meter), {"step": step, "networks": list(names)})
+                     cohorts: cohorts_lib.Cohorts, tag_meter: Optional[meter_lib.TagMeter],
+                     data_streams: checkpoints.DataStreams) -> None:
+  checkpointer.save(step, _checkpoint_state(cohorts, tag_meter), {"step": step, "networks": list(names)},
+                    data_streams)
 
 
 def _check_networks(progress: Mapping[str, Any], names: Sequence[str], workdir: str) -> None:
