@@ -102,7 +102,9 @@ def _load(name, variant):
 def test_study_config_lists_subsets_halves_and_independent_sizes(variant):
   config = _load("study", variant)
   config_lib.validate(config)
-  listed = networks.from_config(config)
+  every_replica = networks.from_config(config)
+  assert config.networks.seeds == 3 and len(every_replica) == 3 * (31 + 5 * 5 + 1)
+  listed = [n for n in every_replica if n.seed == 0]  # the other seeds repeat this list
   names = [n.name for n in listed]
   tasks = tuple(config.tasks)
   assert len(tasks) == 5 and config.stop_fraction == 1.0 and config.selection.predict == "none"
