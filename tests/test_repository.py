@@ -43,11 +43,13 @@ def machine_paths(text):
 
 
 def test_the_rule_flags_machine_paths_and_spares_placeholders():
+  # Roots joined at run time, so this file names no machine path itself.
+  work, root, home, users, opt = ("/" + name for name in ("work", "root", "home", "Users", "opt"))
   # The line tg_jax/data/__init__.py once opened with.
-  assert machine_paths('"""Datasets for multi-task learning (the contract is /work/notes/data_api.md)."""') == [
-      (1, "/work/notes/data_api.md")]
-  assert machine_paths("cd /root/tg && ls /home/alice/data /Users/bob\nsee /opt/notes/plan.md.") == [
-      (1, "/root/tg"), (1, "/home/alice/data"), (1, "/Users/bob"), (2, "/opt/notes/plan.md")]
+  assert machine_paths(f'"""Datasets for multi-task learning (the contract is {work}/notes/data_api.md)."""') == [
+      (1, f"{work}/notes/data_api.md")]
+  assert machine_paths(f"cd {root}/tg && ls {home}/alice/data {users}/bob\nsee {opt}/notes/plan.md.") == [
+      (1, f"{root}/tg"), (1, f"{home}/alice/data"), (1, f"{users}/bob"), (2, f"{opt}/notes/plan.md")]
   assert not machine_paths(
       "--workdir=/scratch/pairs --manual_dir=/data/taskonomy --workdir=/tmp/study ~/tensorflow_datasets\n"
       "docs/study/report.md ../shared/x.md https://github.com/google/flax/blob/main/README.md\n"
