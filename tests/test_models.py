@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,6 +203,39 @@ def test_depthwise_implementations_agree(kernel_size):
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4), gradients, reference)
 
 
+
+@pytest.mark.parametrize("kernel_size,strides,padding,use_bias", [
+    ((3, 3), 2, "SAME", False), ((3, 3), 1, "SAME", True), ((2, 2), 2, "VALID", False), ((5, 5), 1, "SAME", True)])
+def test_patch_convolution_is_xla_convolution(kernel_size, strides, padding, use_bias):
+  """Same parameters from the same key, same outputs and gradients (float32 sums reordered)."""
+  images = _images(2, (12, 12, 5))
+  conv = nn.Conv(7, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
+                 kernel_init=xception._conv_init)  # pylint: disable=protected-access
+  patch = xception.PatchConv(7, kernel_size, strides=strides, padding=padding, use_bias=use_bias)
+  variables = conv.init(jax.random.key(0), images)
+  jax.tree.map(np.testing.assert_array_equal, patch.init(jax.random.key(0), images), variables)
+  if use_bias:
+    variables = {"params": {**variables["params"], "bias": jnp.arange(7.0)}}
+  loss = lambda module: lambda variables, images: jnp.sum(jnp.sin(module.apply(variables, images)))
+  np.testing.assert_allclose(patch.apply(variables, images), conv.apply(variables, images), rtol=1e-5, atol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4),
+               jax.grad(loss(patch), argnums=(0, 1))(variables, images),
+               jax.grad(loss(conv), argnums=(0, 1))(variables, images))
+
+
+def test_convolution_implementations_build_the_same_network(config):
+  """``model.convolution`` changes how the network computes, never its parameters or outputs."""
+  nets = {}
+  for implementation in xception.CONVOLUTION_IMPLEMENTATIONS:
+    variant = config.copy_and_resolve_references()
+    variant.convolution, variant.output_layer = implementation, "dense"
+    nets[implementation] = models.build(variant, (DEPTH, SEGMENT))
+  images = _images(2)
+  variables = nets["xla"].init(jax.random.key(0), images, train=False)
+  jax.tree.map(np.testing.assert_array_equal, nets["patches"].init(jax.random.key(0), images, train=False), variables)
+  outputs = {name: net.apply(variables, images, train=False) for name, net in nets.items()}
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4), outputs["patches"], outputs["xla"])
+
 def test_upsample_paints_one_2x2_block_per_input_pixel():
   images = _images(1, (2, 3, 4))
   upsample = xception.Upsample2x(5)
@@ -255,7 +289,8 @@ def test_errors_name_the_problem(config):
   with pytest.raises(ValueError, match="decoder_widths needs 4 widths"):
     models.build(bad, (DEPTH,))
   for key, value, message in (("output_layer", "fft", "unknown model.output_layer 'fft'; known: separable, dense"),
-                              ("output_kernel_size", 0, "output_kernel_size must be >= 1")):
+                              ("output_kernel_size", 0, "output_kernel_size must be >= 1"),
+                              ("convolution", "fft", "unknown model.convolution 'fft'; known: xla, patches")):
     bad = models.default_config()
     bad[key] = value
     with pytest.raises(ValueError, match=message):
@@ -277,6 +312,6 @@ def test_output_layers_keep_the_output_shape(config, output_layer, kernel_size):
 def test_a_model_config_without_the_output_layer_builds_the_authors_one(config):
   """Workdirs written before the option existed hold model configs without it."""
   legacy = config.copy_and_resolve_references()
-  del legacy["output_layer"], legacy["output_kernel_size"]
+  del legacy["output_layer"], legacy["output_kernel_size"], legacy["convolution"]
   net = models.build(legacy, (DEPTH,))
-  assert (net.output_layer, net.output_kernel_size) == ("separable", 5)
+  assert (net.output_layer, net.output_kernel_size, net.convolution) == ("separable", 5, "xla")

@@ -92,6 +92,24 @@ def test_excluded_tasks_get_exactly_zero_gradient():
   assert np.isfinite(metrics["loss"]).all()
 
 
+
+def test_evaluation_of_own_decoders_only_equals_full_evaluation_on_own_tasks():
+  """Under ``"loop"`` with a task mask, each network runs only its own decoders; its own tasks'
+  losses (sums and per example) are those of the full model's evaluation."""
+  model = models.build(train_fakes.tiny_config().model, TASKS)
+  mask = np.asarray([[True, False, False], [False, True, True]])
+  state, _ = _train(model, TASKS, mask.tolist(), jnp.stack([jax.random.PRNGKey(3), jax.random.PRNGKey(4)]),
+                    _batches(2), cohort.LOOP)
+  batch = dict(_batches(1)[0], weight=jnp.ones((8,), jnp.float32))
+  evaluate = functools.partial(cohort.eval_losses, state.params, state.batch_stats, batch, model=model,
+                               task_names=TASKS, how=cohort.LOOP)
+  full_sums, full_examples = evaluate()
+  own_sums, own_examples = evaluate(task_mask=jnp.asarray(mask))
+  np.testing.assert_allclose(np.asarray(own_sums)[mask], np.asarray(full_sums)[mask], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(own_examples)[mask], np.asarray(full_examples)[mask], rtol=1e-6)
+  # The untrained decoders were skipped: their losses are those of a zero output, not the model's.
+  assert not np.allclose(np.asarray(own_sums)[~mask], np.asarray(full_sums)[~mask])
+
 def _run(tmp_path, monkeypatch, name="run", on_step=None, **overrides):
   config = train_fakes.tiny_config()
   for key, value in overrides.items():

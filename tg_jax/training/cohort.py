@@ -458,27 +458,41 @@ def split_shared(params: Any, shared_names: Sequence[str]) -> tuple[dict, dict]:
 
 
 def eval_losses(params: Any, batch_stats: Any, batch: Batch, *, model: nn.Module, task_names: Sequence[str],
-                how: str = VMAP) -> tuple[jax.Array, jax.Array]:
+                how: str = VMAP, task_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
   """``([nets, tasks] sums, [nets, tasks, batch] per-example losses)`` of the networks on ``batch``.
 
   The sums are over the batch, weighted by ``batch['weight']``: divide the sums over a split by the
   split's total weight for mean losses (padding examples have weight 0). The per-example losses are
   unweighted; padding examples' are meaningless.
+
+  ``task_mask`` (``[nets, tasks]``, with ``"loop"`` and a model with ``encode``/``decode``): each
+  network runs only its own tasks' decoders, as in training; the other tasks' losses are then those
+  of a zero output, which no caller reads.
   """
-  def losses_one(params, batch_stats):
-    outputs = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
+  skip_untrained = how == LOOP and task_mask is not None
+
+  def losses_one(params, batch_stats, mask):
+    variables = {"params": params, "batch_stats": batch_stats}
+    if skip_untrained:
+      representation = model.apply(variables, batch["image"], False, method=model.encode)
+      outputs = {task: _decode_if_trained(model, params, batch_stats, representation, False, task, mask[index])[0]
+                 for index, task in enumerate(task_names)}
+    else:
+      outputs = model.apply(variables, batch["image"], train=False)
     losses = task_losses(outputs, batch, task_names)
     # Padded examples may carry arbitrary labels; where() keeps a NaN there from leaking in.
     return jnp.sum(jnp.where(batch["weight"] > 0, losses, 0.0) * batch["weight"], axis=1), losses
 
-  return over_networks(losses_one, how)(params, batch_stats)
+  num_networks = jax.tree.leaves(params)[0].shape[0]
+  mask = task_mask if skip_untrained else jnp.ones((num_networks, len(task_names)), bool)
+  return over_networks(losses_one, how)(params, batch_stats, mask)
 
 
 def eval_loss_sums(params: Any, batch_stats: Any, batch: Batch, *, model: nn.Module,
-                   task_names: Sequence[str], how: str = VMAP) -> jax.Array:
+                   task_names: Sequence[str], how: str = VMAP, task_mask: Optional[jax.Array] = None) -> jax.Array:
   """``[nets, tasks]`` sums over the batch of per-example losses, weighted by ``batch['weight']``
   (``eval_losses``' sums, without keeping the per-example losses: what validation needs)."""
-  return eval_losses(params, batch_stats, batch, model=model, task_names=task_names, how=how)[0]
+  return eval_losses(params, batch_stats, batch, model=model, task_names=task_names, how=how, task_mask=task_mask)[0]
 
 
 def record_validation(state: CohortState, losses: jax.Array, step: jax.Array, record_esa: jax.Array,

@@ -96,22 +96,26 @@ class CohortRunner:
       return cohort_lib.train_step(state, batch, step, model=self.model, optimizer=optimizer,
                                    task_names=task_names, task_mask=task_mask, how=how, gradient_fn=gradient_fn)
 
-    def eval_sums(params, batch_stats, batch):
+    # Networks trained with the paper's equal weights evaluate their own tasks' decoders only, as
+    # they train (``cohort.eval_losses``); the other gradient functions' models carry no unused ones.
+    skip_untrained = gradient_fn is None
+
+    def eval_sums(params, batch_stats, batch, task_mask):
       return (cohort_lib.eval_loss_sums(params, batch_stats, batch, model=self.model, task_names=task_names,
-                                        how=how),
+                                        how=how, task_mask=task_mask if skip_untrained else None),
               jnp.sum(batch["weight"]))
 
-    def eval_examples(params, batch_stats, batch):
+    def eval_examples(params, batch_stats, batch, task_mask):
       sums, losses = cohort_lib.eval_losses(params, batch_stats, batch, model=self.model, task_names=task_names,
-                                            how=how)
+                                            how=how, task_mask=task_mask if skip_untrained else None)
       return sums, jnp.sum(batch["weight"]), losses, batch["weight"]
 
     self._train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding, replicated, replicated),
                                out_shardings=replicated, donate_argnums=0)
-    self.eval_sums = jax.jit(eval_sums, in_shardings=(replicated, replicated, batch_sharding),
+    self.eval_sums = jax.jit(eval_sums, in_shardings=(replicated, replicated, batch_sharding, replicated),
                              out_shardings=replicated)
     # The same sums, plus ``[nets, tasks, batch]`` per-example losses and the ``[batch]`` weights.
-    self.eval_examples = jax.jit(eval_examples, in_shardings=(replicated, replicated, batch_sharding),
+    self.eval_examples = jax.jit(eval_examples, in_shardings=(replicated, replicated, batch_sharding, replicated),
                                  out_shardings=replicated)
     self.record_validation = jax.jit(cohort_lib.record_validation, out_shardings=replicated, donate_argnums=0)
     # One network's initial state from its ``[1]`` key: one jitted function per model, so another
@@ -285,10 +289,10 @@ class Cohorts:
         state = chunk.state
         variables = ((state.best_params, state.best_batch_stats) if use_best else (state.params, state.batch_stats))
         if per_example:
-          chunk_sums, batch_weight, chunk_losses, weights = chunk.runner.eval_examples(*variables, batch)
+          chunk_sums, batch_weight, chunk_losses, weights = chunk.runner.eval_examples(*variables, batch, chunk.task_mask)
           per_batch[i].append(chunk_losses)
         else:
-          chunk_sums, batch_weight = chunk.runner.eval_sums(*variables, batch)
+          chunk_sums, batch_weight = chunk.runner.eval_sums(*variables, batch, chunk.task_mask)
         sums[i] = chunk_sums if sums[i] is None else sums[i] + chunk_sums
       weight += float(batch_weight)
       if per_example:
