@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Callable
 
+from absl import app
 from absl import logging as absl_logging
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -39,3 +41,21 @@ def fail(message: str) -> None:
   """Prints ``error: <message>`` (the problem and the fix, no traceback) and exits with EXIT_USAGE."""
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(EXIT_USAGE)
+
+
+class UsageError(ValueError):
+  """A flag value that cannot be used; the message says how to fix it."""
+
+
+def table_command_main(run_command: Callable[[], str]) -> Callable[[list[str]], None]:
+  """The ``main`` of a command that reads tables and prints a text (``tg_jax.select``, ``tg_jax.regret``):
+  bad flags, tables or budgets (every ``ValueError``: ``UsageError``, ``tables.TableError``,
+  ``selector.NoFeasibleSolution``) end in one ``error:`` line and exit status ``EXIT_USAGE``."""
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+      print(run_command())
+    except ValueError as error:
+      fail(str(error))
+  return main

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 
+from tg_jax import console
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis
 from tg_jax.reporting import regret as regret_lib
-from tg_jax.selection import selector, tables
+from tg_jax.selection import tables
 
 _RESULTS = flags.DEFINE_string("results", None, "Validation losses of every candidate network, trained to convergence.")
 _TEST_RESULTS = flags.DEFINE_string("test_results", None, "Test losses of the same networks.")
@@ -37,23 +37,19 @@ _ESA_FRACTION = flags.DEFINE_float("esa_fraction", analysis.PAPER_ESA_FRACTION,
 _OUT = flags.DEFINE_string("out", None, "Directory for regret.md, regret.json and regret_vs_compute.png.")
 
 
-class UsageError(ValueError):
-  """A flag value that cannot be used; the message says how to fix it."""
-
-
 def _read(path: str) -> tables.ResultsTable:
   if _FORMAT.value == "csv" and _TASK_NAMES.value:
-    raise UsageError("task names come from the CSV header; --task_names is only for --format=standley")
+    raise console.UsageError("task names come from the CSV header; --task_names is only for --format=standley")
   return tables.read(path, _FORMAT.value, _TASK_NAMES.value)
 
 
 def run_command() -> str:
   """Runs the command from parsed flags; returns the text to print."""
   if not (_RESULTS.value and _TEST_RESULTS.value and _OUT.value):
-    raise UsageError("--results, --test_results and --out are required, e.g. --results=val.csv "
+    raise console.UsageError("--results, --test_results and --out are required, e.g. --results=val.csv "
                      "--test_results=test.csv --out=regret/")
   if not 0 < _ESA_FRACTION.value <= 1:
-    raise UsageError(f"--esa_fraction is a share of one training, in (0, 1]; got {_ESA_FRACTION.value}")
+    raise console.UsageError(f"--esa_fraction is a share of one training, in (0, 1]; got {_ESA_FRACTION.value}")
   val = _read(_RESULTS.value)
   test = _read(_TEST_RESULTS.value).aligned_to(val)
   esa = _read(_ESA_RESULTS.value).with_task_order(val.task_names, "ESA table") if _ESA_RESULTS.value else None
@@ -61,15 +57,15 @@ def run_command() -> str:
   if _AFFINITIES.value:
     tag = workdir_lib.read_json(_AFFINITIES.value)
     if tag is None:
-      raise UsageError(f"--affinities={_AFFINITIES.value} does not exist; point it at WORKDIR/results/tag.json")
+      raise console.UsageError(f"--affinities={_AFFINITIES.value} does not exist; point it at WORKDIR/results/tag.json")
   try:
     budgets = None if not _BUDGETS.value else [float(b) for b in _BUDGETS.value]
   except ValueError:
-    raise UsageError(f"--budgets: {','.join(_BUDGETS.value)!r} is not a list of numbers, e.g. --budgets=1,1.5,2") from None
+    raise console.UsageError(f"--budgets: {','.join(_BUDGETS.value)!r} is not a list of numbers, e.g. --budgets=1,1.5,2") from None
   study_tables = workdir_lib.StudyTables(val=val, test=test, esa=esa, tag=tag)
   runs = analysis.selections(study_tables, budgets, bootstrap=0)
   if "optimal" not in runs:
-    raise UsageError(f"--results={_RESULTS.value} does not hold every group of tasks at full size, so Optimal (and "
+    raise console.UsageError(f"--results={_RESULTS.value} does not hold every group of tasks at full size, so Optimal (and "
                      "with it the regret) is unknown; train every subset (experiments/study.py)")
   budgets = list(runs["optimal"].budgets)
   comparison = analysis.Comparison(budgets, {name: [s.test_loss for s in run.solutions] for name, run in runs.items()},
@@ -84,14 +80,7 @@ def run_command() -> str:
   return "\n".join(regret_lib.table_lines(measured)) + f"\n\nwrote {_OUT.value}/regret.md, regret.json, regret_vs_compute.png"
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    print(run_command())
-  except (tables.TableError, selector.NoFeasibleSolution, UsageError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+main = console.table_command_main(run_command)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Optional
 
 from absl import app, flags
 
+from tg_jax import console
 from tg_jax.selection import predictors, selector, study, tables, uncertainty
 
 _RESULTS = flags.DEFINE_string("results", None, "Table the selection runs on (validation losses, or ESA losses).")
@@ -71,10 +72,6 @@ _RISK_QUANTILE = flags.DEFINE_float("risk_quantile", None, "Select on each netwo
                                     "reliably good. Needs a seed column.")
 
 
-class UsageError(ValueError):
-  """A flag value that cannot be used; the message says how to fix it."""
-
-
 def _parse_mapping(entries: Optional[list[str]], flag: str) -> Optional[dict[str, float]]:
   if not entries:
     return None
@@ -85,11 +82,11 @@ def _parse_mapping(entries: Optional[list[str]], flag: str) -> Optional[dict[str
     try:
       number = float(value)
     except ValueError:
-      raise UsageError(f"--{flag}: {entry!r} is not task=number, e.g. --{flag}=depth=0.2,normals=0.1") from None
+      raise console.UsageError(f"--{flag}: {entry!r} is not task=number, e.g. --{flag}=depth=0.2,normals=0.1") from None
     if math.isnan(number):
-      raise UsageError(f"--{flag}: {entry!r} is not a number; give {task} a number, e.g. --{flag}={task}=0.2")
+      raise console.UsageError(f"--{flag}: {entry!r} is not a number; give {task} a number, e.g. --{flag}={task}=0.2")
     if task in mapping:
-      raise UsageError(f"--{flag}: {task!r} is given twice ({mapping[task]:g} and {number:g}); give each task once")
+      raise console.UsageError(f"--{flag}: {task!r} is given twice ({mapping[task]:g} and {number:g}); give each task once")
     mapping[task] = number
   return mapping
 
@@ -100,13 +97,13 @@ def _parse_budgets(entries: Optional[list[str]]) -> Optional[list[float]]:
   try:
     return [float(b) for b in entries]
   except ValueError:
-    raise UsageError(f"--budgets: {','.join(entries)!r} is not a list of numbers, e.g. --budgets=1,1.5,2") from None
+    raise console.UsageError(f"--budgets: {','.join(entries)!r} is not a list of numbers, e.g. --budgets=1,1.5,2") from None
 
 
 def _read(path: str) -> tables.Replicas:
   if _FORMAT.value == "csv":
     if _TASK_NAMES.value:
-      raise UsageError("task names come from the CSV header; --task_names is only for --format=standley")
+      raise console.UsageError("task names come from the CSV header; --task_names is only for --format=standley")
     return tables.read_replicas(path)
   return tables.Replicas.from_table(tables.read(path, _FORMAT.value, _TASK_NAMES.value))
 
@@ -116,7 +113,7 @@ def _read_affinities(path: str) -> predictors.Affinities:
     with open(path, encoding="utf-8") as f:
       return predictors.Affinities.from_json(json.load(f))
   except (OSError, ValueError, KeyError, TypeError) as error:
-    raise UsageError(f"--affinities={path}: not a readable tag.json ({error}); point it at WORKDIR/results/tag.json "
+    raise console.UsageError(f"--affinities={path}: not a readable tag.json ({error}); point it at WORKDIR/results/tag.json "
                      "of a run with config.tag.enabled") from None
 
 
@@ -135,15 +132,15 @@ def _progress_printer():
 def run_command() -> str:
   """Runs the command from parsed flags; returns the text to print."""
   if not _RESULTS.value:
-    raise UsageError("--results is required: the path of a results table, e.g. WORKDIR/results/val.csv")
+    raise console.UsageError("--results is required: the path of a results table, e.g. WORKDIR/results/val.csv")
   if _RANDOM_SAMPLES.value < 0:
-    raise UsageError(f"--random_samples must be >= 0 (0: no Random baseline), got {_RANDOM_SAMPLES.value}")
+    raise console.UsageError(f"--random_samples must be >= 0 (0: no Random baseline), got {_RANDOM_SAMPLES.value}")
   if _MAX_GROUP_SIZE.value is not None and _PREDICT.value == "none":
-    raise UsageError("--max_group_size limits a predictor's groups; it needs --predict (e.g. --predict=hoa)")
+    raise console.UsageError("--max_group_size limits a predictor's groups; it needs --predict (e.g. --predict=hoa)")
   if _AFFINITIES.value and not _PREDICT.value.startswith("tag"):
-    raise UsageError("--affinities feeds TAG; it needs --predict=tag or --predict=tag_cosine")
+    raise console.UsageError("--affinities feeds TAG; it needs --predict=tag or --predict=tag_cosine")
   if _SURROGATE_SAMPLE.value != 1.0 and _PREDICT.value != "surrogate":
-    raise UsageError("--surrogate_sample is the surrogate's; it needs --predict=surrogate")
+    raise console.UsageError("--surrogate_sample is the surrogate's; it needs --predict=surrogate")
   affinities = _read_affinities(_AFFINITIES.value) if _AFFINITIES.value else None
   val_replicas = _read(_RESULTS.value)
   test_replicas = _read(_TEST_RESULTS.value) if _TEST_RESULTS.value else None
@@ -157,7 +154,7 @@ def run_command() -> str:
   if test_replicas is not None and assigning.replicated:
     replicas = (assigning, test_replicas)
   elif _RISK_QUANTILE.value is not None:
-    raise UsageError("--risk_quantile needs seed replicas: tables with a seed column (tasks,cost,seed,...) for "
+    raise console.UsageError("--risk_quantile needs seed replicas: tables with a seed column (tasks,cost,seed,...) for "
                      "--results (or --converged_results) and --test_results")
   objective = selector.Objective(weights=_parse_mapping(_WEIGHTS.value, "weights"),
                                  caps=_parse_mapping(_CAPS.value, "caps"))
@@ -188,14 +185,7 @@ def run_command() -> str:
   return text
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    print(run_command())
-  except (tables.TableError, selector.NoFeasibleSolution, UsageError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+main = console.table_command_main(run_command)
 
 
 if __name__ == "__main__":

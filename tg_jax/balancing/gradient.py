@@ -326,17 +326,13 @@ def imtl(learning_rate: float = 1e-2, optimizer=None) -> Balancer:
   ``exp(s_i) g_i``: the weights on the raw gradients are ``alpha_i exp(s_i)``."""
   init_scales, step_scales = learned_loss_scales(optimizer or optax.adam(learning_rate))
 
-  def init(num_tasks: int, shared_params=None):
-    del shared_params
-    return init_scales(num_tasks)
-
   def update(task_losses, task_grads, state):
     scales, new_state = step_scales(task_losses, state)
     gram = gram_matrix(jax.lax.stop_gradient(task_grads))
     alpha, active = imtl_g_weights(gram * scales[:, None] * scales[None, :])
     return finish(alpha * scales, task_grads, new_state, balanced=active, loss_scales=scales)
 
-  return Balancer(init, update)
+  return Balancer(init_scales, update)
 
 
 def nash_weights(gram: jax.Array, iterations: int = 30) -> jax.Array:

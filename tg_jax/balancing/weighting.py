@@ -193,7 +193,8 @@ def learned_loss_scales(optimizer: optax.GradientTransformation):
   """IMTL-L's scales as (init, step): ``step(losses, state) -> (exp(s), new_state)`` takes one optimiser
   step on ``sum_i exp(s_i) L_i - s_i``, whose minimum over ``s_i`` is at ``exp(s_i) L_i = 1``."""
 
-  def init(num_tasks: int):
+  def init(num_tasks: int, shared_params=None):  # a Balancer's init
+    del shared_params
     log_scales = jnp.zeros((num_tasks,), jnp.float32)
     return ScaleState(log_scales, optimizer.init(log_scales))
 
@@ -215,15 +216,11 @@ def imtl_l(learning_rate: float = 1e-2, optimizer: Optional[optax.GradientTransf
   with the scales from before the step."""
   init_scales, step_scales = learned_loss_scales(optimizer or optax.adam(learning_rate))
 
-  def init(num_tasks: int, shared_params=None):
-    del shared_params
-    return init_scales(num_tasks)
-
   def update(task_losses, task_grads, state):
     scales, new_state = step_scales(task_losses, state)
     return finish(scales, task_grads, new_state)
 
-  return Balancer(init, update)
+  return Balancer(init_scales, update)
 
 
 class FAMOState(NamedTuple):
