@@ -54,7 +54,7 @@ def pair_relative_performance(table: ResultsTable) -> np.ndarray:
   if missing:
     raise TableError(f"the help/hurt table needs a half-size ({HALF_COST:g} SNT) single-task network for every "
                      f"task; missing: {', '.join(missing)} (experiments/pairs.py trains them)")
-  pair = hoa._pair_losses(table)
+  pair = hoa.pair_losses(table)
   relative = 1.0 - pair / half[:, None]
   np.fill_diagonal(relative, np.nan)
   return relative

@@ -18,7 +18,7 @@ from tg_jax.selection.tables import ResultsTable, TableError, has_size
 PAIR_COST = 1.0
 
 
-def _pair_losses(table: ResultsTable) -> np.ndarray:
+def pair_losses(table: ResultsTable) -> np.ndarray:
   """``[tasks, tasks]``: entry (t, u) is task t's loss in the full-size pair network {t, u}."""
   num_tasks = table.num_tasks
   pair = np.full((num_tasks, num_tasks), np.nan)
@@ -86,7 +86,7 @@ def predict(table: ResultsTable, max_order: Optional[int] = None) -> ResultsTabl
   if max_order < 2:
     raise ValueError(f"max_order must be >= 2, got {max_order}")
   check_size(num_tasks, max_order)
-  pair = _pair_losses(table)
+  pair = pair_losses(table)
   kept = [row for row, tasks in enumerate(table.network_tasks) if len(tasks) <= 2]
   groups = list(groups_of_order(num_tasks, 3, max_order))
   predicted_losses = np.array([predict_group(pair, g) for g in groups]).reshape(len(groups), num_tasks)
@@ -117,7 +117,7 @@ def accuracy(table: ResultsTable) -> Optional[PredictionAccuracy]:
 
   Returns None when the table has no such networks.
   """
-  pair = _pair_losses(table)
+  pair = pair_losses(table)
   column = {name: i for i, name in enumerate(table.task_names)}
   predicted, actual = [], []
   for row, tasks in enumerate(table.network_tasks):

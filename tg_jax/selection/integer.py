@@ -35,17 +35,25 @@ class Programme:
   """The selection programme's matrices for one table (``[networks, tasks]`` scores, inf: cannot serve).
 
   Variables: ``chosen`` (one per network) then ``serve`` (one per finite score, in ``pairs`` order).
+  ``capacities`` (optional, ``[networks]``): a network serves at most this many tasks per unit chosen;
+  ``copies`` (optional, ``[networks]``): the most a network may be chosen in the linear relaxation
+  (default 1). Both serve the relaxed columns of ``tg_jax.selection.columns``, each standing for every
+  group of one size at once.
   """
 
   scores: np.ndarray
   costs: np.ndarray
   pair_network: np.ndarray
   pair_task: np.ndarray
+  capacities: Optional[np.ndarray] = None
+  copies: Optional[np.ndarray] = None
 
   @classmethod
-  def build(cls, scores: np.ndarray, costs: np.ndarray) -> "Programme":
+  def build(cls, scores: np.ndarray, costs: np.ndarray, capacities: Optional[np.ndarray] = None,
+            copies: Optional[np.ndarray] = None) -> "Programme":
     networks, tasks = np.nonzero(np.isfinite(scores))
-    return cls(np.asarray(scores, dtype=np.float64), np.asarray(costs, dtype=np.float64), networks, tasks)
+    return cls(np.asarray(scores, dtype=np.float64), np.asarray(costs, dtype=np.float64), networks, tasks,
+               capacities, copies)
 
   @property
   def num_networks(self) -> int:
@@ -61,13 +69,30 @@ class Programme:
     objective = np.concatenate([np.zeros(n), self.scores[self.pair_network, self.pair_task]])
     return objective, cover, link, budget
 
+  def _capacity_rows(self) -> sparse.csr_matrix:
+    """``sum_t serve[i, t] - capacity[i] * chosen[i] <= 0`` for every network with a finite capacity."""
+    n, m = self.num_networks, self.pair_task.size
+    limited = np.flatnonzero(np.isfinite(self.capacities)) if self.capacities is not None else np.zeros(0, int)
+    row_of = np.full(n, -1)
+    row_of[limited] = np.arange(limited.size)
+    pairs = np.flatnonzero(row_of[self.pair_network] >= 0)
+    rows = np.concatenate([row_of[self.pair_network[pairs]], np.arange(limited.size)])
+    columns = np.concatenate([n + pairs, limited])
+    values = np.concatenate([np.ones(pairs.size), -self.capacities[limited] if limited.size else np.zeros(0)])
+    return sparse.csr_matrix((values, (rows, columns)), shape=(limited.size, n + m))
+
   def relaxation(self, budget: float):
     """The linear relaxation: ``(value, task duals [tasks], budget dual >= 0, chosen [networks])``, or
     None when even fractionally no choice within ``budget`` serves every task."""
     objective, cover, link, budget_row = self._matrices()
-    result = optimize.linprog(objective, A_ub=sparse.vstack([link, budget_row]).tocsr(),
-                              b_ub=np.concatenate([np.zeros(link.shape[0]), [budget]]),
-                              A_eq=cover, b_eq=np.ones(cover.shape[0]), bounds=(0, 1), method="highs")
+    capacity = self._capacity_rows()
+    upper = np.ones(objective.size)
+    if self.copies is not None:
+      upper[:self.num_networks] = self.copies
+    result = optimize.linprog(objective, A_ub=sparse.vstack([link, capacity, budget_row]).tocsr(),
+                              b_ub=np.concatenate([np.zeros(link.shape[0] + capacity.shape[0]), [budget]]),
+                              A_eq=cover, b_eq=np.ones(cover.shape[0]),
+                              bounds=np.stack([np.zeros(objective.size), upper], axis=1), method="highs")
     if result.status != 0:
       return None
     return (float(result.fun), np.asarray(result.eqlin.marginals), float(-result.ineqlin.marginals[-1]),

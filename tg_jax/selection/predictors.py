@@ -143,6 +143,8 @@ class Prediction:
     compute: the training it needed.
     error: against measured networks it did not use (held-out), else its own fit's (leave-one-out);
       None where neither exists or its values are not losses (TAG).
+    generated: HOA's groups are too many to list: ``table`` holds the measured networks alone and
+      the selection generates groups on demand (``columns.select_many``), adding those it priced.
   """
 
   name: str
@@ -150,15 +152,24 @@ class Prediction:
   predicted: np.ndarray
   compute: Compute
   error: Optional[PredictionError] = None
+  generated: bool = False
 
   @property
   def num_predicted(self) -> int:
     return int(np.sum(self.predicted))
 
 
-def check_size(num_tasks: int, max_group_size: Optional[int] = None) -> None:
-  """Raises, before anything is listed, when a predictor would list too many groups (``hoa.check_size``)."""
-  hoa.check_size(num_tasks, max_group_size)
+def check_size(num_tasks: int, max_group_size: Optional[int] = None, name: str = "") -> None:
+  """Raises, before anything is listed, when predictor ``name`` would list too many groups
+  (``hoa.check_size``). HOA never does: past that many it generates its groups on demand."""
+  if name != "hoa":
+    hoa.check_size(num_tasks, max_group_size)
+
+
+def lists_groups(num_tasks: int, max_group_size: Optional[int] = None) -> bool:
+  """Whether HOA's groups of 3 to ``max_group_size`` tasks are few enough to list as table rows."""
+  max_group_size = num_tasks if max_group_size is None else max_group_size
+  return hoa.predicted_group_count(num_tasks, max_group_size) <= hoa.MAX_PREDICTED_GROUPS
 
 
 def _full_size_rows(table: ResultsTable, keep=lambda tasks: True) -> list[int]:
@@ -179,13 +190,19 @@ def _held_out_error(trained: ResultsTable, table: ResultsTable, predicted: np.nd
 
 def _hoa(measured: Measured, max_group_size: Optional[int]) -> Prediction:
   trained = measured.trained
-  table = hoa.predict(trained, max_group_size)
+  generated = not lists_groups(trained.num_tasks, max_group_size)
+  if generated:
+    hoa.pair_losses(trained)  # every pair is needed; says which are missing
+    table = trained.subset([r for r, tasks in enumerate(trained.network_tasks) if len(tasks) <= 2])
+  else:
+    table = hoa.predict(trained, max_group_size)
   predicted = np.array([len(tasks) >= 3 for tasks in table.network_tasks])
   used = [r for r in range(table.num_networks) if not predicted[r]]
   count = len(used)
   compute = Compute(float(count), float(table.costs[used].sum()), f"{count} singles, half-size singles and pairs",
                     frozenset(table.network_key(r) for r in used))
-  return Prediction("hoa", table, predicted, compute, _held_out_error(trained, table, predicted))
+  return Prediction("hoa", table, predicted, compute, None if generated else _held_out_error(trained, table, predicted),
+                    generated=generated)
 
 
 # --- The surrogate --------------------------------------------------------------------------------

@@ -57,9 +57,9 @@ class Objective:
       values[table.task_names.index(task)] = float(value)
     return values
 
-  def scores(self, table: ResultsTable, losses: Optional[np.ndarray] = None) -> np.ndarray:
-    """``[..., networks, tasks]`` per-task objective terms of ``losses`` (default: the table's);
-    inf where a network may not serve a task."""
+  def per_task(self, table: ResultsTable) -> tuple[np.ndarray, np.ndarray]:
+    """``([tasks] multipliers, [tasks] caps)``: a loss l on task t scores ``l * multipliers[t]`` and
+    may serve t only if ``l <= caps[t]``."""
     weights = self._per_task(table, self.weights, 1.0, "weights")
     normalisers = self._per_task(table, self.normalisers, 1.0, "normalisers")
     caps = self._per_task(table, self.caps, np.inf, "caps")
@@ -68,8 +68,14 @@ class Objective:
     if np.any(~np.isfinite(normalisers)) or np.any(normalisers <= 0):
       raise ValueError(f"objective normalisers must be finite and > 0, got "
                        f"{dict(zip(table.task_names, normalisers))}")
+    return weights / normalisers, caps
+
+  def scores(self, table: ResultsTable, losses: Optional[np.ndarray] = None) -> np.ndarray:
+    """``[..., networks, tasks]`` per-task objective terms of ``losses`` (default: the table's);
+    inf where a network may not serve a task."""
+    multipliers, caps = self.per_task(table)
     losses = table.losses if losses is None else losses
-    return np.where(losses <= caps, losses * (weights / normalisers), np.inf)
+    return np.where(losses <= caps, losses * multipliers, np.inf)
 
   @classmethod
   def normalised_by(cls, table: ResultsTable, tasks_reference: str = "single") -> "Objective":
@@ -373,7 +379,7 @@ def select_many(table: ResultsTable, budgets: Sequence[float], objective: Option
     stats.append(SearchStats(candidates=int(rows.size), nodes=search.nodes, cost_unit=unit))
     _report(progress, index, budgets, f"{search.nodes} search nodes")
     if best is None:
-      error = NoFeasibleSolution(_infeasible_message(table, scores, float(budget)))
+      error = NoFeasibleSolution(infeasible_message(table, scores, float(budget)))
       if infeasible == "raise":
         raise error
       solutions.append(error)
@@ -392,7 +398,7 @@ def _select_by_programme(table: ResultsTable, scores: np.ndarray, rows: np.ndarr
     stats.append(SearchStats(candidates=int(rows.size), nodes=0, cost_unit=0.0, method=INTEGER_PROGRAMME))
     _report(progress, index, budgets, INTEGER_PROGRAMME)
     if answer is None:
-      error = NoFeasibleSolution(_infeasible_message(table, scores, float(budget)))
+      error = NoFeasibleSolution(infeasible_message(table, scores, float(budget)))
       if infeasible == "raise":
         raise error
       solutions.append(error)
@@ -446,7 +452,7 @@ def cheapest_cover(table: ResultsTable, scores: Optional[np.ndarray] = None) -> 
   return float(best_cost[full]), tuple(sorted(networks))
 
 
-def _infeasible_message(table: ResultsTable, scores: np.ndarray, budget: float) -> str:
+def infeasible_message(table: ResultsTable, scores: np.ndarray, budget: float) -> str:
   unservable = [t for j, t in enumerate(table.task_names) if not np.isfinite(scores[:, j]).any()]
   if unservable:
     return (f"no network can serve task(s) {unservable} within the objective's caps; raise their caps or "

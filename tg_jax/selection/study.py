@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tg_jax.selection import baselines, predictors, selector, uncertainty
+from tg_jax.selection import baselines, columns, predictors, selector, uncertainty
 from tg_jax.selection.tables import Replicas, ResultsTable, TableError, network_key
 
 PREDICTIONS = ("none",) + predictors.NAMES
@@ -233,7 +233,7 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
   if predict not in PREDICTIONS:
     raise ValueError(f"unknown prediction {predict!r}; choose one of {', '.join(PREDICTIONS)}")
   if predict != "none":
-    predictors.check_size(val.num_tasks, max_group_size)
+    predictors.check_size(val.num_tasks, max_group_size, predict)
   converged = val if converged is None else converged
   converged = converged.with_task_order(val.task_names, "converged table")
   if test is not None:
@@ -246,13 +246,24 @@ def run(val: ResultsTable, test: Optional[ResultsTable] = None, predict: str = "
   table = val if prediction is None else prediction.table
   converged_rows = _rows_by_key(converged)
   tasks = np.arange(val.num_tasks)
+  generated = prediction is not None and prediction.generated
+  if generated and replicas is not None and bootstrap:
+    raise ValueError(f"intervals re-run the selection per bootstrap resample, which {val.num_tasks} tasks' generated "
+                     f"HOA groups make too slow; select without them (--bootstrap=0)")
   if progress is not None:
-    progress(f"selecting among {table.num_networks} networks for {len(budgets)} budget(s) by "
-             f"{selector.method_for(table.num_tasks)}")
+    how = columns.COLUMN_GENERATION if generated else selector.method_for(table.num_tasks)
+    progress(f"selecting among {table.num_networks} networks{' and generated groups' if generated else ''} for "
+             f"{len(budgets)} budget(s) by {how}")
+  if generated:
+    table, chosen = columns.select_many(table, budgets, objective, max_group_size, infeasible="explain",
+                                        progress=progress)
+    prediction = dataclasses.replace(prediction, table=table, predicted=np.array(
+        [len(t) >= 3 for t in table.network_tasks]))
+  else:
+    chosen = selector.select_many(table, budgets, objective, infeasible="explain", progress=progress)
 
   solutions = []
-  for budget, solution in zip(budgets, selector.select_many(table, budgets, objective, infeasible="explain",
-                                                            progress=progress)):
+  for budget, solution in zip(budgets, chosen):
     if isinstance(solution, selector.NoFeasibleSolution):
       solutions.append(Solution(budget, infeasible=str(solution)))
       continue
