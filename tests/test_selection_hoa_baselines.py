@@ -190,11 +190,12 @@ def test_random_baseline_states_its_standard_error():
     baselines.random_fills(table, 2.0, samples=-1)
 
 
-def test_hoa_refuses_too_many_groups_before_listing_them(monkeypatch):
+def test_hoa_refuses_to_list_too_many_groups_before_listing_them(monkeypatch):
+  # study.run generates them on demand instead (tests/test_selection_columns.py).
   monkeypatch.setattr(hoa, "MAX_PREDICTED_GROUPS", 100)
   table = synthetic.random_table(8, seed=0, max_order=2)     # 219 groups of 3+, 56 of exactly 3
   with pytest.raises(ValueError, match="lists 219 groups.*--max_group_size=3"):
-    study.run(table, predict="hoa", budgets=[4.0])
+    hoa.predict(table)
   assert max(len(t) for t in hoa.predict(table, max_order=3).network_tasks) == 3
 
 
