@@ -39,7 +39,12 @@ def test_regret_is_each_choice_minus_optimal_with_its_compute():
   optimal = [s.test_loss for s in runs["optimal"].solutions]
   assert measured.optimal == pytest.approx(optimal)
   rows = {m.method: m for m in measured.methods}
-  assert set(rows) == {"esa", "hoa", "surrogate 0%", "surrogate 50%"}
+  # The adaptive loop at 20% of 19 trainings could not even train the 4 singles it starts from.
+  assert set(rows) == {"esa", "hoa", "surrogate 0%", "surrogate 50%", "adaptive 35%", "adaptive 50%"}
+  for share in (0.35, 0.5):
+    loop = rows[regret.adaptive_name(share)]
+    assert 4 <= loop.compute.trainings <= share * 19 and len(loop.regrets) == len(BUDGETS)
+    assert all(r is not None for r in loop.regrets)  # it chooses among networks it trained to convergence
   hoa = rows["hoa"]
   assert hoa.regrets == pytest.approx([s.test_loss - o for s, o in zip(runs["hoa"].solutions, optimal)])
   assert all(r >= -1e-12 for r in hoa.regrets)  # Optimal is the best on validation, and test here is close

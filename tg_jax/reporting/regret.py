@@ -1,7 +1,8 @@
 """Regret against training compute: how much training each method needs to find a good grouping.
 
-For every method that chooses networks from less than exhaustive training (ESA, and every predictor
-of ``tg_jax.selection.predictors``; the surrogate at several shares of the groups of 3+ tasks), on a
+For every method that chooses networks from less than exhaustive training (ESA, every predictor of
+``tg_jax.selection.predictors``, the surrogate at several shares of the groups of 3+ tasks, and the
+adaptive loop of ``tg_jax.selection.adaptive`` at several budgets, replayed on the tables), on a
 study whose every candidate network converged (so that Optimal is known and every choice can be
 scored on test): the regret at each budget, its choice's total test loss minus Optimal's, against the
 training it needed (``analysis.compute_per_method``: what it trains to predict, then its chosen
@@ -22,12 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from tg_jax.reporting import analysis  # noqa: E402
-from tg_jax.selection import study  # noqa: E402
+from tg_jax.selection import adaptive, study  # noqa: E402
 from tg_jax.workdir import StudyTables  # noqa: E402
 
 # Shares of the trained groups of 3+ tasks the surrogate is fitted on, one point each (0: singles and
 # pairs alone, where it predicts what HOA does).
 SURROGATE_SAMPLES = (0.0, 0.1, 0.25, 0.5)
+# Budgets of the adaptive loop (selection/adaptive.py), as shares of exhaustive training, one point each.
+ADAPTIVE_SHARES = (0.2, 0.35, 0.5)
 # The goal the regret is read against: within 1% mean regret at 20% or less of exhaustive compute.
 GOAL_REGRET = 0.01
 GOAL_COMPUTE_SHARE = 0.2
@@ -103,12 +106,38 @@ def _surrogate_runs(study_tables: StudyTables, budgets: Sequence[float],
           for sample in samples}
 
 
+def adaptive_name(share: float) -> str:
+  return f"adaptive {100 * share:.0f}%"
+
+
+def _adaptive_runs(study_tables: StudyTables, budgets: Sequence[float], shares: Sequence[float],
+                   esa_fraction: float, steps_per_training: Optional[int]
+                   ) -> tuple[dict[str, study.Selection], dict[str, analysis.Compute]]:
+  """The adaptive loop (``selection.adaptive``) replayed on the study's tables with a budget of each
+  of ``shares`` of exhaustive training: its selection among the networks it trained, and its compute."""
+  val, test, esa = study_tables.val, study_tables.test, study_tables.esa
+  candidates = analysis.selection_candidates(val)
+  keys = [candidates.network_key(r) for r in range(candidates.num_networks)]
+  oracle = adaptive.TableOracle(candidates, analysis.selection_candidates(esa))
+  runs, compute = {}, {}
+  for share in shares:
+    settings = adaptive.Settings(trainings=share * len(keys), early_fraction=esa_fraction)
+    if settings.trainings < sum(1 for k in keys if len(k[0]) == 1 and k[1] == 1.0):
+      continue  # cannot even train the singles it starts from
+    result = adaptive.run(oracle, keys, budgets, settings)
+    name = adaptive_name(share)
+    runs[name] = study.run(result.converged, test, budgets=budgets, converged=val, with_baselines=False)
+    compute[name] = analysis.Compute(result.trainings, result.snt_trainings, result.describe(), steps_per_training)
+  return runs, compute
+
+
 def measure(study_tables: StudyTables, comparison: analysis.Comparison,
             surrogate_samples: Sequence[float] = SURROGATE_SAMPLES,
-            esa_fraction: Optional[float] = None) -> Optional[Regret]:
+            esa_fraction: Optional[float] = None, adaptive_shares: Sequence[float] = ADAPTIVE_SHARES) -> Optional[Regret]:
   """The regret of every method of ``comparison`` that selects with less than exhaustive training,
-  and of the surrogate at each of ``surrogate_samples``; None unless Optimal is known (every
-  candidate converged) and scored on test."""
+  of the surrogate at each of ``surrogate_samples`` and, with an ESA table, of the adaptive loop at
+  each of ``adaptive_shares`` of exhaustive training; None unless Optimal is known (every candidate
+  converged) and scored on test."""
   optimal_run = comparison.runs.get("optimal")
   if optimal_run is None or any(s.test_loss is None for s in optimal_run.solutions):
     return None
@@ -116,6 +145,14 @@ def measure(study_tables: StudyTables, comparison: analysis.Comparison,
   runs.update(_surrogate_runs(study_tables, comparison.budgets, surrogate_samples))
   compute = analysis.compute_per_method(study_tables, dataclasses.replace(comparison, runs={"optimal": optimal_run,
                                                                                            **runs}), esa_fraction)
+  if study_tables.esa is not None and adaptive_shares:
+    schedule = study_tables.schedule
+    fraction = esa_fraction if esa_fraction is not None else (
+        analysis.PAPER_ESA_FRACTION if schedule is None else schedule.esa_step / schedule.total_steps)
+    adaptive_runs, adaptive_compute = _adaptive_runs(study_tables, comparison.budgets, adaptive_shares, fraction,
+                                                     compute["optimal"].steps_per_training)
+    runs.update(adaptive_runs)
+    compute.update(adaptive_compute)
   exhaustive = compute["optimal"]
   optimal = tuple(float(s.test_loss) for s in optimal_run.solutions)
   methods = []
@@ -171,9 +208,10 @@ def figure(regret: Regret, path: str, title: str = "Regret against training comp
   points = [("optimal", unit(regret.exhaustive), 0.0, 1.0)]
   points += [(m.method, unit(m.compute), 100 * m.mean_relative_regret, m.share_of_exhaustive)
              for m in regret.methods if m.mean_relative_regret is not None]
-  surrogate = [(x, y) for name, x, y, _ in points if name.startswith("surrogate")]
-  if len(surrogate) > 1:
-    axes.plot(*zip(*sorted(surrogate)), color="teal", alpha=0.4, zorder=1)
+  for family, line_color in (("surrogate", "teal"), ("adaptive", "tab:red")):
+    curve = [(x, y) for name, x, y, _ in points if name.startswith(family)]
+    if len(curve) > 1:
+      axes.plot(*zip(*sorted(curve)), color=line_color, alpha=0.4, zorder=1)
   # Methods that land on the same point (the surrogate on singles and pairs is HOA) share one label.
   labels: dict[tuple[float, float], list[str]] = {}
   for name, x, y, share in points:
@@ -181,6 +219,7 @@ def figure(regret: Regret, path: str, title: str = "Regret against training comp
   labelled = 0
   for name, x, y, share in points:
     color = ("black" if name == "optimal" else "teal" if name.startswith("surrogate") else
+             "tab:red" if name.startswith("adaptive") else
              {"esa": "tab:orange", "hoa": "tab:blue", "tag": "tab:purple", "tag_cosine": "tab:pink"}.get(name, "tab:gray"))
     together = labels[(round(x, 6), round(y, 6))]
     axes.scatter([x], [y], color=color, s=40 if name == together[0] else 14, zorder=2 + together.index(name))

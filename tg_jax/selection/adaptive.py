@@ -167,7 +167,10 @@ def _choose(converged: ResultsTable, early: Optional[ResultsTable], candidates: 
   wanted = set(candidates)
   rows = [r for r in np.flatnonzero(prediction.predicted) if prediction.table.network_key(r) in wanted - known]
   if rows:
-    table = table.concat(prediction.table.subset(rows))
+    table = table.concat(narrowed(prediction.table, rows))
+  smaller = _optimistic_smaller_singles(converged, [k for k in candidates if k not in known])
+  if smaller is not None:
+    table = table.concat(smaller)
   trained = set(_keys(converged))
   counts: dict[Key, int] = {}
   for solution in selector.select_many(table, budgets, objective, infeasible="explain"):
@@ -178,6 +181,21 @@ def _choose(converged: ResultsTable, early: Optional[ResultsTable], candidates: 
       if key not in trained:
         counts[key] = counts.get(key, 0) + 1
   return counts
+
+
+def _optimistic_smaller_singles(converged: ResultsTable, keys: Sequence[Key]) -> Optional[ResultsTable]:
+  """Single-task networks smaller than 1 SNT (half-size singles) not yet screened, each at its task's
+  full-size single's converged loss: no smaller network does better, so the selection chooses one
+  (and has it screened) only where it could pay off."""
+  full = {next(iter(k[0])): r for r, k in enumerate(_keys(converged)) if len(k[0]) == 1 and has_size(k[1], 1.0)}
+  rows = [(k, full[next(iter(k[0]))]) for k in keys
+          if len(k[0]) == 1 and k[1] < predictors.FULL_COST and next(iter(k[0])) in full]
+  if not rows:
+    return None
+  together = ResultsTable(converged.task_names, converged.network_tasks + tuple(converged.network_tasks[r] for _, r in rows),
+                          np.concatenate([converged.costs, [k[1] for k, _ in rows]]),
+                          np.concatenate([converged.losses, converged.losses[[r for _, r in rows]]]))
+  return narrowed(together, range(converged.num_networks, together.num_networks))
 
 
 def _ranked(counts: dict[Key, int], among: Iterable[Key]) -> list[Key]:
