@@ -9,7 +9,9 @@ One sequence for ``tg_jax.main`` (after a run) and ``tg_jax.merge`` (after an ar
 3. The comparison of every method with the baselines, computed once and handed to both the
    selection (``selection.json``) and the report (``report.md``, ``figures/``).
 4. Ensembles of the chosen networks that share a task (``ensemble.json``), when the config asks.
-5. Figure 6's predictions (``predictions.npz``): each method's networks chosen at
+5. The adaptive loop (``config.selection.adaptive.trainings``; ``training.adaptive``), after the
+   retraining phase: ``adaptive.json``.
+6. Figure 6's predictions (``predictions.npz``): each method's networks chosen at
    ``analysis.QUALITATIVE_BUDGET`` on a few test images, from the checkpoints (``training.predictions``).
 """
 
@@ -28,6 +30,7 @@ from tg_jax.reporting import analysis
 from tg_jax.reporting import report
 from tg_jax.selection import predictors, study
 from tg_jax.selection.tables import TableError
+from tg_jax.training import adaptive
 from tg_jax.training import retrain
 from tg_jax.training import trainer
 
@@ -169,6 +172,15 @@ def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predi
     if study_tables is None:
       return None
     runs = analysis.selections(study_tables)
+  adaptive_text = ""
+  if config.selection.get("adaptive") is not None and config.selection.adaptive.trainings:
+    try:
+      looped = adaptive.run(config, paths, study_tables, train)
+    except adaptive.Preempted as error:
+      logging.warning("%s", error)
+      return None
+    adaptive_text = (f"Adaptive loop: {looped['counted']}, {looped['trainings']:g} trainings; its selection in "
+                     f"{paths.adaptive}")
   if jax.process_index() != 0:
     return ""
   comparison = analysis.compare_methods(study_tables, runs=runs, random_samples=random_samples)
@@ -183,4 +195,4 @@ def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predi
   report_path = report.write_report(paths.path, study_tables=study_tables, comparison=comparison)
   return "\n".join([study.format_text(selection).rstrip(), "",
                     report.improvement_summary(study_tables.networks), f"Report: {report_path}",
-                    f"Results in {paths.results}; selection in {paths.selection}"])
+                    f"Results in {paths.results}; selection in {paths.selection}"] + ([adaptive_text] if adaptive_text else []))

@@ -31,6 +31,8 @@ WORKDIR/report.md, figures/        the study report                             
 WORKDIR/study.json                 Table 4's numbers                                               (finish, report)
 WORKDIR/retrain/                   the retraining phase: a workdir of its own                      (finish)
 WORKDIR/refine/round_<k>/          ESA refinement round k's training (selection.refine): a workdir  (finish)
+WORKDIR/adaptive/<k>_{early,full}/  the adaptive loop's k-th training (selection.adaptive): a workdir (finish)
+WORKDIR/adaptive.json              the adaptive loop's rounds, compute and selection               (finish)
 WORKDIR/shards/shard_<i>_of_<n>/   an array job's slices, each a workdir of its own                (main)
 ```
 """
@@ -404,6 +406,14 @@ class Workdir:
   def refine_round(self, index: int) -> "Workdir":
     """ESA refinement round ``index``'s training (1, 2, ...)."""
     return Workdir(self._join("refine", f"round_{index}"))
+
+  def adaptive_training(self, index: int, early: bool) -> "Workdir":
+    """The adaptive loop's ``index``-th training (1, 2, ...): screening (``early``) or to convergence."""
+    return Workdir(self._join("adaptive", f"{index}_{'early' if early else 'full'}"))
+
+  @property
+  def adaptive(self) -> str:
+    return self._join("adaptive.json")
 
   def shard(self, index: int, count: int) -> "Workdir":
     return Workdir(self._join("shards", f"shard_{index:03d}_of_{count:03d}"))

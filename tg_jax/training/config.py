@@ -131,6 +131,13 @@ def base_config(variant: str | None = CPU) -> ml_collections.ConfigDict:
   config.selection = ml_collections.ConfigDict()
   config.selection.predict = "hoa"          # how main predicts unseen groups: "hoa", "esa", "none"
   config.selection.refine = 0               # ESA refinement rounds at most (paper section 6), 0: none
+  # The adaptive loop after the main run (tg_jax.selection.adaptive; experiments/adaptive.py): its budget
+  # in trainings (0: off), networks screened for esa_fraction of the schedule and promoted per round.
+  config.selection.adaptive = ml_collections.ConfigDict()
+  config.selection.adaptive.trainings = 0.0
+  config.selection.adaptive.screen = 4
+  config.selection.adaptive.promote = 2
+  config.selection.adaptive.max_rounds = 20
 
   # Networks named "<tasks>[@size]:<method>" (in networks.extra) train with a tg_jax.balancing
   # method or with soft parameter sharing instead of equal task weights; they go to
@@ -190,6 +197,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"selection.predict must be one of {', '.join(predictions)}, got {config.selection.predict!r}")
   need(is_int(config.selection.refine) and config.selection.refine >= 0,
        f"selection.refine must be a count of rounds >= 0, got {config.selection.refine!r}")
+  if config.selection.adaptive.trainings:
+    from tg_jax.selection import adaptive  # pylint: disable=g-import-not-at-top
+    try:
+      adaptive.Settings(float(config.selection.adaptive.trainings), config.esa_fraction,
+                        config.selection.adaptive.screen, config.selection.adaptive.promote,
+                        config.selection.adaptive.max_rounds)
+    except ValueError as error:
+      raise ValueError(f"invalid config: selection.{error}") from None
   from tg_jax import balancing  # pylint: disable=g-import-not-at-top
   for method, options in config.get("balancing_options", {}).items():
     need(method in balancing.names(),
