@@ -88,3 +88,29 @@ def test_finish_screens_then_promotes_within_the_budget_and_resumes_without_retr
 def test_candidates_are_every_group_and_the_half_size_singles():
   keys = adaptive_training.candidates(("a", "b", "c"))
   assert len(keys) == 7 + 3 and len(set(keys)) == 10
+
+
+def test_the_loop_trains_the_tiny_config_for_real(tmp_path):
+  import train_fakes  # pylint: disable=g-import-not-at-top  (registers the toy model and data: imports JAX)
+  from tg_jax import records, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from tg_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  config = train_fakes.tiny_config()
+  config.networks.subsets = "singles"
+  config.networks.half_size_singles = False
+  config.selection.predict = "none"
+  config.selection.adaptive.trainings = 5.0
+  config.selection.adaptive.screen = 2
+  config.selection.adaptive.promote = 1
+  config_lib.validate(config)
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  finish.finish(config, workdir, random_samples=5)
+  value = json.load(open(os.path.join(workdir, "adaptive.json")))
+  assert 3 < value["trainings"] <= 5.0 and value["rounds"]
+  schedule = records.Schedule.from_config(config, 128)
+  assert value["network_steps"] == value["trainings"] * schedule.total_steps
+  for entry in sorted(os.listdir(os.path.join(workdir, "adaptive"))):
+    run = workdir_lib.Workdir(os.path.join(workdir, "adaptive", entry)).read_run()
+    early = entry.endswith("_early")
+    assert run.schedule.stop_step == (schedule.esa_step if early else schedule.total_steps), entry
+  assert all(s["test_loss"] is not None for s in value["selection"]["solutions"] if not s.get("infeasible"))
