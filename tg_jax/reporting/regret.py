@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from tg_jax.reporting import analysis  # noqa: E402
 from tg_jax.selection import adaptive, study  # noqa: E402
+from tg_jax.selection.tables import has_size  # noqa: E402
 from tg_jax.workdir import StudyTables  # noqa: E402
 
 # Shares of the trained groups of 3+ tasks the surrogate is fitted on, one point each (0: singles and
@@ -116,13 +117,18 @@ def _adaptive_runs(study_tables: StudyTables, budgets: Sequence[float], shares: 
   """The adaptive loop (``selection.adaptive``) replayed on the study's tables with a budget of each
   of ``shares`` of exhaustive training: its selection among the networks it trained, and its compute."""
   val, test, esa = study_tables.val, study_tables.test, study_tables.esa
-  candidates = analysis.selection_candidates(val)
-  keys = [candidates.network_key(r) for r in range(candidates.num_networks)]
-  oracle = adaptive.TableOracle(candidates, analysis.selection_candidates(esa))
+  candidates, early = analysis.selection_candidates(val), analysis.selection_candidates(esa)
+  # The main run's candidates: networks with early losses too (not those of a retraining phase).
+  with_early = {early.network_key(r) for r in range(early.num_networks)}
+  keys = [k for k in (candidates.network_key(r) for r in range(candidates.num_networks)) if k in with_early]
+  singles = sum(1 for k in keys if len(k[0]) == 1 and has_size(k[1], 1.0))
+  oracle = adaptive.TableOracle(candidates, early)
   runs, compute = {}, {}
+  if singles < val.num_tasks:
+    return runs, compute
   for share in shares:
     settings = adaptive.Settings(trainings=share * len(keys), early_fraction=esa_fraction)
-    if settings.trainings < sum(1 for k in keys if len(k[0]) == 1 and k[1] == 1.0):
+    if settings.trainings < singles:
       continue  # cannot even train the singles it starts from
     result = adaptive.run(oracle, keys, budgets, settings)
     name = adaptive_name(share)

@@ -189,7 +189,7 @@ def _optimistic_smaller_singles(converged: ResultsTable, keys: Sequence[Key]) ->
   (and has it screened) only where it could pay off."""
   full = {next(iter(k[0])): r for r, k in enumerate(_keys(converged)) if len(k[0]) == 1 and has_size(k[1], 1.0)}
   rows = [(k, full[next(iter(k[0]))]) for k in keys
-          if len(k[0]) == 1 and k[1] < predictors.FULL_COST and next(iter(k[0])) in full]
+          if len(k[0]) == 1 and not has_size(k[1], predictors.FULL_COST) and next(iter(k[0])) in full]
   if not rows:
     return None
   together = ResultsTable(converged.task_names, converged.network_tasks + tuple(converged.network_tasks[r] for _, r in rows),
