@@ -125,7 +125,8 @@ def make_spec(num_networks: int, scale: str = "cpu", image_size: int = 0, batch_
   if not 1 <= num_networks <= len(subsets):
     raise ValueError(f"--networks must be between 1 and {len(subsets)} (the subsets of {len(task_names)} "
                      f"tasks); got {num_networks}")
-  cohort = networks_lib.cohorts([networks_lib.Network(s, 1.0) for s in subsets[:num_networks]], task_names)[0]
+  cohort = networks_lib.cohorts([networks_lib.Network(s, 1.0) for s in subsets[:num_networks]], task_names,
+                                not models.shares_one_encoder(model_config))[0]
   side = image_size or model_config.cost_image_size
   return {"subsets": [n.tasks for n in cohort.networks], "task_names": cohort.tasks,
           "task_mask": np.asarray(cohort.task_mask(), bool), "model_config": model_config,

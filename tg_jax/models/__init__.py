@@ -6,7 +6,9 @@
     outputs, updates = net.apply(variables, images, train=True, mutable=["batch_stats"])
     models.encoder_cost(mcfg, 0.5)                      # ~0.5, measured from compiled FLOPs
 
-Model families are found by ``config.name`` in a registry (``registry.register``).
+Model families are found by ``config.name`` in a registry (``registry.register``): ``xception`` (the
+paper's hard sharing), ``mtan`` (task attention over a shared encoder), ``cross_stitch`` (one column
+per task, mixed between stages) and ``mmoe`` (task gates over shared experts).
 """
 
 from __future__ import annotations
@@ -17,12 +19,20 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from tg_jax.models import backbone
+from tg_jax.models import cross_stitch
+from tg_jax.models import mmoe
+from tg_jax.models import mtan
 from tg_jax.models import registry
 from tg_jax.models import xception
 from tg_jax.models.cost import encoder_cost, encoder_flops, width_multiplier
-from tg_jax.models.registry import ModelFamily, register
+from tg_jax.models.registry import ModelFamily, register, names
 
 register("xception", ModelFamily(default_config=xception.default_config, make=xception.make))
+for _module in (mtan, cross_stitch, mmoe):
+  register(_module.__name__.rsplit(".", 1)[-1], ModelFamily(
+      default_config=_module.default_config, make=_module.make, before_heads=_module.before_heads,
+      standard=backbone.standard))
 
 
 def default_config(scale: str = "cpu", name: str = "xception") -> ml_collections.ConfigDict:
@@ -45,8 +55,16 @@ def build(config: ml_collections.ConfigDict, tasks: Sequence[str], size: float =
     raise ValueError("a network needs at least one task; got tasks=()")
   if len(set(tasks)) != len(tasks):
     raise ValueError(f"tasks must be distinct; got {tasks}")
-  return registry.get(config.name).make(config, tasks, width_multiplier(config, size), dtype)
+  return registry.get(config.name).make(config, tasks, width_multiplier(config, size, len(tasks)), dtype)
 
 
-__all__ = ["ModelFamily", "build", "default_config", "encoder_cost", "encoder_flops", "register",
-           "width_multiplier"]
+def shares_one_encoder(config: ml_collections.ConfigDict) -> bool:
+  """Whether the family's tasks share one encoder whose cost is the same for any tasks (``xception``):
+  then networks of one size can train as one model over their task union, each masked to its own
+  tasks. Otherwise (``ModelFamily.before_heads``) a network's widths depend on its number of tasks
+  and, for cross-stitch, every column feeds every task, so each task set needs a model of its own."""
+  return registry.get(config.name).before_heads is None
+
+
+__all__ = ["ModelFamily", "build", "default_config", "encoder_cost", "encoder_flops", "names", "register",
+           "shares_one_encoder", "width_multiplier"]

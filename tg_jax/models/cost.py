@@ -2,8 +2,13 @@
 
 The paper budgets inference in units of one standard network. Here a network of size ``s`` gets the
 width multiplier whose encoder's FLOPs, as XLA's cost analysis counts them for the compiled encoder,
-are closest to ``s`` times those of the size-1.0 encoder. Decoders are left out: they are the same
-at every size, one per task.
+are closest to ``s`` times those of one standard network (the size-1.0 encoder). Decoders are left
+out: they are the same at every size, one per task.
+
+Families whose tasks do not share one encoder (``ModelFamily.before_heads``: MTAN's task attention,
+cross-stitch's columns, MMoE's gates) cost the FLOPs of everything before the task heads, for all of
+a network's tasks, in the same unit (``ModelFamily.standard``); their widths are searched per task
+count, so a ``k``-task network of size ``s`` costs ``s`` whatever ``k``.
 
 Measured FLOPs are kept in ``tg_jax.cache`` (``encoder_flops.json`` in ``~/.cache/tg_jax``), keyed by
 the encoder's module (its class, the source file defining it and every attribute, so its widths), the
@@ -36,19 +41,20 @@ _SMALLEST_MULTIPLIER = 1e-3
 _IMAGE_CHANNELS = 3
 
 
-def encoder_flops(net: nn.Module, image_shape: tuple[int, ...]) -> float:
-  """FLOPs of ``net.encode`` on one image of ``image_shape`` ``(h, w, c)``, from XLA cost analysis.
+def encoder_flops(net: nn.Module, image_shape: tuple[int, ...], method: str = "encode") -> float:
+  """FLOPs of ``net.encode`` (or ``net.<method>``) on one image of ``image_shape`` ``(h, w, c)``,
+  from XLA cost analysis.
 
   Nothing is run or initialised: shapes are traced abstractly and compiled for the host CPU, so
   every platform (and so every run of a config) picks the same widths for a size.
   """
   on_cpu = SingleDeviceSharding(jax.devices("cpu")[0])
   images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32, sharding=on_cpu)
-  variables = jax.eval_shape(functools.partial(net.init, train=False, method="encode"),
+  variables = jax.eval_shape(functools.partial(net.init, train=False, method=method),
                              jax.random.key(0), images)
   variables = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu),
                            variables)
-  encode = jax.jit(functools.partial(net.apply, train=False, method="encode"))
+  encode = jax.jit(functools.partial(net.apply, train=False, method=method))
   return float(encode.lower(variables, images).compile().cost_analysis()["flops"])
 
 
@@ -63,36 +69,60 @@ def _cost_image_shape(config) -> tuple[int, int, int]:
 FLOPS_CACHE = "encoder_flops"  # tg_jax.cache's file of measured encoder FLOPs
 
 
-def flops_cache_key(net: nn.Module, image_shape: tuple[int, ...]) -> str:
-  """What a measurement of ``encoder_flops(net, image_shape)`` depends on: the module's class, the
-  source file defining it (any edit is a new key), its attributes (``repr`` of an unbound Flax module
-  lists them all), the image shape, and the JAX, jaxlib and Flax versions."""
+def flops_cache_key(net: nn.Module, image_shape: tuple[int, ...], method: str = "encode") -> str:
+  """What a measurement of ``encoder_flops(net, image_shape, method)`` depends on: the module's class,
+  the source file defining it (any edit is a new key), its attributes (``repr`` of an unbound Flax
+  module lists them all), the method measured, the image shape, and the JAX, jaxlib and Flax versions."""
   import flax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
   cls = type(net)
   with open(inspect.getfile(cls), "rb") as source:
     source_hash = hashlib.sha256(source.read()).hexdigest()[:16]
   attributes = " ".join(repr(net).split())
+  if method != "encode":  # keys of encoders measured before methods were named stay valid
+    attributes += f" method={method}"
   return (f"{cls.__module__}.{cls.__qualname__}@{source_hash} {attributes} image_shape={tuple(image_shape)} "
           f"jax={jax.__version__} jaxlib={jaxlib.__version__} flax={flax.__version__}")
 
 
 @functools.lru_cache(maxsize=None)
-def _module_flops(net: nn.Module, image_shape: tuple[int, ...]) -> float:
+def _module_flops(net: nn.Module, image_shape: tuple[int, ...], method: str = "encode") -> float:
   # Keyed by the module, so multipliers that round to the same widths compile once, and on disk
   # (tg_jax.cache), so a later run compiles none.
-  key = flops_cache_key(net, image_shape)
+  key = flops_cache_key(net, image_shape, method)
   cached = cache.load_json(FLOPS_CACHE).get(key)
   if isinstance(cached, float):
     return cached
-  flops = encoder_flops(net, image_shape)
+  flops = encoder_flops(net, image_shape, method)
   cache.store_json(FLOPS_CACHE, key, flops)
   return flops
 
 
-def _flops(config: ml_collections.FrozenConfigDict, multiplier: float, image_shape: tuple[int, ...]) -> float:
-  net = registry.get(config.name).make(config, (), multiplier, jnp.float32)
+def _flops(config: ml_collections.FrozenConfigDict, multiplier: float, image_shape: tuple[int, ...],
+           num_tasks: Optional[int] = None) -> float:
+  """FLOPs a network costs at ``multiplier``: its shared encoder's, or everything before the heads of
+  a ``num_tasks``-task network for families without one shared encoder."""
+  family = registry.get(config.name)
+  if family.before_heads is None:
+    return _module_flops(family.make(config, (), multiplier, jnp.float32), image_shape)
+  return _module_flops(family.before_heads(config, num_tasks, multiplier), image_shape, "features")
+
+
+def _standard_flops(config: ml_collections.FrozenConfigDict, image_shape: tuple[int, ...]) -> float:
+  """FLOPs of one standard network (1 SNT) at ``image_shape``."""
+  family = registry.get(config.name)
+  net = family.standard(config) if family.standard else family.make(config, (), 1.0, jnp.float32)
   return _module_flops(net, image_shape)
+
+
+def _task_count(config: ml_collections.ConfigDict, num_tasks: Optional[int]) -> Optional[int]:
+  """``num_tasks`` where the family's cost depends on it, else ``None`` (one cached search per size)."""
+  if registry.get(config.name).before_heads is None:
+    return None
+  if not num_tasks or num_tasks < 1:
+    raise ValueError(f"model {config.name!r} costs more with more tasks (everything before the task heads "
+                     f"counts); pass num_tasks, the network's number of tasks (got {num_tasks})")
+  return int(num_tasks)
 
 
 def _check_size(size: float) -> None:
@@ -101,10 +131,11 @@ def _check_size(size: float) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _search_multiplier(config: ml_collections.FrozenConfigDict, size: float) -> float:
+def _search_multiplier(config: ml_collections.FrozenConfigDict, size: float, num_tasks: Optional[int] = None) -> float:
   image_shape = _cost_image_shape(config)
-  flops = lambda multiplier: _flops(config, multiplier, image_shape)
-  target = size * flops(1.0)
+  flops = lambda multiplier: _flops(config, multiplier, image_shape, num_tasks)
+  standard = _standard_flops(config, image_shape)
+  target = size * standard
   # FLOPs never decrease with the multiplier (each rounded width is monotone in it), vanish as it
   # goes to zero and grow about quadratically. Keep a bracket flops(below) < target <= flops(above).
   below, flops_below = 0.0, 0.0
@@ -120,7 +151,7 @@ def _search_multiplier(config: ml_collections.FrozenConfigDict, size: float) -> 
   while above - below > _MULTIPLIER_TOLERANCE * above:
     if above < _SMALLEST_MULTIPLIER:
       raise ValueError(f"size {size} is below the cheapest network this model config can build "
-                       f"({flops_above / flops(1.0):.3g} standard networks); use a larger size")
+                       f"({flops_above / standard:.3g} standard networks); use a larger size")
     fraction = (target - interpolate_below) / (interpolate_above - interpolate_below)
     middle = math.sqrt(below**2 + fraction * (above**2 - below**2))
     if not below < middle < above:
@@ -141,29 +172,36 @@ def _search_multiplier(config: ml_collections.FrozenConfigDict, size: float) -> 
   return above if flops_above - target <= target - flops_below else below
 
 
-def width_multiplier(config: ml_collections.ConfigDict, size: float) -> float:
-  """The encoder width multiplier whose measured FLOPs are closest to ``size`` standard networks.
+def width_multiplier(config: ml_collections.ConfigDict, size: float, num_tasks: Optional[int] = None) -> float:
+  """The width multiplier whose measured FLOPs are closest to ``size`` standard networks.
 
-  Deterministic; measured at ``config.cost_image_size`` and cached per (config, size).
+  Deterministic; measured at ``config.cost_image_size`` and cached per (config, size, task count).
+  ``num_tasks``: the network's number of tasks, needed (and read) only by families whose cost grows
+  with it (``ModelFamily.before_heads``).
   """
   _check_size(size)
-  if size == 1.0:
+  count = _task_count(config, num_tasks)
+  if size == 1.0 and count is None:
     return 1.0
-  return _search_multiplier(_frozen(config), float(size))
+  return _search_multiplier(_frozen(config), float(size), count)
 
 
 def encoder_cost(config: ml_collections.ConfigDict, size: float,
-                 image_shape: Optional[tuple[int, ...]] = None) -> float:
-  """Measured cost in standard networks of a size-``size`` network's encoder.
+                 image_shape: Optional[tuple[int, ...]] = None, num_tasks: Optional[int] = None) -> float:
+  """Measured cost in standard networks of a size-``size`` network's encoder (for families without one
+  shared encoder: of everything before its ``num_tasks`` task heads).
 
   Args:
     config: the model config (``config.model``).
     size: the nominal size, e.g. 0.5.
     image_shape: ``(h, w, c)`` of one input image; defaults to ``config.cost_image_size`` square RGB.
+    num_tasks: the network's number of tasks, where the family's cost depends on it.
 
   Returns:
-    ``flops(encoder at size) / flops(encoder at size 1.0)`` from XLA's cost analysis.
+    ``flops(network at size) / flops(standard network)`` from XLA's cost analysis.
   """
   frozen = _frozen(config)
+  count = _task_count(config, num_tasks)
   image_shape = tuple(image_shape) if image_shape is not None else _cost_image_shape(config)
-  return _flops(frozen, width_multiplier(config, size), image_shape) / _flops(frozen, 1.0, image_shape)
+  return (_flops(frozen, width_multiplier(config, size, count), image_shape, count)
+          / _standard_flops(frozen, image_shape))

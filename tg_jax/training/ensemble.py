@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from tg_jax import data
+from tg_jax import models
 from tg_jax import tasks as tasks_lib
 from tg_jax import workdir as workdir_lib
 from tg_jax.affinity import meter as meter_lib
@@ -74,7 +75,8 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str, network_name
     run_networks = [networks_lib.parse(n, config.tasks) for n in names]
     runners = [cohorts_lib.CohortRunner(spec, config, 1, image_shape, optimizer, dtype, cohort_lib.LOOP,
                                         replicated, replicated)
-               for spec in networks_lib.cohorts(run_networks, config.tasks)]
+               for spec in networks_lib.cohorts(run_networks, config.tasks,
+                                                not models.shares_one_encoder(config.model))]
     target: dict[str, Any] = {r.spec.name: r.abstract_state(len(r.spec.networks), image_shape) for r in runners}
     measured = meter_lib.measured_network(config, networks_lib.from_config(config))
     if measured in run_networks:

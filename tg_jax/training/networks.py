@@ -20,6 +20,9 @@ seed's batch, each network masked to its own tasks (see ``trainer``). A network 
 cohort of its own (same size, method, tasks and seed): balancers assume every task they see is
 trained, so such a cohort's model carries exactly the network's tasks and nothing is masked. A
 cohort too large for device memory is split into *chunks* of at most ``chunk_size`` networks.
+Model families without one shared encoder (MTAN, cross-stitch, MMoE: ``models.shares_one_encoder``)
+give every task set a cohort of its own: their widths depend on the number of tasks, and a
+cross-stitch column would feed the other tasks of a union model.
 
 A network's identity (``records.Network``) is jax-free, shared with selection and reporting; this
 module adds what needs the method registry: parsing a name with its method checked. Everything
@@ -168,6 +171,7 @@ class Cohort:
     networks: the networks, in list order.
     method: the networks' method (``Network.method``); with a method, ``tasks`` are every network's.
     seed: the networks' replica seed (``Network.seed``): which batch stream they train on.
+    separate: the cohort's model is its one task set's (``cohorts(..., separate_task_sets=True)``).
   """
 
   size: float
@@ -175,14 +179,18 @@ class Cohort:
   networks: tuple[Network, ...]
   method: str = EQUAL_WEIGHTS
   seed: int = 0
+  separate: bool = False
 
   @property
   def name(self) -> str:
-    """``size_1`` for equal weights; ``size_1_mgda_depth-normals`` with a method; ``..._seed2`` for
-    seed 2's replicas (checkpoint keys)."""
+    """``size_1`` for equal weights; ``size_1_mgda_depth-normals`` with a method; ``size_1_depth-normals``
+    for one task set's own model (``cohorts(..., separate_task_sets=True)``); ``..._seed2`` for seed 2's
+    replicas (checkpoint keys)."""
     name = f"size_{self.size:g}"
     if self.method:
       name = f"{name}_{self.method}_{'-'.join(self.tasks)}"
+    elif self.separate:
+      name = f"{name}_{'-'.join(self.tasks)}"
     return f"{name}_seed{self.seed}" if self.seed else name
 
   def task_mask(self) -> list[list[bool]]:
@@ -197,25 +205,29 @@ class Cohort:
             for i in range(0, len(self.networks), chunk_size)]
 
 
-def cohorts(networks: Iterable[Network], task_order: Sequence[str]) -> list[Cohort]:
-  """Equal-weight networks grouped by seed (in list order) and size (largest first); then one cohort
-  per network with a method.
+def cohorts(networks: Iterable[Network], task_order: Sequence[str],
+            separate_task_sets: bool = False) -> list[Cohort]:
+  """Equal-weight networks grouped by seed (in list order) and size (largest first), and with
+  ``separate_task_sets`` (``not models.shares_one_encoder(config.model)``) by task set (in list
+  order); then one cohort per network with a method.
 
   A method network's balancer (or soft-sharing penalty) sees every task of its cohort as trained,
   so it never shares a model with networks of other tasks.
   """
-  by_seed: dict[int, dict[float, list[Network]]] = {}
+  by_seed: dict[int, dict[float, dict[tuple[str, ...], list[Network]]]] = {}
   with_method = []
   for network in networks:
     if network.method:
       with_method.append(network)
     else:
-      by_seed.setdefault(network.seed, {}).setdefault(network.size, []).append(network)
+      task_set = network.tasks if separate_task_sets else ()
+      by_seed.setdefault(network.seed, {}).setdefault(network.size, {}).setdefault(task_set, []).append(network)
   result = []
   for seed, by_size in by_seed.items():
     for size in sorted(by_size, reverse=True):
-      members = by_size[size]
-      union = {t for n in members for t in n.tasks}
-      result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members), seed=seed))
+      for members in by_size[size].values():
+        union = {t for n in members for t in n.tasks}
+        result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members), seed=seed,
+                             separate=separate_task_sets))
   result += [Cohort(n.size, n.tasks, (n,), n.method, n.seed) for n in with_method]
   return result

@@ -154,7 +154,8 @@ def _train(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
   optimizer = cohort_lib.make_optimizer(config.optimizer, schedule.steps_per_epoch)
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   device = mesh.devices.flat[0]
-  runners = cohorts_lib.make_runners(networks_lib.cohorts(my_networks, config.tasks), config,
+  cohort_specs = networks_lib.cohorts(my_networks, config.tasks, not models.shares_one_encoder(config.model))
+  runners = cohorts_lib.make_runners(cohort_specs, config,
                                      schedule.steps_per_epoch, image_shape, optimizer, dtype, device.platform,
                                      replicated, batch_sharding)
   chunk_sizes = planning.plan_chunks(runners, config, abstract_batch, image_shape, device)
@@ -275,9 +276,17 @@ def _constant_predictor_losses(datasets: Mapping[str, Any],
 
 def _inference_costs(config: ml_collections.ConfigDict, networks: Sequence[networks_lib.Network],
                      image_shape: Sequence[int]) -> dict[networks_lib.Network, float]:
-  """Each network's measured inference cost in SNT; a soft-sharing network runs one encoder per task."""
-  size_costs = {size: models.encoder_cost(config.model, size, image_shape) for size in {n.size for n in networks}}
-  return {n: n.encoders * size_costs[n.size] for n in networks}
+  """Each network's measured inference cost in SNT; a soft-sharing network runs one single-task
+  network per task. For families without one shared encoder the cost depends on the number of tasks
+  (everything before the heads counts)."""
+  per_task_count = not models.shares_one_encoder(config.model)
+
+  def tasks_per_encoder(network: networks_lib.Network) -> int:
+    return len(network.tasks) // network.encoders
+
+  costs = {(size, count): models.encoder_cost(config.model, size, image_shape, count if per_task_count else None)
+           for size, count in {(n.size, tasks_per_encoder(n)) for n in networks}}
+  return {n: n.encoders * costs[n.size, tasks_per_encoder(n)] for n in networks}
 
 
 def _checkpoint_state(cohorts: cohorts_lib.Cohorts, tag_meter: Optional[meter_lib.TagMeter]) -> dict[str, Any]:

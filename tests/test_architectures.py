@@ -1,0 +1,245 @@
+"""The architecture families MTAN, cross-stitch and MMoE: shapes, what they share, cost, balancing, training."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import train_fakes
+from tg_jax import balancing
+from tg_jax import models
+from tg_jax import tasks as tasks_lib
+from tg_jax.models import cross_stitch
+from tg_jax.models import registry
+from tg_jax.training import cohort
+from tg_jax.training import networks
+from tg_jax.training import trainer
+
+FAMILIES = ("mtan", "cross_stitch", "mmoe")
+TASKS = ("toy_depth", "toy_segment")  # a dense regression and a segmentation (train_fakes' toy tasks)
+IMAGE_SHAPE = (train_fakes.IMAGE_SIZE, train_fakes.IMAGE_SIZE, 3)
+# Which top-level parameter collections every task shares (``encode``'s): the rest belong to one task.
+SHARED_PREFIXES = {"mtan": ("stages_",), "cross_stitch": ("columns_", "stitch_"), "mmoe": ("experts_",)}
+
+
+def tiny_config(name):
+  """The family at a few channels and 16x16 images, so tests compile in seconds."""
+  config = models.default_config("cpu", name)
+  config.encoder_widths = (4, 4, 6, 6, 8)
+  config.representation_width = 4
+  config.decoder_widths = (4, 4, 4, 4)
+  config.decoder_skip_width = 2
+  config.cost_image_size = train_fakes.IMAGE_SIZE
+  return config
+
+
+def _images(batch=4, seed=0):
+  return jax.random.normal(jax.random.key(seed), (batch, *IMAGE_SHAPE))
+
+
+def _init(net, images):
+  return jax.jit(functools.partial(net.init, train=False),
+                 compiler_options={"xla_backend_optimization_level": 0})(jax.random.key(0), images)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+  """A family's two-task network at size 1, a batch of labelled images and its initial variables."""
+  config = tiny_config(request.param)
+  net = models.build(config, TASKS)
+  batch = next(train_fakes.FakeDataset(TASKS, "train", 32).train_batches(8, seed=0))
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  return request.param, config, net, batch, _init(net, batch["image"])
+
+
+def test_the_registry_finds_every_family_by_name():
+  assert set(FAMILIES) < set(models.names())
+  for name in FAMILIES:
+    assert models.default_config("paper", name).name == name
+    assert not models.shares_one_encoder(models.default_config("cpu", name))
+  assert models.shares_one_encoder(models.default_config("cpu"))
+  with pytest.raises(KeyError, match="unknown model 'mtann'.*cross_stitch.*mmoe.*mtan.*xception"):
+    registry.get("mtann")
+
+
+def test_outputs_are_encode_then_each_tasks_decode(family):
+  """The family contract (``registry.ModelFamily``): dense outputs at input resolution, and
+  ``__call__`` is ``encode`` followed by every task's ``decode``, which is its head on ``features``."""
+  _, config, net, batch, variables = family
+  outputs, _ = net.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+  assert {t: o.shape for t, o in outputs.items()} == {"toy_depth": (8, 16, 16, 1), "toy_segment": (8, 16, 16, 3)}
+  eval_outputs = net.apply(variables, batch["image"], train=False)
+  shared = net.apply(variables, batch["image"], False, method=net.encode)
+  features = net.apply(variables, batch["image"], False, method=net.features)
+  for task in TASKS:
+    decoded = net.apply(variables, task, shared, False, method=net.decode)
+    np.testing.assert_array_equal(decoded, eval_outputs[task])
+    assert features[task].shape == (8, 1, 1, config.representation_width)
+
+
+def _reach(net, variables, batch):
+  """Per parameter leaf (its path), the tasks whose loss has a nonzero gradient there."""
+  def per_task(params):
+    outputs, _ = net.apply({**variables, "params": params}, batch["image"], train=True, mutable=["batch_stats"])
+    return jnp.stack([jnp.mean(tasks_lib.get(t).loss(outputs[t], batch[t])) for t in TASKS])
+  jacobian = jax.jit(jax.jacrev(per_task))(variables["params"])
+  return {jax.tree_util.keystr(path): {t for t, row in zip(TASKS, leaf) if np.any(row)}
+          for path, leaf in jax.tree_util.tree_leaves_with_path(jacobian)}
+
+
+def test_shared_parameters_are_exactly_those_every_task_reaches(family):
+  """What balancing methods weigh (``cohort.shared_parameter_names``: ``encode``'s collections) is
+  what every task's loss moves; every other parameter is moved by one task's loss at most."""
+  name, _, net, batch, variables = family
+  shared = cohort.shared_parameter_names(net, IMAGE_SHAPE)
+  assert shared and all(s.startswith(SHARED_PREFIXES[name]) for s in shared)
+  assert {k for k in variables["params"] if k.startswith(SHARED_PREFIXES[name])} == set(shared)
+  reach = _reach(net, variables, batch)
+  for path, tasks in reach.items():
+    top = path.split("'")[1]
+    if top in shared:
+      # A convolution's bias under batch norm is the one shared leaf no loss moves (batch norm removes it).
+      assert tasks == set(TASKS) or (path.endswith("['bias']") and not tasks), (path, tasks)
+    else:
+      assert len(tasks) <= 1, (path, tasks)
+  for task in TASKS:  # each task's own parts: its head, and its attention, output stitch or gate
+    own = [p for p, tasks in reach.items() if tasks == {task}]
+    assert any(f"decoder_{task}" in p for p in own)
+    assert any(f"_{task}'" in p for p in own if "heads" not in p), own
+
+
+@pytest.mark.parametrize("method", ["mgda", "graddrop"])
+def test_balancing_weighs_the_shared_parameters_and_scales_each_tasks_own(family, method):
+  """A gradient method's step on a family network, against a direct computation from jax.jacrev: the
+  balancer sees the shared parameters' per-task gradients; each task's own parameters get its
+  gradient times its weight. MGDA-UB combines linearly (every shared leaf is sum_t w_t g_t);
+  GradDrop does not (its shared update is its own, checked by its tests), so only the task-specific
+  parts are compared."""
+  _, _, net, batch, variables = family
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  shared = cohort.shared_parameter_names(net, IMAGE_SHAPE)
+
+  def per_task(p):
+    outputs, _ = net.apply({"params": p, "batch_stats": batch_stats}, batch["image"], train=True,
+                           mutable=["batch_stats"])
+    return jnp.stack([jnp.mean(tasks_lib.get(t).loss(outputs[t], batch[t])) for t in TASKS])
+
+  jacobian = jax.jit(jax.jacrev(per_task))(params)
+  balancer = balancing.get(method)
+  gradient_fn = cohort.balanced_gradients(model=net, task_names=TASKS, balancer=balancer, shared_names=shared)
+  state = balancer.init(len(TASKS), {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params[k])
+                                     for k in shared})
+  result = jax.jit(gradient_fn)(params, batch_stats, jnp.ones(len(TASKS), bool), state, batch)
+  weights = np.asarray(result.weights, np.float64)
+  assert np.all(np.isfinite(weights)) and weights.sum() > 0
+  if method == "mgda":
+    flat = jnp.concatenate([leaf.reshape(len(TASKS), -1) for k in shared for leaf in jax.tree.leaves(jacobian[k])],
+                           axis=1)
+    # The trainer's Gram (a vmapped VJP, centred per leaf) and this one differ in float32 rounding only.
+    np.testing.assert_allclose(weights, balancing.min_norm_weights(flat @ flat.T), atol=1e-3)
+  for k in params:
+    if method == "graddrop" and k in shared:
+      continue
+    for (path, got), task_grads in zip(jax.tree_util.tree_leaves_with_path(result.grads[k]),
+                                       jax.tree.leaves(jacobian[k])):
+      task_grads = np.asarray(task_grads, np.float64)
+      want = np.tensordot(weights, task_grads, axes=1)
+      # float32 rounding of the per-task gradients, relative to their weighted norms (see test_methods_training).
+      bound = 1e-5 * (weights @ np.linalg.norm(task_grads.reshape(len(TASKS), -1), axis=1)) + 1e-7
+      assert np.linalg.norm(np.asarray(got, np.float64) - want) <= bound, (k, jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("num_tasks", [1, 3])
+@pytest.mark.parametrize("size", [0.5, 1.0])
+def test_cost_is_everything_before_the_heads_and_matches_the_size(name, num_tasks, size):
+  """A network of any task count costs its size, in standard networks (xception's encoder at the
+  config's widths). Widths are whole channels, so the search ends at the rounded network nearest
+  the target: at the CPU config's widths (8 to 48) one channel moves the cost by up to 3%."""
+  config = models.default_config("cpu", name)
+  assert models.encoder_cost(config, size, num_tasks=num_tasks) == pytest.approx(size, rel=0.03)
+  with pytest.raises(ValueError, match="pass num_tasks"):
+    models.encoder_cost(config, size)
+
+
+def _flops(net, method="encode"):
+  return models.encoder_flops(net, (32, 32, 3), method)
+
+
+@pytest.mark.parametrize("multiplier", [0.5, 1.0])
+def test_what_the_cost_counts(multiplier):
+  """At equal widths: a cross-stitch network's ``k`` columns cost ``k`` xception encoders (plus the
+  stitches' few multiply-adds), MMoE's experts cost ``num_experts`` encoders plus the gates, MTAN's
+  attention adds to its encoder, which is xception's; so ``XceptionStage`` computes the encoder."""
+  config = models.default_config("cpu", "xception")
+  encoder = _flops(registry.get("xception").make(config, (), multiplier, jnp.float32))
+  for k in (1, 3):
+    columns = _flops(cross_stitch.before_heads(as_family(config, "cross_stitch"), k, multiplier), "features")
+    assert k * encoder <= columns <= 1.01 * k * encoder
+  mmoe_config = as_family(config, "mmoe")
+  mixed = _flops(registry.get("mmoe").before_heads(mmoe_config, 2, multiplier), "features")
+  assert mmoe_config.num_experts * encoder < mixed < 1.05 * mmoe_config.num_experts * encoder
+  mtan = registry.get("mtan").before_heads(as_family(config, "mtan"), 2, multiplier)
+  assert _flops(mtan) == pytest.approx(encoder, rel=1e-3)
+  assert _flops(mtan, "features") > 1.1 * encoder
+
+
+def as_family(config, name):
+  """Family ``name``'s config with ``config``'s encoder."""
+  family_config = models.default_config("cpu", name)
+  family_config.update({k: v for k, v in config.items() if k != "name"})
+  return family_config
+
+
+def test_cross_stitch_starts_as_misras_initialisation():
+  init = cross_stitch.stitch_init(0.9)
+  np.testing.assert_allclose(init(None, (3, 3)), [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])
+  np.testing.assert_allclose(init(None, (3,), index=2), [0.05, 0.05, 0.9])
+  np.testing.assert_allclose(init(None, (1, 1)), [[1.0]])
+  config = models.default_config("cpu", "cross_stitch")
+  config.self_weight = 1.5
+  with pytest.raises(ValueError, match="self_weight must lie in"):
+    models.build(config, TASKS)
+
+
+def test_each_task_set_gets_a_model_of_its_own():
+  listed = [networks.parse(n, train_fakes.TOY_TASKS) for n in
+            ("toy_depth", "toy_normals", "toy_depth+toy_normals", "toy_depth+toy_normals:pcgrad")]
+  shared = networks.cohorts(listed, train_fakes.TOY_TASKS)
+  assert [(c.name, len(c.networks)) for c in shared] == [("size_1", 3), ("size_1_pcgrad_toy_depth-toy_normals", 1)]
+  separate = networks.cohorts(listed, train_fakes.TOY_TASKS, separate_task_sets=True)
+  assert [(c.name, c.tasks) for c in separate] == [
+      ("size_1_toy_depth", ("toy_depth",)), ("size_1_toy_normals", ("toy_normals",)),
+      ("size_1_toy_depth-toy_normals", ("toy_depth", "toy_normals")),
+      ("size_1_pcgrad_toy_depth-toy_normals", ("toy_depth", "toy_normals"))]
+  assert all(all(row) for c in separate for row in c.task_mask())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_trains_in_the_trainer(name, tmp_path, monkeypatch):
+  """``config.model.name`` picks the family for every network of the run: a single-task network, a
+  pair and the pair balanced by PCGrad train, beat the constant predictor on validation, and their
+  costs are measured per task count."""
+  monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", None)
+  config = train_fakes.tiny_config()
+  config.tasks = TASKS
+  config.model = tiny_config(name)
+  config.networks.subsets = ""
+  config.networks.half_size_singles = False
+  config.networks.extra = ("toy_depth", "+".join(TASKS), "+".join(TASKS) + ":pcgrad")
+  config.optimizer.learning_rate = 0.1
+  summary = trainer.train_and_evaluate(config, str(tmp_path / name))
+  records = {n.name: n.to_json() for n in summary["run"].networks}
+  assert set(records) == set(config.networks.extra)
+  for network, record in records.items():
+    assert record["status"] == "converged", (network, record["status"])
+    for task, improvement in record["improvement_over_constant"]["val"].items():
+      assert improvement > 0, (network, task, improvement)
+    num_tasks = network.count("+") + 1
+    assert record["cost"] == pytest.approx(models.encoder_cost(config.model, 1.0, IMAGE_SHAPE, num_tasks))
+  with open(os.path.join(tmp_path, name, "results", "methods.json")) as f:
+    assert list(json.load(f)) == ["+".join(TASKS) + ":pcgrad"]
