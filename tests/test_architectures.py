@@ -13,6 +13,7 @@ import train_fakes
 from tg_jax import balancing
 from tg_jax import models
 from tg_jax import tasks as tasks_lib
+from tg_jax.models import backbone
 from tg_jax.models import cross_stitch
 from tg_jax.models import registry
 from tg_jax.training import cohort
@@ -166,20 +167,34 @@ def test_cost_is_everything_before_the_heads_and_matches_the_size(name, num_task
     models.encoder_cost(config, size)
 
 
+COST_IMAGE = (32, 32, 3)
+
+
 def _flops(net, method="encode"):
-  return models.encoder_flops(net, (32, 32, 3), method)
+  return models.encoder_flops(net, COST_IMAGE, method)
+
+
+def _stitch_flops(config, num_tasks, multiplier):
+  """A ``num_tasks``-task cross-stitch network's stitches: a multiply-add per column pair and element
+  of each inner stage boundary's output, and per task one per column and element of the last stage's."""
+  widths = backbone.stage_widths(backbone.encoder(config, multiplier))
+  height, width, _ = COST_IMAGE
+  elements = [height * width // 4**(stage + 1) * widths[stage] for stage in range(backbone.NUM_STAGES - 1)]
+  last = height * width // 4**4 * widths[-1]
+  return 2 * num_tasks**2 * sum(elements) + num_tasks * 2 * num_tasks * last
 
 
 @pytest.mark.parametrize("multiplier", [0.5, 1.0])
 def test_what_the_cost_counts(multiplier):
-  """At equal widths: a cross-stitch network's ``k`` columns cost ``k`` xception encoders (plus the
-  stitches' few multiply-adds), MMoE's experts cost ``num_experts`` encoders plus the gates, MTAN's
-  attention adds to its encoder, which is xception's; so ``XceptionStage`` computes the encoder."""
+  """At equal widths: a cross-stitch network's ``k`` columns cost exactly ``k`` xception encoders plus
+  the stitches' multiply-adds (the count is of the program as written, so additive), MMoE's experts
+  cost ``num_experts`` encoders plus the gates, MTAN's attention adds to its encoder, which is
+  xception's; so ``XceptionStage`` computes the encoder."""
   config = models.default_config("cpu", "xception")
   encoder = _flops(registry.get("xception").make(config, (), multiplier, jnp.float32))
   for k in (1, 3):
     columns = _flops(cross_stitch.before_heads(as_family(config, "cross_stitch"), k, multiplier), "features")
-    assert k * encoder <= columns <= 1.01 * k * encoder
+    assert columns == k * encoder + _stitch_flops(config, k, multiplier)
   mmoe_config = as_family(config, "mmoe")
   mixed = _flops(registry.get("mmoe").before_heads(mmoe_config, 2, multiplier), "features")
   assert mmoe_config.num_experts * encoder < mixed < 1.05 * mmoe_config.num_experts * encoder

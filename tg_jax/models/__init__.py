@@ -4,7 +4,7 @@
     net = models.build(mcfg, tasks=("depth", "normals"), size=0.5)
     variables = net.init(rng, images, train=False)      # {'params', 'batch_stats'}
     outputs, updates = net.apply(variables, images, train=True, mutable=["batch_stats"])
-    models.encoder_cost(mcfg, 0.5)                      # ~0.5, measured from compiled FLOPs
+    models.encoder_cost(mcfg, 0.5)                      # ~0.5, measured from XLA's FLOP count
 
 Model families are found by ``config.name`` in a registry (``registry.register``): ``xception`` (the
 paper's hard sharing), ``mtan`` (task attention over a shared encoder), ``cross_stitch`` (one column

@@ -1,9 +1,16 @@
-"""Network cost in standard networks (SNT), measured from the compiled encoder's FLOPs.
+"""Network cost in standard networks (SNT), measured from the encoder's FLOPs as XLA counts them.
 
 The paper budgets inference in units of one standard network. Here a network of size ``s`` gets the
-width multiplier whose encoder's FLOPs, as XLA's cost analysis counts them for the compiled encoder,
+width multiplier whose encoder's FLOPs, as XLA's cost analysis counts them for the lowered encoder,
 are closest to ``s`` times those of one standard network (the size-1.0 encoder). Decoders are left
 out: they are the same at every size, one per task.
+
+The count is of the program as written (before XLA's optimisations), not of the compiled one: fusion
+recomputes cheap producers inside their consumers (on CPU, a batch norm and ReLU once per shifted
+copy of the next ``"shifts"`` depthwise convolution), so the compiled count of one encoder depends on
+what surrounds it. Cross-stitch's columns compiled with stitches between their stages counted fewer
+FLOPs than the same columns alone; the lowered count is additive: ``k`` columns and their stitches
+count exactly ``k`` encoders plus the stitches' multiply-adds.
 
 Families whose tasks do not share one encoder (``ModelFamily.before_heads``: MTAN's task attention,
 cross-stitch's columns, MMoE's gates) cost the FLOPs of everything before the task heads, for all of
@@ -22,6 +29,7 @@ import functools
 import hashlib
 import inspect
 import math
+import os
 from typing import Optional
 
 import flax.linen as nn
@@ -43,10 +51,10 @@ _IMAGE_CHANNELS = 3
 
 def encoder_flops(net: nn.Module, image_shape: tuple[int, ...], method: str = "encode") -> float:
   """FLOPs of ``net.encode`` (or ``net.<method>``) on one image of ``image_shape`` ``(h, w, c)``,
-  from XLA cost analysis.
+  from XLA's cost analysis of the lowered (unoptimised) program.
 
-  Nothing is run or initialised: shapes are traced abstractly and compiled for the host CPU, so
-  every platform (and so every run of a config) picks the same widths for a size.
+  Nothing is run, initialised or compiled: shapes are traced abstractly and lowered for the host CPU,
+  so every platform (and so every run of a config) picks the same widths for a size.
   """
   on_cpu = SingleDeviceSharding(jax.devices("cpu")[0])
   images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32, sharding=on_cpu)
@@ -55,7 +63,7 @@ def encoder_flops(net: nn.Module, image_shape: tuple[int, ...], method: str = "e
   variables = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_cpu),
                            variables)
   encode = jax.jit(functools.partial(net.apply, train=False, method=method))
-  return float(encode.lower(variables, images).compile().cost_analysis()["flops"])
+  return float(encode.lower(variables, images).cost_analysis()["flops"])
 
 
 def _frozen(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
@@ -71,13 +79,19 @@ FLOPS_CACHE = "encoder_flops"  # tg_jax.cache's file of measured encoder FLOPs
 
 def flops_cache_key(net: nn.Module, image_shape: tuple[int, ...], method: str = "encode") -> str:
   """What a measurement of ``encoder_flops(net, image_shape, method)`` depends on: the module's class,
-  the source file defining it (any edit is a new key), its attributes (``repr`` of an unbound Flax
-  module lists them all), the method measured, the image shape, and the JAX, jaxlib and Flax versions."""
+  the source files of its package (any edit is a new key: a family's network is built from modules
+  in several files, e.g. cross-stitch's columns from ``backbone`` and ``xception``, and this file
+  decides how FLOPs are counted), its attributes (``repr`` of an unbound Flax module lists them all),
+  the method measured, the image shape, and the JAX, jaxlib and Flax versions."""
   import flax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
   cls = type(net)
-  with open(inspect.getfile(cls), "rb") as source:
-    source_hash = hashlib.sha256(source.read()).hexdigest()[:16]
+  package = os.path.dirname(inspect.getfile(cls))
+  source = hashlib.sha256()
+  for name in sorted(n for n in os.listdir(package) if n.endswith(".py")):
+    with open(os.path.join(package, name), "rb") as f:
+      source.update(name.encode() + b"\0" + f.read())
+  source_hash = source.hexdigest()[:16]
   attributes = " ".join(repr(net).split())
   if method != "encode":  # keys of encoders measured before methods were named stay valid
     attributes += f" method={method}"
@@ -87,8 +101,8 @@ def flops_cache_key(net: nn.Module, image_shape: tuple[int, ...], method: str = 
 
 @functools.lru_cache(maxsize=None)
 def _module_flops(net: nn.Module, image_shape: tuple[int, ...], method: str = "encode") -> float:
-  # Keyed by the module, so multipliers that round to the same widths compile once, and on disk
-  # (tg_jax.cache), so a later run compiles none.
+  # Keyed by the module, so multipliers that round to the same widths are measured once, and on disk
+  # (tg_jax.cache), so a later run measures none.
   key = flops_cache_key(net, image_shape, method)
   cached = cache.load_json(FLOPS_CACHE).get(key)
   if isinstance(cached, float):
@@ -146,7 +160,7 @@ def _search_multiplier(config: ml_collections.FrozenConfigDict, size: float, num
     flops_above = flops(above)
   # Regula falsi in the squared multiplier, where FLOPs are nearly linear, with the Illinois rule
   # (halve a bracket end's residual when it survives twice) so both ends keep moving. Multipliers
-  # that round to widths already measured are cache hits, so only a handful of encoders compile.
+  # that round to widths already measured are cache hits, so only a handful of encoders are lowered.
   interpolate_below, interpolate_above, last_moved = flops_below, flops_above, None
   while above - below > _MULTIPLIER_TOLERANCE * above:
     if above < _SMALLEST_MULTIPLIER:
