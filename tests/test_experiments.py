@@ -23,7 +23,9 @@ def _load(name, variant):
     ("all_subsets", "", 31 + 5, "none"), ("all_subsets", "full", 36, "none"),
     ("esa", "", 36, "esa"), ("esa", "full", 36, "esa"),
     ("study", "", 3 * (31 + 5 + 4 * 5 + 1), "none"), ("study", "full", 171, "none"),
-    ("methods", "", 5 + 1 + 4, "none"), ("methods", "full", 10, "none"),
+    # Every group and half-size single, the all-task network with 16 balancing methods (all but :equal,
+    # the groups' own all-task network), soft sharing and 3 architectures; 3 seeds each.
+    ("methods", "", 3 * (31 + 5 + 16 + 1 + 3), "none"), ("methods", "full", 168, "none"),
 ])
 def test_configs_validate_and_list_their_networks(name, variant, count, predict):
   config = _load(name, variant)
@@ -61,6 +63,14 @@ def test_the_demo_and_the_study_train_seed_replicas():
   """Every number of their reports needs an interval over seeds; the study's Table 1 needs 3+."""
   assert _load("pairs", "").networks.seeds == 2
   assert _load("study", "").networks.seeds >= 3
+  assert _load("methods", "").networks.seeds >= 3
+
+
+def test_the_methods_study_trains_every_method_and_architecture_on_all_tasks():
+  config = _load("methods", "")
+  methods = {n.method for n in networks.from_config(config) if len(n.tasks) == len(config.tasks)}
+  # The paper's equal weights ("") once, as the groups' all-task network, not again as ":equal".
+  assert methods == {""} | set(networks.methods()) - {"equal"}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

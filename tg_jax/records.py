@@ -21,6 +21,9 @@ METHOD_SEPARATOR = ":"
 SEED_SEPARATOR = "#"
 EQUAL_WEIGHTS = ""  # the paper's training: the unweighted mean of the task losses
 SOFT_SHARING = "soft"
+# Model families a network can be trained as instead of the run's model (``<tasks>:mtan``): the
+# ``tg_jax.models`` registry's names of the architectures built on the paper's encoder.
+ARCHITECTURES = ("mtan", "cross_stitch", "mmoe")
 FULL_SIZE = 1.0
 
 
@@ -32,7 +35,8 @@ class Network:
     tasks: task names, in the experiment's task order.
     size: intended inference cost in standard networks (1.0 full, 0.5 half) of its encoder; a
       ``soft`` network has one encoder per task, so its inference cost is ``len(tasks) * size``.
-    method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, or ``"soft"``.
+    method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, ``"soft"``, or an
+      architecture (``ARCHITECTURES``: the network is that model family, trained with equal weights).
     seed: which replica (``config.networks.seeds``): replicas of one network differ only in their
       initialisation and the order of their training batches. Seed 0, the default replica, is the
       network a one-seed experiment trains.

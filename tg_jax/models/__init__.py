@@ -40,6 +40,19 @@ def default_config(scale: str = "cpu", name: str = "xception") -> ml_collections
   return registry.get(name).default_config(scale)
 
 
+def as_family(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Family ``name``'s config with ``config``'s values for every key the two share (the encoder's and
+  decoders' widths: ``xception``'s keys), the family's defaults for its own keys (e.g. MMoE's
+  ``num_experts``), so an architecture is compared with the run's network on the same backbone."""
+  family = registry.get(name).default_config("cpu")
+  missing = [k for k in xception.default_config("cpu") if k not in config]
+  if missing:
+    raise ValueError(f"model family {name!r} is built on xception's encoder; model {config.get('name')!r} lacks "
+                     f"its keys {', '.join(missing)}: use model.name 'xception' for networks trained as {name!r}")
+  family.update({k: v for k, v in config.items() if k in family and k != "name"})
+  return family
+
+
 def build(config: ml_collections.ConfigDict, tasks: Sequence[str], size: float = 1.0,
           dtype: Any = jnp.float32) -> nn.Module:
   """A network for ``tasks`` whose encoder costs ``size`` standard networks (measured FLOPs).
@@ -66,5 +79,5 @@ def shares_one_encoder(config: ml_collections.ConfigDict) -> bool:
   return registry.get(config.name).before_heads is None
 
 
-__all__ = ["ModelFamily", "build", "default_config", "encoder_cost", "encoder_flops", "names", "register",
+__all__ = ["ModelFamily", "as_family", "build", "default_config", "encoder_cost", "encoder_flops", "names", "register",
            "shares_one_encoder", "width_multiplier"]

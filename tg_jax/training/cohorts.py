@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding
 
 from tg_jax import balancing
 from tg_jax import models
+from tg_jax import records
 from tg_jax.training import cohort as cohort_lib
 from tg_jax.training import networks as networks_lib
 
@@ -42,12 +43,18 @@ def network_rng(seed: int, position: int, replica_seed: int) -> jax.Array:
   return jax.random.fold_in(key, replica_seed) if replica_seed else key
 
 
+def method_model_config(model_config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """The model config of networks trained with ``method``: for an architecture
+  (``records.ARCHITECTURES``), that family on ``model_config``'s encoder (``models.as_family``)."""
+  return models.as_family(model_config, method) if method in records.ARCHITECTURES else model_config
+
+
 def build_model(spec: networks_lib.Cohort, model_config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
   """The model a cohort's networks share: decoders for its tasks; for soft sharing, one
-  single-task network per task (``cohort.SoftSharedNetworks``)."""
+  single-task network per task (``cohort.SoftSharedNetworks``); for an architecture, that family's."""
   if spec.method == networks_lib.SOFT_SHARING:
     return cohort_lib.SoftSharedNetworks(tuple(models.build(model_config, (t,), spec.size, dtype) for t in spec.tasks))
-  return models.build(model_config, spec.tasks, spec.size, dtype)
+  return models.build(method_model_config(model_config, spec.method), spec.tasks, spec.size, dtype)
 
 
 def make_balancer(method: str, config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -85,7 +92,7 @@ class CohortRunner:
       gradient_fn = cohort_lib.soft_sharing_gradients(
           model=self.model, task_names=task_names, weight=config.soft_sharing.weight,
           shared_names=cohort_lib.shared_parameter_names(self.model.members[0], image_shape))
-    elif spec.method:
+    elif spec.method in balancing.names():
       self.balancer = make_balancer(spec.method, config, steps_per_epoch)
       gradient_fn = cohort_lib.balanced_gradients(
           model=self.model, task_names=task_names, balancer=self.balancer,

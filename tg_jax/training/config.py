@@ -250,6 +250,7 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
   written to the workdir, so a typo leaves no trace there."""
   from tg_jax import data  # pylint: disable=g-import-not-at-top
   from tg_jax import models  # pylint: disable=g-import-not-at-top
+  from tg_jax import records  # pylint: disable=g-import-not-at-top
   from tg_jax.models import registry  # pylint: disable=g-import-not-at-top
   from tg_jax.training import networks as networks_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -276,7 +277,8 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
            + (f" (did you mean {close[0]}?)" if close else "") + f"; its tasks: {', '.join(provided)}")
   try:
     data.check_tasks(config.data.name, tuple(config.tasks))
-    networks_lib.from_config(config)
+    for method in {n.method for n in networks_lib.from_config(config)} & set(records.ARCHITECTURES):
+      models.as_family(config.model, method)
   except ValueError as error:
     fail(str(error))
   if config.num_devices:

@@ -3,7 +3,8 @@
 A network is a task subset, a size (its encoder's cost in standard networks, SNT) and a training
 method: ``""``, the paper's equal task weights, or a balancing method of ``tg_jax.balancing``
 (``mgda``, ``uncertainty``, ``pcgrad``, ...), or ``soft`` (soft parameter sharing: one network per
-task, their encoders pulled together by an L2 penalty). Names read ``<tasks>[@size][:method][#seed]``,
+task, their encoders pulled together by an L2 penalty), or an architecture (``mtan``, ``cross_stitch``,
+``mmoe``: that model family on the run's encoder, equal task weights). Names read ``<tasks>[@size][:method][#seed]``,
 e.g. ``depth+normals@0.5``, ``depth+normals+edges2d:mgda`` or ``depth+normals#1``. An experiment names
 its networks with a few switches (``config.networks``): every single task, every pair, every subset,
 half-size single-task networks, or an explicit list.
@@ -39,15 +40,16 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from tg_jax import balancing
-from tg_jax.records import EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING, Network, split_seed
+from tg_jax.records import (ARCHITECTURES, EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING, Network,
+                            split_seed)
 from tg_jax.selection import tables
 
 SUBSET_CHOICES = ("singles", "pairs", "all")
 
 
 def methods() -> list[str]:
-  """Every method a network name may carry after ``:``."""
-  return balancing.names() + [SOFT_SHARING]
+  """Every method a network name may carry after ``:``: balancing methods, soft sharing, architectures."""
+  return balancing.names() + [SOFT_SHARING] + list(ARCHITECTURES)
 
 
 def parse(name: str, known_tasks: Sequence[str]) -> Network:

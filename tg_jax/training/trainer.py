@@ -277,16 +277,17 @@ def _constant_predictor_losses(datasets: Mapping[str, Any],
 def _inference_costs(config: ml_collections.ConfigDict, networks: Sequence[networks_lib.Network],
                      image_shape: Sequence[int]) -> dict[networks_lib.Network, float]:
   """Each network's measured inference cost in SNT; a soft-sharing network runs one single-task
-  network per task. For families without one shared encoder the cost depends on the number of tasks
-  (everything before the heads counts)."""
-  per_task_count = not models.shares_one_encoder(config.model)
+  network per task. For families without one shared encoder (the run's model, or a network trained
+  as an architecture) the cost depends on the number of tasks (everything before the heads counts)."""
 
-  def tasks_per_encoder(network: networks_lib.Network) -> int:
-    return len(network.tasks) // network.encoders
+  def cost_key(network: networks_lib.Network) -> tuple[str, float, Optional[int]]:
+    family = network.method if network.method in records.ARCHITECTURES else ""
+    per_task_count = not models.shares_one_encoder(cohorts_lib.method_model_config(config.model, network.method))
+    return family, network.size, len(network.tasks) // network.encoders if per_task_count else None
 
-  costs = {(size, count): models.encoder_cost(config.model, size, image_shape, count if per_task_count else None)
-           for size, count in {(n.size, tasks_per_encoder(n)) for n in networks}}
-  return {n: n.encoders * costs[n.size, tasks_per_encoder(n)] for n in networks}
+  costs = {key: models.encoder_cost(cohorts_lib.method_model_config(config.model, key[0]), key[1], image_shape, key[2])
+           for key in {cost_key(n) for n in networks}}
+  return {n: n.encoders * costs[cost_key(n)] for n in networks}
 
 
 def _checkpoint_state(cohorts: cohorts_lib.Cohorts, tag_meter: Optional[meter_lib.TagMeter]) -> dict[str, Any]:
