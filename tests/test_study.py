@@ -380,3 +380,37 @@ def test_esa_refinement_drops_a_network_worse_than_predicted_and_trains_the_new_
   # Resumable: once stable, nothing is trained again.
   finish.finish(config, workdir, train=trainer, random_samples=20)
   assert len(trainer.calls) == 2
+
+
+def test_methods_against_grouping_with_intervals_over_seeds(tmp_path):
+  """Each all-task method network against the optimal grouping at its cost: better or worse where
+  the 95% intervals over seeds are apart, unresolved where they overlap; the report's section and figure."""
+  workdir = str(tmp_path / "stand_ins")
+  _write_replicated_run(workdir, VAL_ROWS + [TRIPLE_ROW], spread=0.001)
+  per_seed = {"pcgrad": (1.49, 1.50, 1.51), "mgda": (2.99, 3.00, 3.01), "mtan": (1.5, 2.1, 2.8),
+              "soft": (1.0, 1.01, 1.02)}
+  methods = {}
+  for method, totals in per_seed.items():
+    cost = 3.0 if method == "soft" else 1.0
+    for seed, total in enumerate(totals):
+      methods[f"a+b+c:{method}" + (f"#{seed}" if seed else "")] = {
+          "method": method, "tasks": list(TASKS), "size": 1.0, "cost": cost, "seed": seed,
+          "test": {t: total / 3 for t in TASKS}}
+  with open(os.path.join(workdir, "results", "methods.json"), "w") as f:
+    json.dump(methods, f)
+  study_tables = workdir_lib.load_study(workdir_lib.Workdir(workdir))
+  comparison = analysis.compare_methods(study_tables, budgets=[1.0, 2.0, 3.0], random_samples=20, bootstrap=50)
+  entries = {e.name: e for e in analysis.stand_ins(comparison, study_tables)}
+  optimal = comparison.methods["optimal"]
+  assert [e.name for e in analysis.stand_ins(comparison, study_tables)][0] == "soft (all tasks)"  # best first
+  pcgrad, mgda, mtan, soft = (entries[f"{m} (all tasks)"] for m in ("pcgrad", "mgda", "mtan", "soft"))
+  assert pcgrad.total == pytest.approx(1.5) and pcgrad.budget == 1.0 and pcgrad.optimal == optimal[0]
+  assert pcgrad.equal == comparison.methods["all_task"][0]
+  assert (pcgrad.verdict, mgda.verdict, mtan.verdict) == ("better", "worse", "not resolved")
+  assert mgda.match_budget == 1.0 and pcgrad.match_budget is None
+  assert soft.budget == 3.0 and soft.optimal == optimal[2]  # compared at its own cost
+  text = open(report.write_report(workdir, budgets=[1.0, 2.0, 3.0], random_samples=20, comparison=comparison)).read()
+  section = text.split("## Methods against grouping", 1)[1]
+  assert "| pcgrad | 1 | 1.500 [" in section and "| better |" in section
+  assert "1 of 4 method networks are worse than the optimal grouping" in section
+  assert os.path.exists(os.path.join(workdir, "figures", "methods_against_grouping.png"))

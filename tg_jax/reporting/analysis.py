@@ -356,6 +356,65 @@ def _table4_intervals(comparison: Comparison, study_tables: StudyTables, random_
   return intervals
 
 
+@dataclasses.dataclass(frozen=True)
+class StandIn:
+  """An all-task network trained with a method (balancing, soft sharing or an architecture) against
+  choosing groups: its test total and the optimal grouping's at the largest budget within its cost.
+
+  Attributes:
+    name: Table 4's row, ``"<method> (all tasks)"``.
+    cost: the network's measured cost (SNT).
+    total: its test total, the mean over seed replicas; ``interval`` its 95% Student-t interval.
+    budget: the largest budget of the comparison within ``cost`` (None: none is).
+    optimal: Optimal's test total at ``budget``, with its interval (``optimal_interval``).
+    equal: the equal-weight all-task network's test total at ``budget`` (Table 4's ``all_task``).
+    match_budget: the smallest budget at which Optimal's total is no higher than ``total`` (None: none).
+  """
+
+  name: str
+  cost: float
+  total: float
+  interval: Optional[tuple[float, float]]
+  budget: Optional[float]
+  optimal: Optional[float]
+  optimal_interval: Optional[tuple[float, float]]
+  equal: Optional[float]
+  match_budget: Optional[float]
+
+  @property
+  def verdict(self) -> str:
+    """``"better"`` or ``"worse"`` than the optimal grouping at its cost where the two 95% intervals
+    do not overlap, ``"not resolved"`` where they do, ``"unknown"`` without both intervals."""
+    if self.interval is None or self.optimal_interval is None:
+      return "unknown"
+    if self.interval[1] < self.optimal_interval[0]:
+      return "better"
+    if self.interval[0] > self.optimal_interval[1]:
+      return "worse"
+    return "not resolved"
+
+
+def stand_ins(comparison: Comparison, study_tables: StudyTables) -> list[StandIn]:
+  """Every all-task method network of ``methods.json`` against Optimal at its cost, best total first."""
+  budgets = comparison.budgets
+  optimal = comparison.methods.get("optimal", [None] * len(budgets))
+  optimal_intervals = comparison.intervals.get("optimal", [None] * len(budgets))
+  equal = comparison.methods.get("all_task", [None] * len(budgets))
+  result = []
+  for name, (cost, replicas) in _method_network_totals(study_tables.methods, study_tables.task_names).items():
+    total = float(np.mean(replicas))
+    interval = uncertainty.t_intervals(np.asarray(replicas)[:, None])
+    within = [i for i, b in enumerate(budgets) if b <= cost + COST_TOLERANCE]
+    at = within[-1] if within else None
+    match = next((b for b, o in zip(budgets, optimal) if o is not None and o <= total), None)
+    result.append(StandIn(
+        name, cost, total, None if interval is None else (float(interval[0][0]), float(interval[1][0])),
+        None if at is None else float(budgets[at]), None if at is None else optimal[at],
+        None if at is None else optimal_intervals[at], None if at is None else equal[at],
+        None if match is None else float(match)))
+  return sorted(result, key=lambda s: s.total)
+
+
 def add_ensemble_rows(comparison: Comparison, study_tables: StudyTables) -> None:
   """Adds Table 4's "<method> + ensembling" row when the study has ``ensemble.json``."""
   if study_tables.ensemble and study_tables.test is not None:

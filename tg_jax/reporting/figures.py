@@ -70,6 +70,35 @@ def loss_against_budget(comparison: analysis.Comparison, path: str, title: str =
   plt.close(figure)
 
 
+def methods_against_grouping(stand_ins: Sequence[analysis.StandIn], path: str) -> None:
+  """Can a method stand in for choosing groups? Per all-task method network (one row each, best
+  first): its test total with its 95% interval over seeds, and the optimal grouping's at the same
+  cost (grey); the dashed line is the equal-weight all-task network at 1 SNT."""
+  figure, axes = plt.subplots(figsize=(7.6, 0.8 + 0.32 * max(1, len(stand_ins))), dpi=110)
+  rows = np.arange(len(stand_ins))[::-1]
+  for row, entry in zip(rows, stand_ins):
+    if entry.optimal is not None:
+      low, high = entry.optimal_interval or (entry.optimal, entry.optimal)
+      axes.plot([low, high], [row, row], color="0.6", linewidth=5, alpha=0.5, solid_capstyle="butt")
+      axes.plot([entry.optimal], [row], marker="D", color="0.35", markersize=5, linestyle="none")
+    low, high = entry.interval or (entry.total, entry.total)
+    color = {"better": "tab:green", "worse": "tab:red"}.get(entry.verdict, "tab:blue")
+    axes.errorbar([entry.total], [row], xerr=[[entry.total - low], [high - entry.total]], color=color,
+                  marker="o", capsize=3, linestyle="none")
+  equal = next((s.equal for s in stand_ins if s.equal is not None and s.budget == 1.0), None)
+  if equal is not None:
+    axes.axvline(equal, color="black", linestyle="--", linewidth=1)
+  axes.set_yticks(rows, [f"{s.name.removesuffix(' (all tasks)')} ({s.cost:.2g} SNT)" for s in stand_ins],
+                  fontsize=8)
+  axes.set_xlabel("total test loss (sum over tasks), 95% interval over seeds\n"
+                  "grey: optimal grouping at the same cost; dashed: equal weights, all tasks")
+  axes.set_title("Can a method stand in for choosing groups? (green: better, red: worse)", fontsize=10)
+  axes.grid(axis="x", alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
 def _size_label(cost: float) -> str:
   """A network's size as drawn beside it: "" for a standard network, else its cost in SNT."""
   return "" if abs(cost - 1.0) < 0.02 else f"{cost:.2g}"

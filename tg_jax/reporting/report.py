@@ -372,6 +372,38 @@ def _groupings_lines(comparison: analysis.Comparison) -> list[str]:
           + _markdown_table(["budget"] + list(runs), rows) + [""])
 
 
+def _stand_in_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison,
+                    figure_dir: str) -> list[str]:
+  """Can a balancing method or an architecture stand in for choosing groups? Each all-task method
+  network against the optimal grouping at its cost, with intervals over seeds, and its figure."""
+  entries = analysis.stand_ins(comparison, study_tables)
+  if not entries or "optimal" not in comparison.methods:
+    return []
+  figures.methods_against_grouping(entries, os.path.join(figure_dir, "methods_against_grouping.png"))
+  interval = lambda pair: "" if pair is None else f" [{pair[0]:.3f}, {pair[1]:.3f}]"
+  rows = [[e.name.removesuffix(" (all tasks)"), f"{e.cost:.2g}", f"{e.total:.3f}{interval(e.interval)}",
+           "-" if e.equal is None else f"{e.total - e.equal:+.3f}",
+           "-" if e.optimal is None else f"{e.optimal:.3f}{interval(e.optimal_interval)} (budget {e.budget:g})",
+           e.verdict, "-" if e.match_budget is None else f"{e.match_budget:g}"]
+          for e in entries]
+  better = [e.name.removesuffix(" (all tasks)") for e in entries if e.verdict == "better"]
+  unresolved = [e.name.removesuffix(" (all tasks)") for e in entries if e.verdict == "not resolved"]
+  worse = sum(e.verdict == "worse" for e in entries)
+  answer = (f"{worse} of {len(entries)} method networks are worse than the optimal grouping at their cost "
+            f"(95% intervals over seeds apart); better: {', '.join(better) or 'none'}; "
+            f"not resolved with these seeds: {', '.join(unresolved) or 'none'}.")
+  return ["## Methods against grouping", "",
+          "Can a balancing method or an architecture stand in for choosing groups? Each all-task network "
+          f"trained with a method (`{_FILES.methods}`) against the optimal grouping of equal-weight networks at "
+          "the largest budget within its cost. Totals are means over seeds with 95% intervals (Optimal's "
+          "shifted for its winner's curse); 'vs equal' is the difference from the equal-weight all-task "
+          "network at that budget; 'grouping matches at' is the smallest budget at which Optimal's total is "
+          "no higher than the method's.", "",
+          *_markdown_table(["method", "cost", "test total", "vs equal", "optimal grouping", "verdict",
+                            "grouping matches at"], rows),
+          "", answer, "", f"![Methods against grouping]({_FILES.figures}/methods_against_grouping.png)", ""]
+
+
 def _tag_lines(tag: dict) -> list[str]:
   names = tag["tasks"]
   rows = [[source] + [f"{tag['affinity'][i][j]:+.4f}" for j in range(len(names))] for i, source in enumerate(names)]
@@ -479,6 +511,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   measured_regret = regret_lib.measure(study_tables, comparison)
   lines += _regret_lines(measured_regret, figure_dir)
   lines += _approximation_lines(study_tables)
+  lines += _stand_in_lines(study_tables, comparison, figure_dir)
   if study_tables.tag is not None:
     lines += _tag_lines(study_tables.tag)
   if study_tables.ensemble is not None:
