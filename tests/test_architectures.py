@@ -17,6 +17,8 @@ from tg_jax.models import backbone
 from tg_jax.models import cross_stitch
 from tg_jax.models import registry
 from tg_jax.training import cohort
+from tg_jax.training import cohorts as cohorts_lib
+from tg_jax.training import config as config_lib
 from tg_jax.training import networks
 from tg_jax.training import trainer
 
@@ -258,3 +260,48 @@ def test_every_family_trains_in_the_trainer(name, tmp_path, monkeypatch):
     assert record["cost"] == pytest.approx(models.encoder_cost(config.model, 1.0, IMAGE_SHAPE, num_tasks))
   with open(os.path.join(tmp_path, name, "results", "methods.json")) as f:
     assert list(json.load(f)) == ["+".join(TASKS) + ":pcgrad"]
+
+
+def test_a_network_trained_as_an_architecture_is_that_family_on_the_runs_encoder():
+  """``<tasks>:mtan`` in a run of the paper's network: the family's model with the run's widths, the
+  family's own keys at their defaults, equal task weights (no balancer)."""
+  model_config = tiny_config("xception")
+  for name in FAMILIES:
+    network = networks.parse("+".join(TASKS) + f":{name}", TASKS)
+    spec = networks.cohorts([network], TASKS)[0]
+    family_config = cohorts_lib.method_model_config(model_config, name)
+    assert family_config.name == name and family_config.encoder_widths == model_config.encoder_widths
+    assert isinstance(cohorts_lib.build_model(spec, model_config), type(models.build(family_config, TASKS)))
+  assert models.as_family(model_config, "mmoe").num_experts == models.default_config("cpu", "mmoe").num_experts
+
+
+def test_an_architecture_network_needs_the_papers_encoder():
+  config = train_fakes.tiny_config()  # the toy model: no xception encoder to build MTAN on
+  config.networks.extra = ("toy_depth+toy_normals:mtan",)
+  with pytest.raises(ValueError, match="model family 'mtan' is built on xception's encoder.*use model.name 'xception'"):
+    config_lib.validate(config)
+
+
+def test_architecture_networks_train_beside_the_runs_networks(tmp_path, monkeypatch):
+  """A run of the paper's network trains ``:mtan``, ``:cross_stitch`` and ``:mmoe`` all-task networks
+  beside its equal-weight pair: each converges, beats the constant predictor, costs its family's
+  measured cost and is listed in ``methods.json``."""
+  monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", None)
+  config = train_fakes.tiny_config()
+  config.tasks = TASKS
+  config.model = tiny_config("xception")
+  config.networks.subsets = ""
+  config.networks.half_size_singles = False
+  pair = "+".join(TASKS)
+  config.networks.extra = (pair,) + tuple(f"{pair}:{name}" for name in FAMILIES)
+  config.optimizer.learning_rate = 0.1
+  summary = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  records = {n.name: n.to_json() for n in summary["run"].networks}
+  for name in FAMILIES:
+    record = records[f"{pair}:{name}"]
+    assert record["status"] == "converged", (name, record["status"])
+    assert all(v > 0 for v in record["improvement_over_constant"]["val"].values()), (name, record)
+    assert record["cost"] == pytest.approx(
+        models.encoder_cost(models.as_family(config.model, name), 1.0, IMAGE_SHAPE, len(TASKS)))
+  with open(os.path.join(tmp_path, "run", "results", "methods.json")) as f:
+    assert sorted(json.load(f)) == sorted(f"{pair}:{name}" for name in FAMILIES)
