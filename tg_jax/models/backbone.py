@@ -21,8 +21,6 @@ import ml_collections
 from tg_jax.models import xception
 
 NUM_STAGES = 5  # the entry convolutions, three downsampling blocks (the last with the middle blocks), the representation
-# The authors initialise every convolution with N(0, 2 / (k * k * out_channels)), as xception does.
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def default_config(scale: str, name: str) -> ml_collections.ConfigDict:
@@ -51,6 +49,7 @@ class Encoder(NamedTuple):
   middle_block_reps: int
   representation_width: int
   depthwise: str
+  convolution: str = xception.XLA_CONVOLUTION
 
 
 def encoder(config: ml_collections.ConfigDict, width_multiplier: float) -> Encoder:
@@ -62,8 +61,13 @@ def encoder(config: ml_collections.ConfigDict, width_multiplier: float) -> Encod
   if config.depthwise not in xception.DEPTHWISE_IMPLEMENTATIONS:
     raise ValueError(f"unknown model.depthwise {config.depthwise!r}; known: "
                      f"{', '.join(xception.DEPTHWISE_IMPLEMENTATIONS)}")
+  # Configs from before ``model.convolution`` existed computed convolutions with XLA's (as ``xception.make``).
+  convolution = config.get("convolution", xception.XLA_CONVOLUTION)
+  if convolution not in xception.CONVOLUTION_IMPLEMENTATIONS:
+    raise ValueError(f"unknown model.convolution {convolution!r}; known: "
+                     f"{', '.join(xception.CONVOLUTION_IMPLEMENTATIONS)}")
   return Encoder(tuple(max(1, round(width_multiplier * w)) for w in config.encoder_widths), config.middle_blocks,
-                 config.middle_block_reps, config.representation_width, config.depthwise)
+                 config.middle_block_reps, config.representation_width, config.depthwise, convolution)
 
 
 def batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
@@ -90,6 +94,7 @@ class XceptionStage(nn.Module):
   middle_block_reps: int
   representation_width: int
   depthwise: str = "conv"
+  convolution: str = xception.XLA_CONVOLUTION
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -97,16 +102,17 @@ class XceptionStage(nn.Module):
     entry_width, second_width, *block_widths = self.widths
     block = lambda features, reps, downsample, start_with_relu=True: xception.XceptionBlock(
         features, reps=reps, downsample=downsample, start_with_relu=start_with_relu, depthwise=self.depthwise,
-        dtype=self.dtype)
+        convolution=self.convolution, dtype=self.dtype)
     if self.index == 0:
       height, width = x.shape[-3:-1]
       if height % xception.DOWNSAMPLING_FACTOR or width % xception.DOWNSAMPLING_FACTOR:
         raise ValueError(f"image height and width must be multiples of {xception.DOWNSAMPLING_FACTOR} (the "
                          f"encoder halves them four times); got {height}x{width}; resize or crop the images")
-      conv = lambda features, strides: nn.Conv(features, (3, 3), strides=strides, use_bias=False,
-                                               kernel_init=_conv_init, dtype=self.dtype)
-      x = nn.relu(batch_norm(train, self.dtype)(conv(entry_width, 2)(x.astype(self.dtype))))
-      return nn.relu(batch_norm(train, self.dtype)(conv(second_width, 1)(x)))
+      # Named as xception's encoder names them, so a stage's parameters are the encoder's.
+      conv = lambda features, strides, name: xception.conv(self.convolution, features, (3, 3), strides=strides,
+                                                           use_bias=False, dtype=self.dtype, name=name)
+      x = nn.relu(batch_norm(train, self.dtype)(conv(entry_width, 2, "Conv_0")(x.astype(self.dtype))))
+      return nn.relu(batch_norm(train, self.dtype)(conv(second_width, 1, "Conv_1")(x)))
     if self.index in (1, 2, 3):
       x = block(block_widths[self.index - 1], 2, True, start_with_relu=self.index > 1)(x, train)
       if self.index == 3:
@@ -122,7 +128,7 @@ class XceptionStage(nn.Module):
 def stages(spec: Encoder, dtype: Any) -> list[XceptionStage]:
   """The encoder's five stages, for a module's ``setup``."""
   return [XceptionStage(index, spec.widths, spec.middle_blocks, spec.middle_block_reps, spec.representation_width,
-                        depthwise=spec.depthwise, dtype=dtype)
+                        depthwise=spec.depthwise, convolution=spec.convolution, dtype=dtype)
           for index in range(NUM_STAGES)]
 
 

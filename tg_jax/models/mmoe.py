@@ -52,7 +52,7 @@ class MMoENet(nn.Module):
   def setup(self):
     spec = self.encoder
     self.experts = [xception.XceptionEncoder(spec.widths, spec.middle_blocks, spec.middle_block_reps,
-                                             spec.representation_width, spec.depthwise, self.dtype)
+                                             spec.representation_width, spec.depthwise, spec.convolution, self.dtype)
                     for _ in range(self.num_experts)]
     self.gates = {task: nn.Dense(self.num_experts, dtype=self.dtype, name=f"gate_{task}") for task in self.tasks}
 

@@ -143,7 +143,7 @@ class PatchConv(nn.Module):
     return y
 
 
-def _conv(implementation: str, features: int, kernel_size: tuple[int, int], *, name: str, strides: int = 1,
+def conv(implementation: str, features: int, kernel_size: tuple[int, int], *, name: str, strides: int = 1,
           padding: str = "SAME", use_bias: bool = True, dtype: Any = jnp.float32) -> nn.Module:
   """A dense convolution computed as ``implementation`` says; the parameters are the same either way."""
   if implementation == XLA_CONVOLUTION:
@@ -255,7 +255,7 @@ class XceptionBlock(nn.Module):
     strides = 2 if self.downsample else 1
     if self.downsample:
       # The paper replaces Xception's max pooling with a learned 2x2 stride-2 convolution.
-      x = _conv(self.convolution, self.features, (2, 2), strides=2, padding="VALID", dtype=self.dtype,
+      x = conv(self.convolution, self.features, (2, 2), strides=2, padding="VALID", dtype=self.dtype,
                 name="downsample")(x)
     if self.downsample or residual.shape[-1] != self.features:
       # A 1x1 convolution with the block's stride: keep every strides-th pixel, then mix channels.
@@ -286,9 +286,9 @@ class XceptionEncoder(nn.Module):
     entry_width, second_width, *block_widths = self.widths
     x = images.astype(self.dtype)
     # Named as nn.Conv names itself, so both implementations have the same parameter tree.
-    x = _conv(self.convolution, entry_width, (3, 3), strides=2, use_bias=False, dtype=self.dtype, name="Conv_0")(x)
+    x = conv(self.convolution, entry_width, (3, 3), strides=2, use_bias=False, dtype=self.dtype, name="Conv_0")(x)
     x = nn.relu(_batch_norm(train, self.dtype)(x))
-    x = _conv(self.convolution, second_width, (3, 3), use_bias=False, dtype=self.dtype, name="Conv_1")(x)
+    x = conv(self.convolution, second_width, (3, 3), use_bias=False, dtype=self.dtype, name="Conv_1")(x)
     x = nn.relu(_batch_norm(train, self.dtype)(x))
     for index, features in enumerate(block_widths):
       x = XceptionBlock(features, reps=2, downsample=True, start_with_relu=index > 0, depthwise=self.depthwise,
@@ -334,7 +334,7 @@ class DenseDecoder(nn.Module):
     x = nn.relu(jnp.concatenate([x, skip.astype(x.dtype)], axis=-1))
     if self.output_layer == DENSE_OUTPUT:
       size = self.output_kernel_size
-      x = _conv(self.convolution, self.channels, (size, size), dtype=self.dtype, name="output")(x)
+      x = conv(self.convolution, self.channels, (size, size), dtype=self.dtype, name="output")(x)
     else:
       x = separable(self.channels, kernel_size=self.output_kernel_size, use_bias=True, name="output")(x)
     return x.astype(jnp.float32)
