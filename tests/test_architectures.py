@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import train_fakes
@@ -237,11 +238,54 @@ def test_each_task_set_gets_a_model_of_its_own():
   assert all(all(row) for c in separate for row in c.task_mask())
 
 
+
+def _learnable_batch(size=8):
+  """Images whose labels a 1x1 representation can carry: each image one colour plus a little noise,
+  depth its brightness everywhere, the segment its brightest channel everywhere."""
+  colours = jax.random.uniform(jax.random.key(1), (size, 1, 1, 3))
+  images = colours + 0.05 * jax.random.normal(jax.random.key(2), (size, *IMAGE_SHAPE))
+  shape = (size, *IMAGE_SHAPE[:2])
+  return {"image": images,
+          "toy_depth": jnp.broadcast_to(jnp.mean(colours, axis=-1, keepdims=True), (*shape, 1)) * 4.0,
+          "toy_segment": jnp.broadcast_to(jnp.argmax(colours, axis=-1), shape).astype(jnp.int32)}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_fits_a_batch(name):
+  """Gradients reach everything that matters: 40 steps of SGD on one batch of learnable labels at
+  least halve each task's training loss (equal weights, training mode, as the trainer's step)."""
+  net = models.build(tiny_config(name), TASKS)
+  batch = _learnable_batch()
+  variables = _init(net, batch["image"])
+  optimizer = optax.sgd(0.05, momentum=0.9)
+
+  def losses(params, batch_stats):
+    outputs, updates = net.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
+                                 mutable=["batch_stats"])
+    return jnp.mean(cohort.task_losses(outputs, batch, TASKS), axis=1), updates["batch_stats"]
+
+  @jax.jit
+  def step(params, batch_stats, opt_state):
+    def objective(params):
+      per_task, new_batch_stats = losses(params, batch_stats)
+      return jnp.mean(per_task), (per_task, new_batch_stats)
+
+    (_, (per_task, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, per_task
+
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  opt_state = optimizer.init(params)
+  params, batch_stats, opt_state, first = step(params, batch_stats, opt_state)
+  for _ in range(40):
+    params, batch_stats, opt_state, last = step(params, batch_stats, opt_state)
+  assert np.all(np.asarray(last) < 0.5 * np.asarray(first)), (name, first, last)
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_family_trains_in_the_trainer(name, tmp_path, monkeypatch):
   """``config.model.name`` picks the family for every network of the run: a single-task network, a
-  pair and the pair balanced by PCGrad train, beat the constant predictor on validation, and their
-  costs are measured per task count."""
+  pair and the pair balanced by PCGrad train to the end, are evaluated on each of their tasks, and
+  their costs are measured per task count."""
   monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", None)
   config = train_fakes.tiny_config()
   config.tasks = TASKS
@@ -255,8 +299,11 @@ def test_every_family_trains_in_the_trainer(name, tmp_path, monkeypatch):
   assert set(records) == set(config.networks.extra)
   for network, record in records.items():
     assert record["status"] == records_lib.TRAINED, (network, record["status"])
-    for task, improvement in record["improvement_over_constant"]["val"].items():
-      assert improvement > 0, (network, task, improvement)
+    # Whether they learn is test_every_family_fits_a_batch's: the toy labels are per-pixel, and at 16x16
+    # the heads see a 1x1 representation, so no family (nor xception) beats the constant here but by noise.
+    improvements = record["improvement_over_constant"]["val"]
+    assert set(improvements) == set(network.split(":")[0].split("+")), (network, improvements)
+    assert all(np.isfinite(v) for v in improvements.values()), (network, improvements)
     num_tasks = network.count("+") + 1
     assert record["cost"] == pytest.approx(models.encoder_cost(config.model, 1.0, IMAGE_SHAPE, num_tasks))
   with open(os.path.join(tmp_path, name, "results", "methods.json")) as f:
@@ -285,7 +332,7 @@ def test_an_architecture_network_needs_the_papers_encoder():
 
 def test_architecture_networks_train_beside_the_runs_networks(tmp_path, monkeypatch):
   """A run of the paper's network trains ``:mtan``, ``:cross_stitch`` and ``:mmoe`` all-task networks
-  beside its equal-weight pair: each trains to the end, beats the constant predictor, costs its family's
+  beside its equal-weight pair: each trains to the end, is evaluated on each task, costs its family's
   measured cost and is listed in ``methods.json``."""
   monkeypatch.setattr(train_fakes.FAKE_DATA, "on_step", None)
   config = train_fakes.tiny_config()
@@ -301,7 +348,7 @@ def test_architecture_networks_train_beside_the_runs_networks(tmp_path, monkeypa
   for name in FAMILIES:
     record = records[f"{pair}:{name}"]
     assert record["status"] == records_lib.TRAINED, (name, record["status"])
-    assert all(v > 0 for v in record["improvement_over_constant"]["val"].values()), (name, record)
+    assert all(np.isfinite(v) for v in record["improvement_over_constant"]["val"].values()), (name, record)
     assert record["cost"] == pytest.approx(
         models.encoder_cost(models.as_family(config.model, name), 1.0, IMAGE_SHAPE, len(TASKS)))
   with open(os.path.join(tmp_path, "run", "results", "methods.json")) as f:
