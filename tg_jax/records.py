@@ -21,6 +21,9 @@ METHOD_SEPARATOR = ":"
 SEED_SEPARATOR = "#"
 EQUAL_WEIGHTS = ""  # the paper's training: the unweighted mean of the task losses
 SOFT_SHARING = "soft"
+# A transfer network's method: ``from_<source task>``, its target task's decoder trained on the frozen
+# encoder of the source task's single-task network (Taskonomy's transfer), e.g. ``depth:from_normals``.
+TRANSFER_PREFIX = "from_"
 FULL_SIZE = 1.0
 
 
@@ -32,7 +35,8 @@ class Network:
     tasks: task names, in the experiment's task order.
     size: intended inference cost in standard networks (1.0 full, 0.5 half) of its encoder; a
       ``soft`` network has one encoder per task, so its inference cost is ``len(tasks) * size``.
-    method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, or ``"soft"``.
+    method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, ``"soft"``, or
+      ``from_<task>`` (a transfer network: see ``TRANSFER_PREFIX``).
     seed: which replica (``config.networks.seeds``): replicas of one network differ only in their
       initialisation and the order of their training batches. Seed 0, the default replica, is the
       network a one-seed experiment trains.
@@ -66,6 +70,17 @@ class Network:
   def encoders(self) -> int:
     """How many encoders inference runs: one per task for soft sharing, else one."""
     return len(self.tasks) if self.method == SOFT_SHARING else 1
+
+  @property
+  def transfer_source(self) -> str:
+    """The task whose frozen encoder a transfer network (``<target>:from_<source>``) decodes; ""
+    for every other network."""
+    return transfer_source(self.method)
+
+
+def transfer_source(method: str) -> str:
+  """``"normals"`` from the method ``"from_normals"``; "" for any other method."""
+  return method[len(TRANSFER_PREFIX):] if method.startswith(TRANSFER_PREFIX) else ""
 
 
 def split_seed(name: str) -> tuple[str, int]:

@@ -3,7 +3,8 @@
 - ``pair_relative_performance``: the paper's Table 1, each task's gain from being trained with each
   other task, against its half-size single-task network (the pair network spends half of one
   standard network on each task);
-- ``pair_affinity``: Table 2, the mean of the two directions;
+- ``pair_affinity``: Table 2, the mean of the two directions (``multitask_affinity_replicates``: per
+  seed replica, for Figure 3's correlation with the transfer affinity, ``reporting.transfer``);
 - ``compare_methods``: Table 4 / Figure 4, total test loss per method per budget, each method
   scored with the networks it chose (trained to convergence);
 - ``untrained_choices``: the networks a predicting method (ESA, HOA, TAG) chose that have no
@@ -63,6 +64,17 @@ def pair_relative_performance(table: ResultsTable) -> np.ndarray:
 def pair_affinity(relative: np.ndarray) -> np.ndarray:
   """Symmetric pairwise affinity: the mean of the two directions of ``pair_relative_performance``."""
   return (relative + relative.T) / 2
+
+
+def multitask_affinity_replicates(test: ResultsTable, replicas: Optional[tables.Replicas] = None
+                                  ) -> tuple[np.ndarray, tuple[int, ...]]:
+  """Table 2 per replicate, ``[replicates, tasks, tasks]``, and the replicates' seeds: over seed
+  replicas when every network has the same seeds (replicate r is every network's r-th seed), else
+  ``test``'s means as one replicate (seeds ``()``)."""
+  if replicas is not None and len(set(replicas.seeds)) == 1 and len(replicas.seeds[0]) >= 2:
+    values = uncertainty.replicate_values(replicas, lambda table: pair_affinity(pair_relative_performance(table)))
+    return values, tuple(replicas.seeds[0][:len(values)])
+  return pair_affinity(pair_relative_performance(test))[None], ()
 
 
 def pair_intervals(test: tables.Replicas) -> Optional[dict[str, tuple[np.ndarray, np.ndarray]]]:

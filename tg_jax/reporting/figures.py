@@ -1,5 +1,5 @@
-"""The study's figures (matplotlib, written as PNG): loss against budget, the chosen groupings, and
-the chosen networks' predictions."""
+"""The study's figures (matplotlib, written as PNG): loss against budget, the chosen groupings, the
+chosen networks' predictions, and transfer against multi-task affinity."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from tg_jax import workdir as workdir_lib  # noqa: E402
 from tg_jax.reporting import analysis  # noqa: E402
+from tg_jax.reporting import transfer as transfer_lib  # noqa: E402
 from tg_jax.selection import study  # noqa: E402
 
 METHOD_STYLES = {
@@ -130,7 +131,8 @@ def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (),
 
 
 def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str,
-            significant: Optional[np.ndarray] = None) -> None:
+            significant: Optional[np.ndarray] = None,
+            colorbar_label: str = "% better than half-size single-task") -> None:
   """A task-by-task matrix (rows: the task measured; columns: the task it is trained with); with
   ``significant``, entries whose interval includes zero are greyed out."""
   figure, axes = plt.subplots(figsize=(1.2 + 0.75 * len(labels), 1.0 + 0.7 * len(labels)), dpi=110)
@@ -147,9 +149,47 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str,
       dark = np.isfinite(shown[i, j]) and abs(value) > 0.6 * limit
       axes.text(j, i, f"{100 * value:+.1f}", ha="center", va="center", fontsize=7,
                 color="white" if dark else "black" if np.isfinite(shown[i, j]) else "0.45")
-  figure.colorbar(image, ax=axes, label="% better than half-size single-task")
+  figure.colorbar(image, ax=axes, label=colorbar_label)
   axes.set_title(title + ("" if significant is None else "\n(grey: within the seed noise)"),
                  fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def _error_bars(values: np.ndarray, intervals: Optional[tuple[np.ndarray, np.ndarray]]) -> Optional[np.ndarray]:
+  """``[2, points]`` distances below and above each value (percent) for matplotlib's errorbar."""
+  if intervals is None:
+    return None
+  return 100 * np.nan_to_num(np.stack([values - intervals[0], intervals[1] - values]))
+
+
+def transfer_against_multitask(panels: Sequence[tuple[str, transfer_lib.Correlation]], path: str) -> None:
+  """Figure 3: per source of transfer affinities, one panel of task pairs, transfer affinity (x)
+  against multi-task affinity (y), each pair named, with 95% intervals over seeds where known."""
+  figure, axes_row = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.4), dpi=110, squeeze=False)
+  for axes, (label, found) in zip(axes_row[0], panels):
+    x, y = 100 * found.transfer, 100 * found.multitask
+    axes.errorbar(x, y, xerr=_error_bars(found.transfer, found.transfer_intervals),
+                  yerr=_error_bars(found.multitask, found.multitask_intervals), fmt="o", color="tab:blue",
+                  ecolor="0.6", elinewidth=1, capsize=2)
+    for (first, second), px, py in zip(found.pairs, x, y):
+      axes.annotate(f"{first}\n+{second}", (px, py), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if len(x) >= 2 and np.ptp(x) > 0:
+      slope, intercept = np.polyfit(x, y, 1)
+      line = np.linspace(x.min(), x.max(), 2)
+      axes.plot(line, slope * line + intercept, color="tab:red", linewidth=1, alpha=0.6)
+    axes.axhline(0, color="0.8", linewidth=0.8, zorder=0)
+    interval = "" if found.r_interval is None else f", per seed [{found.r_interval[0]:+.2f}, {found.r_interval[1]:+.2f}]"
+    axes.set_title(f"{label}\nPearson r = {found.r:+.2f} (p = {found.p:.2g}, {len(x)} pairs){interval}", fontsize=9)
+    axes.set_xlabel("transfer affinity (% better than the target's own network)", fontsize=8)
+    axes.set_ylabel("multi-task affinity, Table 2 (%)", fontsize=8)
+    axes.margins(0.18)
+    axes.grid(alpha=0.3)
+  figure.suptitle(f"Transfer against multi-task affinity (paper, Taskonomy's affinities: r = {transfer_lib.PAPER_R}, "
+                  f"p = {transfer_lib.PAPER_P})" + ("; bars: 95% over seeds"
+                                                    if any(c.transfer_intervals or c.multitask_intervals
+                                                           for _, c in panels) else ""), fontsize=9)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

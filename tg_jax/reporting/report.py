@@ -19,6 +19,7 @@ from tg_jax import records
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis, figures
 from tg_jax.reporting import regret as regret_lib
+from tg_jax.reporting import transfer as transfer_lib
 from tg_jax.selection import hoa, study, tables
 from tg_jax.selection.tables import TableError
 
@@ -37,7 +38,8 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
 
 
 def _matrix_table(matrix: np.ndarray, labels: Sequence[str],
-                  intervals: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[str]:
+                  intervals: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                  corner: str = "task \\ trained with") -> list[str]:
   """Percentages; with intervals, each entry's 95% interval and a * where it excludes zero."""
 
   def cell(i: int, j: int) -> str:
@@ -50,7 +52,7 @@ def _matrix_table(matrix: np.ndarray, labels: Sequence[str],
     return f"{100 * matrix[i, j]:+.1f}%{mark} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
   rows = [[label] + [cell(i, j) for j in range(len(labels))] for i, label in enumerate(labels)]
-  return _markdown_table(["task \\ trained with"] + list(labels), rows)
+  return _markdown_table([corner] + list(labels), rows)
 
 
 def _significant(intervals: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -397,13 +399,70 @@ def _ensemble_lines(ensemble: dict) -> list[str]:
           + _markdown_table(["budget", "task", "networks", "best single", "ensemble", "gain"], rows) + [""])
 
 
+def _transfer_lines(study_tables: workdir_lib.StudyTables, figure_dir: str,
+                    multitask: Optional[tuple[np.ndarray, tuple[int, ...]]], transfer_csv: Optional[str]) -> list[str]:
+  """Table 3 (transfer affinity, measured by the transfer phase and/or from a CSV) and Figure 3 (against
+  Table 2's multi-task affinity, per replicate with its seeds); nothing when neither source exists."""
+  task_names = list(study_tables.task_names)
+  sources = []
+  found = transfer_lib.measured(study_tables.transfer, study_tables.networks, task_names,
+                                source=f"`{_FILES.transfer.methods}` against the single-task networks")
+  if found is not None:
+    sources.append(("measured (this run)", found))
+  csv_path = study_tables.transfer_csv if transfer_csv is None else transfer_csv
+  if csv_path:
+    sources.append((f"from {os.path.basename(csv_path)}", transfer_lib.read_csv(csv_path).restricted_to(task_names)))
+  if not sources:
+    return []
+  lines = ["## Table 3: transfer affinity", "",
+           "Entry (row, column): for the measured matrix, how much lower the row task's test loss is with a "
+           "decoder trained on the frozen encoder of the column task's single-task network than in the row "
+           "task's own single-task network (full size; Taskonomy's transfer, `transfer.enabled`); negative: the "
+           "column task's representation serves the row task worse than its own. Higher is better."]
+  panels = []
+  for label, affinity in sources:
+    directed, symmetric = affinity.intervals(), affinity.intervals(symmetric=True)
+    seeds = (f", mean over seeds {', '.join(map(str, affinity.seeds))} with 95% intervals; * where the interval "
+             f"excludes zero" if directed is not None else "")
+    lines += ["", f"### {label}", "", f"From {affinity.source}{seeds}.", ""]
+    lines += _matrix_table(affinity.matrix, task_names, directed, corner="task \\ encoder of")
+    lines += ["", "Symmetric (mean of both directions, as Table 2):", ""]
+    lines += _matrix_table(affinity.symmetric().mean(axis=0), task_names, symmetric, corner="task \\ task")
+    slug = "measured" if affinity is found else "csv"
+    figures.heatmap(affinity.matrix, task_names, os.path.join(figure_dir, f"table3_transfer_{slug}.png"),
+                    f"Transfer affinity, {label}: row task from column task's encoder",
+                    colorbar_label="% better than the row task's own network")
+    lines += ["", f"![Table 3, {label}]({_FILES.figures}/table3_transfer_{slug}.png)"]
+    if multitask is not None:
+      panels.append((label, transfer_lib.correlate(affinity, *multitask)))
+  lines += [""]
+  if not panels:
+    return lines + ["Figure 3 needs Table 2 (pair and half-size networks) to set the transfer affinity against.", ""]
+  figures.transfer_against_multitask(panels, os.path.join(figure_dir, "figure3_transfer_vs_multitask.png"))
+  lines += ["## Figure 3: transfer affinity against multi-task affinity", "",
+            "Each point is a pair of tasks: its symmetric transfer affinity (Table 3) against its multi-task "
+            f"affinity (Table 2). The paper found them anti-correlated: r = {transfer_lib.PAPER_R}, "
+            f"p = {transfer_lib.PAPER_P} (Taskonomy's affinities against its Table 2).", ""]
+  for label, correlation in panels:
+    text = (f"- {label}: Pearson r = {correlation.r:+.3f}, p = {correlation.p:.3g} over {len(correlation.pairs)} pairs"
+            if np.isfinite(correlation.r) else
+            f"- {label}: no correlation from {len(correlation.pairs)} pairs (needs {transfer_lib.MIN_PAIRS} or more)")
+    if correlation.replicate_r is not None:
+      text += (f"; per seed r = {', '.join(f'{v:+.2f}' for v in correlation.replicate_r)}"
+               + ("" if correlation.r_interval is None else
+                  f" (95% interval of their mean [{correlation.r_interval[0]:+.2f}, {correlation.r_interval[1]:+.2f}])"))
+    lines.append(text + ".")
+  return lines + ["", f"![Figure 3]({_FILES.figures}/figure3_transfer_vs_multitask.png)", ""]
+
+
 def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random_samples: int = 1000,
                  seed: int = 0, study_tables: Optional[workdir_lib.StudyTables] = None,
-                 comparison: Optional[analysis.Comparison] = None) -> str:
+                 comparison: Optional[analysis.Comparison] = None, transfer_csv: Optional[str] = None) -> str:
   """Writes the report and figures; returns the report's path.
 
   ``study_tables`` and ``comparison`` (``analysis.compare_methods``'s) are read and computed from
-  ``workdir`` unless given (``tg_jax.finish`` has them already).
+  ``workdir`` unless given (``tg_jax.finish`` has them already). ``transfer_csv``: transfer affinities
+  from elsewhere (``reporting.transfer.read_csv``) instead of the run's ``config.transfer.affinity_csv``.
   """
   paths = workdir_lib.Workdir(workdir)
   study_tables = workdir_lib.load_study(paths) if study_tables is None else study_tables
@@ -420,6 +479,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   robust_at = len(lines)  # "what is robust" goes here once the tables below are computed
 
   robust_pairs = None
+  multitask = None  # Table 2 per replicate, for Figure 3
   try:
     if test is None:
       raise TableError("no converged networks yet")
@@ -427,6 +487,8 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   except TableError as error:
     lines += ["## Pairwise relationships", "", f"Not available: {error}", ""]
   else:
+    multitask = analysis.multitask_affinity_replicates(test, None if study_tables.replicas is None
+                                                       else study_tables.replicas[1])
     affinity = analysis.pair_affinity(relative)
     intervals = None if study_tables.replicas is None else analysis.pair_intervals(study_tables.replicas[1])
     figures.heatmap(relative, test.task_names, os.path.join(figure_dir, "table1_pairs.png"),
@@ -443,6 +505,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
               "## Table 2: pairwise affinity (mean of both directions)", ""]
     lines += _matrix_table(affinity, test.task_names, None if intervals is None else intervals["affinity"]) + [""]
     robust_pairs = None if intervals is None else _significant(intervals["relative"])
+  lines += _transfer_lines(study_tables, figure_dir, multitask, transfer_csv)
 
   budgets_used = comparison.budgets
   lines += ["## Table 4: total test loss per method and inference budget", "",

@@ -7,8 +7,9 @@ zero gradient (and, with SGD, never move). Arrays carry the network axis first:
 ``[nets, ...]`` for parameters and optimiser state, ``[nets, tasks]`` for per-task numbers.
 
 How a network's gradient is formed is the step's ``gradient_fn`` (``Gradients``): the paper's equal
-weights (``equal_weight_gradients``), a ``tg_jax.balancing`` method (``balanced_gradients``), or
-soft parameter sharing (``soft_sharing_gradients`` on a ``SoftSharedNetworks`` model).
+weights (``equal_weight_gradients``), a ``tg_jax.balancing`` method (``balanced_gradients``),
+soft parameter sharing (``soft_sharing_gradients`` on a ``SoftSharedNetworks`` model), or decoders
+on a frozen encoder (``frozen_encoder_gradients``: transfer networks).
 
 Nothing here has side effects; ``trainer`` jits these functions and runs the loop around them.
 """
@@ -265,6 +266,34 @@ def equal_weight_gradients(*, model: nn.Module, task_names: Sequence[str],
     grad_fn = jax.value_and_grad(network_loss, has_aux=True)
     (loss, (per_task, new_batch_stats)), grads = grad_fn(params, batch_stats, mask, batch, model=model,
                                                          task_names=task_names, skip_untrained=skip_untrained)
+    weights = jnp.where(mask, 1.0, 0.0) / jnp.sum(mask)
+    return Gradients(grads, loss, per_task, new_batch_stats, balancer_state, weights)
+  return gradients
+
+
+def frozen_encoder_gradients(*, model: nn.Module, task_names: Sequence[str]) -> GradientFn:
+  """Transfer networks (Taskonomy's): the gradient of the mean of the network's own tasks' losses
+  with respect to its decoders only.
+
+  The encoder runs in inference mode (its stored batch statistics, as its source network was
+  validated) under ``stop_gradient``: its parameters get exactly zero gradient, so SGD never moves
+  them, and its batch statistics are never updated. The decoders train as in ``network_loss``;
+  those of tasks outside ``mask`` are skipped.
+  """
+  def loss_fn(params, batch_stats, mask, batch):
+    variables = {"params": params, "batch_stats": batch_stats}
+    representation = jax.lax.stop_gradient(model.apply(variables, batch["image"], False, method=model.encode))
+    new_batch_stats = batch_stats
+    outputs = {}
+    for index, task in enumerate(task_names):
+      outputs[task], new_batch_stats = _decode_if_trained(model, params, new_batch_stats, representation, True,
+                                                          task, mask[index])
+    per_task = jnp.mean(task_losses(outputs, batch, task_names), axis=1)
+    return masked_mean(per_task, mask), (per_task, new_batch_stats)
+
+  def gradients(params, batch_stats, mask, balancer_state, batch):
+    (loss, (per_task, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch_stats, mask, batch)
     weights = jnp.where(mask, 1.0, 0.0) / jnp.sum(mask)
     return Gradients(grads, loss, per_task, new_batch_stats, balancer_state, weights)
   return gradients

@@ -3,8 +3,10 @@
 A network is a task subset, a size (its encoder's cost in standard networks, SNT) and a training
 method: ``""``, the paper's equal task weights, or a balancing method of ``tg_jax.balancing``
 (``mgda``, ``uncertainty``, ``pcgrad``, ...), or ``soft`` (soft parameter sharing: one network per
-task, their encoders pulled together by an L2 penalty). Names read ``<tasks>[@size][:method][#seed]``,
-e.g. ``depth+normals@0.5``, ``depth+normals+edges2d:mgda`` or ``depth+normals#1``. An experiment names
+task, their encoders pulled together by an L2 penalty), or ``from_<task>``: a transfer network, one target
+task's decoder trained on the frozen encoder of ``<task>``'s single-task network (Taskonomy's transfer).
+Names read ``<tasks>[@size][:method][#seed]``, e.g. ``depth+normals@0.5``, ``depth+normals+edges2d:mgda``,
+``depth:from_normals`` or ``depth+normals#1``. An experiment names
 its networks with a few switches (``config.networks``): every single task, every pair, every subset,
 half-size single-task networks, or an explicit list.
 
@@ -36,10 +38,14 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from tg_jax import balancing
-from tg_jax.records import EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING, Network, split_seed
+from tg_jax.records import (EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING, TRANSFER_PREFIX, Network,
+                            split_seed, transfer_source)
 from tg_jax.selection import tables
 
 SUBSET_CHOICES = ("singles", "pairs", "all")
+# The method of a cohort of transfer networks (``<target>:from_<source>``): their decoders train on
+# frozen encoders loaded from the source tasks' single-task networks (``trainer``).
+TRANSFER = "transfer"
 
 
 def methods() -> list[str]:
@@ -55,9 +61,11 @@ def parse(name: str, known_tasks: Sequence[str]) -> Network:
   """
   base, seed = split_seed(name)
   name_and_size, _, method = base.partition(METHOD_SEPARATOR)
-  if method not in (EQUAL_WEIGHTS, *methods()) or (METHOD_SEPARATOR in base and not method):
+  source = transfer_source(method)
+  if (method not in (EQUAL_WEIGHTS, *methods()) and not source) or (METHOD_SEPARATOR in base and not method):
     raise ValueError(f"network {name!r}: unknown method {method!r}; write <tasks>[@size][:method][#seed] with "
-                     f"method one of {', '.join(methods())} (or no ':method' for the paper's equal weights)")
+                     f"method one of {', '.join(methods())}, {TRANSFER_PREFIX}<task> (a transfer network) or no "
+                     f"':method' for the paper's equal weights")
   subset, _, size_text = name_and_size.partition(SIZE_SEPARATOR)
   try:
     size = float(size_text) if size_text else 1.0
@@ -72,7 +80,15 @@ def parse(name: str, known_tasks: Sequence[str]) -> Network:
                      f"train; config.tasks: {', '.join(known_tasks)}")
   if len(set(names)) != len(names):
     raise ValueError(f"network {name!r} names a task twice")
-  if method and len(names) < 2:
+  if source:
+    if source not in known_tasks:
+      raise ValueError(f"network {name!r}: transfer source {source!r} is not a task of the experiment; "
+                       f"config.tasks: {', '.join(known_tasks)}")
+    if len(names) != 1 or names[0] == source:
+      raise ValueError(f"network {name!r}: a transfer network decodes one target task other than its source "
+                       f"{source!r}, e.g. '{next((t for t in known_tasks if t != source), 'depth')}:"
+                       f"{TRANSFER_PREFIX}{source}'")
+  elif method and len(names) < 2:
     raise ValueError(f"network {name!r}: method {method!r} balances or shares between tasks and needs at "
                      f"least two; drop ':{method}' for a single-task network")
   return Network(tuple(t for t in known_tasks if t in names), size, method, seed)
@@ -166,7 +182,8 @@ class Cohort:
     size: the networks' size (SNT).
     tasks: the union of the networks' tasks, in experiment order: the model's decoders.
     networks: the networks, in list order.
-    method: the networks' method (``Network.method``); with a method, ``tasks`` are every network's.
+    method: the networks' method (``Network.method``); with a method, ``tasks`` are every network's;
+      ``TRANSFER`` for transfer networks (``<target>:from_<source>``), masked like equal weights.
     seed: the networks' replica seed (``Network.seed``): which batch stream they train on.
   """
 
@@ -198,24 +215,33 @@ class Cohort:
 
 
 def cohorts(networks: Iterable[Network], task_order: Sequence[str]) -> list[Cohort]:
-  """Equal-weight networks grouped by seed (in list order) and size (largest first); then one cohort
-  per network with a method.
+  """Equal-weight networks grouped by seed (in list order) and size (largest first); transfer
+  networks likewise (cohorts of method ``TRANSFER``); then one cohort per network with a method.
 
   A method network's balancer (or soft-sharing penalty) sees every task of its cohort as trained,
   so it never shares a model with networks of other tasks.
   """
   by_seed: dict[int, dict[float, list[Network]]] = {}
+  transfer: dict[int, dict[float, list[Network]]] = {}
   with_method = []
   for network in networks:
-    if network.method:
+    if network.transfer_source:
+      transfer.setdefault(network.seed, {}).setdefault(network.size, []).append(network)
+    elif network.method:
       with_method.append(network)
     else:
       by_seed.setdefault(network.seed, {}).setdefault(network.size, []).append(network)
-  result = []
-  for seed, by_size in by_seed.items():
-    for size in sorted(by_size, reverse=True):
-      members = by_size[size]
-      union = {t for n in members for t in n.tasks}
-      result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members), seed=seed))
-  result += [Cohort(n.size, n.tasks, (n,), n.method, n.seed) for n in with_method]
-  return result
+
+  def grouped(groups: dict[int, dict[float, list[Network]]], method: str) -> list[Cohort]:
+    result = []
+    for seed, by_size in groups.items():
+      for size in sorted(by_size, reverse=True):
+        members = by_size[size]
+        union = {t for n in members for t in n.tasks}
+        result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members), method, seed))
+    return result
+
+  # Transfer networks train like equal-weight ones (each its own target task, masked), with frozen
+  # encoders: one cohort per size and seed, so they compile once.
+  return (grouped(by_seed, EQUAL_WEIGHTS) + grouped(transfer, TRANSFER)
+          + [Cohort(n.size, n.tasks, (n,), n.method, n.seed) for n in with_method])

@@ -89,7 +89,7 @@ class Reporter:
                                                 chunk_weights):
         train_losses[network.name] = float(value)
         learning_rates[network.name] = float(scale) * self._base_learning_rate
-        if network.method and network.method != networks_lib.SOFT_SHARING:
+        if network.method and network.method != networks_lib.SOFT_SHARING and not network.transfer_source:
           method_weights[network.name] = {t: float(w) for t, w in zip(network.tasks, weights)}
     self._loss_sums, self._loss_count = [None] * len(self._cohorts.chunks), 0
     self.report_divergence(step)
