@@ -13,7 +13,9 @@ Networks (for 5 tasks, 57 in all):
 - the all-task network trained with MGDA-UB (the paper's "Sener et al." row; ``results/methods.json``).
 
 TAG's lookahead affinities are measured while the all-task network trains (``results/tag.json``),
-and the chosen networks that share a task are ensembled on test (``ensemble.json``).
+the chosen networks that share a task are ensembled on test (``ensemble.json``), and the transfer
+phase (``WORKDIR/transfer``: every task's decoder on every other task's frozen single-task encoder,
+per seed) gives the transfer affinities of Table 3 and Figure 3.
 
 The report (``WORKDIR/report.md``) compares Optimal, ESA, HOA and TAG with the all-task network,
 independent networks, Random, Pessimal and MGDA-UB at every budget from 1 to k in steps of 0.5.
@@ -38,6 +40,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.networks.extra += (f"{'+'.join(config.tasks)}:mgda",)
   config.tag.enabled = True  # on the all-task network of equal weights (config.tag.network "")
   config.evaluation.ensemble = True
+  config.transfer.enabled = True  # Table 3 and Figure 3: decoders on frozen single-task encoders
   # Every method of the report runs from the same tables; selection.json holds the optimal one.
   config.selection.predict = "none"
   return config

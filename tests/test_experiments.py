@@ -11,7 +11,7 @@ from tg_jax.training import config as config_lib
 from tg_jax.training import networks
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
-EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods")
+EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods", "transfer")
 
 
 def _load(name, variant):
@@ -24,6 +24,7 @@ def _load(name, variant):
     ("esa", "", 36, "esa"), ("esa", "full", 36, "esa"),
     ("study", "", 3 * (31 + 5 + 4 * 5 + 1), "none"), ("study", "full", 171, "none"),
     ("methods", "", 5 + 1 + 4, "none"), ("methods", "full", 10, "none"),
+    ("transfer", "", 2 * (5 + 10 + 5), "hoa"), ("transfer", "full", 40, "hoa"),
 ])
 def test_configs_validate_and_list_their_networks(name, variant, count, predict):
   config = _load(name, variant)
@@ -33,6 +34,8 @@ def test_configs_validate_and_list_their_networks(name, variant, count, predict)
   assert len(config.tasks) == 5
   if name == "esa":
     assert config.stop_fraction == config.esa_fraction < 1
+  # The transfer phase (after the main run) needs every task's full-size single-task network.
+  assert config.transfer.enabled == (name in ("transfer", "study"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

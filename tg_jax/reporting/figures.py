@@ -157,21 +157,26 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str,
   plt.close(figure)
 
 
-def _error_bars(values: np.ndarray, intervals: Optional[tuple[np.ndarray, np.ndarray]]) -> Optional[np.ndarray]:
-  """``[2, points]`` distances below and above each value (percent) for matplotlib's errorbar."""
+def _error_bars(values: np.ndarray, intervals: Optional[tuple[np.ndarray, np.ndarray]],
+                scale: float) -> Optional[np.ndarray]:
+  """``[2, points]`` distances below and above each value (times ``scale``) for matplotlib's errorbar."""
   if intervals is None:
     return None
-  return 100 * np.nan_to_num(np.stack([values - intervals[0], intervals[1] - values]))
+  return scale * np.nan_to_num(np.stack([values - intervals[0], intervals[1] - values]))
 
 
-def transfer_against_multitask(panels: Sequence[tuple[str, transfer_lib.Correlation]], path: str) -> None:
-  """Figure 3: per source of transfer affinities, one panel of task pairs, transfer affinity (x)
-  against multi-task affinity (y), each pair named, with 95% intervals over seeds where known."""
-  figure, axes_row = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.4), dpi=110, squeeze=False)
-  for axes, (label, found) in zip(axes_row[0], panels):
-    x, y = 100 * found.transfer, 100 * found.multitask
-    axes.errorbar(x, y, xerr=_error_bars(found.transfer, found.transfer_intervals),
-                  yerr=_error_bars(found.multitask, found.multitask_intervals), fmt="o", color="tab:blue",
+def transfer_against_multitask(panels: Sequence[tuple[str, transfer_lib.Correlation, bool]], path: str) -> None:
+  """Figure 3: per source of transfer affinities ``(label, correlation, measured)``, one panel of task
+  pairs, transfer affinity (x; in percent when ``measured`` by this run, else on the source's own
+  scale) against multi-task affinity (y, percent), each pair named, with 95% intervals over seeds
+  where known and the least-squares line."""
+  figure, axes_row = plt.subplots(1, len(panels), figsize=(max(6.0, 5.0 * len(panels)), 4.8), dpi=110,
+                                  squeeze=False)
+  for axes, (label, found, measured) in zip(axes_row[0], panels):
+    scale = 100.0 if measured else 1.0
+    x, y = scale * found.transfer, 100 * found.multitask
+    axes.errorbar(x, y, xerr=_error_bars(found.transfer, found.transfer_intervals, scale),
+                  yerr=_error_bars(found.multitask, found.multitask_intervals, 100.0), fmt="o", color="tab:blue",
                   ecolor="0.6", elinewidth=1, capsize=2)
     for (first, second), px, py in zip(found.pairs, x, y):
       axes.annotate(f"{first}\n+{second}", (px, py), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -180,16 +185,17 @@ def transfer_against_multitask(panels: Sequence[tuple[str, transfer_lib.Correlat
       line = np.linspace(x.min(), x.max(), 2)
       axes.plot(line, slope * line + intercept, color="tab:red", linewidth=1, alpha=0.6)
     axes.axhline(0, color="0.8", linewidth=0.8, zorder=0)
-    interval = "" if found.r_interval is None else f", per seed [{found.r_interval[0]:+.2f}, {found.r_interval[1]:+.2f}]"
+    interval = "" if found.r_interval is None else f"\nper seed: 95% interval [{found.r_interval[0]:+.2f}, {found.r_interval[1]:+.2f}]"
     axes.set_title(f"{label}\nPearson r = {found.r:+.2f} (p = {found.p:.2g}, {len(x)} pairs){interval}", fontsize=9)
-    axes.set_xlabel("transfer affinity (% better than the target's own network)", fontsize=8)
+    axes.set_xlabel("transfer affinity, symmetric: % better than the target's own network" if measured
+                    else "transfer affinity, symmetric (the CSV's values)", fontsize=8)
     axes.set_ylabel("multi-task affinity, Table 2 (%)", fontsize=8)
     axes.margins(0.18)
     axes.grid(alpha=0.3)
-  figure.suptitle(f"Transfer against multi-task affinity (paper, Taskonomy's affinities: r = {transfer_lib.PAPER_R}, "
-                  f"p = {transfer_lib.PAPER_P})" + ("; bars: 95% over seeds"
-                                                    if any(c.transfer_intervals or c.multitask_intervals
-                                                           for _, c in panels) else ""), fontsize=9)
+  bars = any(c.transfer_intervals or c.multitask_intervals for _, c, _ in panels)
+  figure.suptitle("Transfer against multi-task affinity" + ("; bars: 95% intervals over seeds" if bars else "")
+                  + f"\n(the paper, with Taskonomy's affinities: r = {transfer_lib.PAPER_R}, p = {transfer_lib.PAPER_P})",
+                  fontsize=9)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

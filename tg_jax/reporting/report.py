@@ -434,7 +434,7 @@ def _transfer_lines(study_tables: workdir_lib.StudyTables, figure_dir: str,
                     colorbar_label="% better than the row task's own network")
     lines += ["", f"![Table 3, {label}]({_FILES.figures}/table3_transfer_{slug}.png)"]
     if multitask is not None:
-      panels.append((label, transfer_lib.correlate(affinity, *multitask)))
+      panels.append((label, transfer_lib.correlate(affinity, *multitask), affinity is found))
   lines += [""]
   if not panels:
     return lines + ["Figure 3 needs Table 2 (pair and half-size networks) to set the transfer affinity against.", ""]
@@ -443,7 +443,7 @@ def _transfer_lines(study_tables: workdir_lib.StudyTables, figure_dir: str,
             "Each point is a pair of tasks: its symmetric transfer affinity (Table 3) against its multi-task "
             f"affinity (Table 2). The paper found them anti-correlated: r = {transfer_lib.PAPER_R}, "
             f"p = {transfer_lib.PAPER_P} (Taskonomy's affinities against its Table 2).", ""]
-  for label, correlation in panels:
+  for label, correlation, _ in panels:
     text = (f"- {label}: Pearson r = {correlation.r:+.3f}, p = {correlation.p:.3g} over {len(correlation.pairs)} pairs"
             if np.isfinite(correlation.r) else
             f"- {label}: no correlation from {len(correlation.pairs)} pairs (needs {transfer_lib.MIN_PAIRS} or more)")
