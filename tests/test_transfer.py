@@ -13,6 +13,7 @@ from tg_jax import finish
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis
 from tg_jax.reporting import transfer as transfer_report
+from tg_jax.training import checkpoints
 from tg_jax.training import cohort
 from tg_jax.training import ensemble
 from tg_jax.training import networks
@@ -71,6 +72,19 @@ def test_transfer_networks_need_a_workdir_of_encoders(tmp_path):
   config.networks.extra = ("toy_depth:from_toy_normals",)
   with pytest.raises(ValueError, match="set transfer.encoders to that run's workdir"):
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_finished_workdir_from_before_the_transfer_phase_resumes_with_it_enabled(tmp_path):
+  config = train_fakes.tiny_config()
+  del config.transfer
+  checkpoints.check_or_write_config(config, str(tmp_path))
+  enabled = train_fakes.tiny_config()
+  enabled.transfer.enabled = True
+  enabled.transfer.affinity_csv = "taskonomy.csv"
+  assert checkpoints.check_or_write_config(enabled, str(tmp_path))
+  enabled.transfer.encoders = ".."  # would change what the run's networks start from
+  with pytest.raises(checkpoints.ConfigMismatchError, match="transfer.encoders"):
+    checkpoints.check_or_write_config(enabled, str(tmp_path))
 
 
 def _config():
