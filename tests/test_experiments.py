@@ -6,12 +6,15 @@ import os
 
 import pytest
 
+from tg_jax import data
 from tg_jax import models
+from tg_jax import records
 from tg_jax.training import config as config_lib
 from tg_jax.training import networks
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
-EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods", "transfer")
+SETTINGS = ("setting2_larger_network", "setting3_less_data", "setting4_alternative_tasks")
+EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods", "transfer") + SETTINGS
 
 
 def _load(name, variant):
@@ -25,6 +28,7 @@ def _load(name, variant):
     ("study", "", 3 * (31 + 5 + 4 * 5 + 1), "none"), ("study", "full", 171, "none"),
     ("methods", "", 5 + 1 + 4, "none"), ("methods", "full", 10, "none"),
     ("transfer", "", 2 * (5 + 10 + 5), "hoa"), ("transfer", "full", 40, "hoa"),
+    *[(name, variant, 2 * (31 + 5), "none") for name in SETTINGS for variant in ("", "full")],
 ])
 def test_configs_validate_and_list_their_networks(name, variant, count, predict):
   config = _load(name, variant)
@@ -146,3 +150,20 @@ def test_selection_refine_must_be_a_count_of_rounds(rounds):
   config.selection.refine = rounds
   with pytest.raises(ValueError, match="selection.refine must be a count of rounds >= 0"):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("variant", ["cpu", "full"])
+def test_the_other_settings_differ_from_setting_1_in_one_thing_each(variant):
+  base = config_lib.base_config(variant)
+  larger, less_data, other_tasks = (_load(name, variant) for name in SETTINGS)
+  # Setting 2: a wider encoder, the data and tasks of setting 1.
+  assert all(l > b for l, b in zip(larger.model.encoder_widths, base.model.encoder_widths))
+  assert larger.data.to_dict() == base.data.to_dict() and larger.tasks == base.tasks
+  # Setting 3: a fifth of the training scenes, the same steps and validation period.
+  assert less_data.data.num_train_scenes * 5 == base.data.num_train_scenes
+  steps = lambda config: records.Schedule.from_config(config, 2 * config.data.num_train_scenes)
+  assert steps(less_data) == steps(base)
+  assert less_data.model.to_dict() == base.model.to_dict()
+  # Setting 4: the authors' other five tasks (normals kept), all rendered by the embedded dataset.
+  assert set(other_tasks.tasks) == {"normals", "edges3d", "reshading", "curvature", "autoencoder"}
+  assert set(other_tasks.tasks) <= set(data.dataset_tasks(other_tasks.data.name))
