@@ -126,6 +126,9 @@ def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
   if study_tables.tag is not None:
     lines.append(f"- `{_FILES.tag}`: TAG's inter-task affinities measured while training "
                  f"{study_tables.tag['network']};")
+  if study_tables.transfer:
+    lines.append(f"- `{_FILES.transfer.methods}`: the transfer phase, {len(study_tables.transfer)} decoders each "
+                 f"trained on another task's frozen single-task encoder (Table 3);")
   if study_tables.ensemble is not None:
     lines.append(f"- `{_FILES.ensemble}`: test losses of ensembles of the chosen networks;")
   if study_tables.predictions is not None:
