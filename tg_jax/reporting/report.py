@@ -433,8 +433,8 @@ def _transfer_lines(study_tables: workdir_lib.StudyTables, figure_dir: str,
     lines += _matrix_table(affinity.symmetric().mean(axis=0), task_names, symmetric, corner="task \\ task")
     slug = "measured" if affinity is found else "csv"
     figures.heatmap(affinity.matrix, task_names, os.path.join(figure_dir, f"table3_transfer_{slug}.png"),
-                    f"Transfer affinity, {label}: row task from column task's encoder",
-                    colorbar_label="% better than the row task's own network")
+                    f"Table 3: transfer affinity, {label}\nrow task from the column task's encoder",
+                    colorbar_label="% better than own network" if affinity is found else "affinity x 100")
     lines += ["", f"![Table 3, {label}]({_FILES.figures}/table3_transfer_{slug}.png)"]
     if multitask is not None:
       panels.append((label, transfer_lib.correlate(affinity, *multitask), affinity is found))
