@@ -28,7 +28,7 @@ WORKDIR/selection.json             the selection per budget and the baselines   
 WORKDIR/ensemble.json              ensembling gains of the chosen networks                         (finish)
 WORKDIR/predictions.npz            Figure 6: each method's chosen networks' test predictions       (finish)
 WORKDIR/report.md, figures/        the study report                                                (finish, report)
-WORKDIR/study.json                 Table 4's numbers                                               (finish, report)
+WORKDIR/study.json                 Table 4's numbers, Figure 2's                                   (finish, report)
 WORKDIR/retrain/                   the retraining phase: a workdir of its own                      (finish)
 WORKDIR/refine/round_<k>/          ESA refinement round k's training (selection.refine): a workdir  (finish)
 WORKDIR/adaptive/<k>_{early,full}/  the adaptive loop's k-th training (selection.adaptive): a workdir (finish)

@@ -88,6 +88,131 @@ def pair_intervals(test: tables.Replicas) -> Optional[dict[str, tuple[np.ndarray
           "affinity": uncertainty.t_intervals(np.stack([pair_affinity(r) for r in relative]))}
 
 
+# Figure 2's 1/k-SNT single-task networks: a narrow model cannot always build a small fraction within
+# ``tables.SIZE_TOLERANCE`` (the CPU model's nearest encoders to 1/4 SNT measure 0.231 and 0.263), so
+# each task's single-task network nearest 1/k counts when within this fraction of it; 3/10 SNT
+# (0.2995 measured) still is not 1/3.
+FRACTIONAL_SIZE_TOLERANCE = 0.075
+
+
+def fractional_singles(table: ResultsTable, size: float) -> tuple[np.ndarray, np.ndarray]:
+  """``([tasks] losses, [tasks] costs)`` of each task's single-task network whose cost is nearest
+  ``size`` within ``FRACTIONAL_SIZE_TOLERANCE``; NaN where a task has none."""
+  losses, costs = np.full(table.num_tasks, np.nan), np.full(table.num_tasks, np.nan)
+  for row, tasks in enumerate(table.network_tasks):
+    distance = abs(table.costs[row] - size)
+    if len(tasks) != 1 or distance > FRACTIONAL_SIZE_TOLERANCE * size:
+      continue
+    j = table.task_names.index(tasks[0])
+    if np.isnan(costs[j]) or distance < abs(costs[j] - size):
+      losses[j], costs[j] = table.losses[row, j], table.costs[row]
+  return losses, costs
+
+
+def size_matched_groups(table: ResultsTable) -> list[tuple[str, ...]]:
+  """Figure 2's groups: the full-size networks of ``k >= 2`` tasks each of whose tasks has a
+  single-task network of ``1/k`` SNT in ``table`` (``fractional_singles``), ordered by ``k`` then
+  by table row."""
+  groups = []
+  for row, tasks in enumerate(table.network_tasks):
+    if len(tasks) < 2 or not tables.has_size(table.costs[row], FULL_COST):
+      continue
+    singles, _ = fractional_singles(table, 1.0 / len(tasks))
+    if all(np.isfinite(singles[table.task_names.index(t)]) for t in tasks):
+      groups.append(tuple(tasks))
+  return sorted(groups, key=len)
+
+
+def size_matched_relative(table: ResultsTable, groups: Sequence[Sequence[str]]) -> np.ndarray:
+  """``[groups]``: for each group of ``k`` tasks, the mean over its tasks of 1 - the task's loss in
+  the group's full-size network / its loss in its own ``1/k``-SNT single-task network.
+
+  Both sides spend one standard network in all (Figure 2 of the paper). Positive: sharing one
+  network beats splitting it into ``k``.
+  """
+  full = {frozenset(tasks): row for row, tasks in enumerate(table.network_tasks)
+          if tables.has_size(table.costs[row], FULL_COST)}
+  values = np.empty(len(groups))
+  for index, group in enumerate(groups):
+    row = full.get(frozenset(group))
+    singles, _ = fractional_singles(table, 1.0 / len(group))
+    columns = [table.task_names.index(t) for t in group]
+    if row is None or np.isnan(singles[columns]).any():
+      raise TableError(f"Figure 2 needs the full-size network of {'+'.join(group)} and a {1 / len(group):.3g}-SNT "
+                       f"single-task network of each of its tasks (experiments/study.py trains them)")
+    values[index] = np.mean(1.0 - table.losses[row, columns] / singles[columns])
+  return values
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeMatched:
+  """Figure 2 for the groups of one size ``k``: each group's network against ``k`` single-task
+  networks of ``1/k`` SNT (``size_matched_relative``).
+
+  Attributes:
+    k: tasks per group.
+    groups: the groups of ``k`` tasks with both sides trained.
+    relative: ``[groups]`` each group's mean relative gain over its tasks.
+    group_intervals: with seed replicas, 95% intervals of ``relative`` over seeds (``[groups]`` lows, highs).
+    single_costs: the measured costs of the 1/k-SNT single-task networks compared (``fractional_singles``).
+    group_intervals: with seed replicas, 95% intervals of ``relative`` over seeds (``[groups]`` lows, highs).
+    mean_interval: with seed replicas, the 95% interval of the mean over groups.
+  """
+
+  k: int
+  groups: tuple[tuple[str, ...], ...]
+  relative: np.ndarray
+  single_costs: tuple[float, ...]
+  group_intervals: Optional[tuple[np.ndarray, np.ndarray]] = None
+  mean_interval: Optional[tuple[float, float]] = None
+
+  @property
+  def mean(self) -> float:
+    return float(np.mean(self.relative))
+
+
+def size_matched(test: ResultsTable, replicas: Optional[tables.Replicas] = None) -> list[SizeMatched]:
+  """Figure 2 per group size ``k`` (ascending; sizes without a 1/k-SNT single-task network of some
+  group's tasks are left out), with intervals over the seeds of ``replicas`` (test) where every
+  network involved has 2+ replicas."""
+  groups = size_matched_groups(test)
+  if not groups:
+    return []
+  relative = size_matched_relative(test, groups)
+  per_replicate = None
+  if replicas is not None:
+    replicates = int(replicas.counts[_size_matched_rows(replicas.table, groups)].min())
+    if replicates >= 2:
+      # Networks Figure 2 does not read may have fewer replicas (NaN past their own): their means stand in.
+      per_replicate = np.stack([size_matched_relative(dataclasses.replace(
+          replicas.table, losses=np.where(np.isnan(replicas.samples[:, r]), replicas.table.losses,
+                                          replicas.samples[:, r])), groups) for r in range(replicates)])
+  result = []
+  for k in sorted({len(g) for g in groups}):
+    members = [i for i, g in enumerate(groups) if len(g) == k]
+    group_intervals = mean_interval = None
+    if per_replicate is not None:
+      group_intervals = uncertainty.t_intervals(per_replicate[:, members])
+      low, high = uncertainty.t_intervals(per_replicate[:, members].mean(axis=1))
+      mean_interval = (float(low), float(high))
+    members_tasks = {t for i in members for t in groups[i]}
+    costs = fractional_singles(test, 1.0 / k)[1]
+    single_costs = tuple(float(c) for t, c in zip(test.task_names, costs) if t in members_tasks)
+    result.append(SizeMatched(k, tuple(groups[i] for i in members), relative[members], single_costs,
+                              group_intervals, mean_interval))
+  return result
+
+
+def _size_matched_rows(table: ResultsTable, groups: Sequence[Sequence[str]]) -> list[int]:
+  """The rows of ``table`` that ``size_matched_relative`` reads for ``groups``."""
+  wanted = {frozenset(g) for g in groups}
+  chosen = {(t, float(c)) for k in {len(g) for g in groups}
+            for t, c in zip(table.task_names, fractional_singles(table, 1.0 / k)[1]) if np.isfinite(c)}
+  return [row for row, tasks in enumerate(table.network_tasks)
+          if (frozenset(tasks) in wanted and tables.has_size(table.costs[row], FULL_COST))
+          or (len(tasks) == 1 and (tasks[0], float(table.costs[row])) in chosen)]
+
+
 @dataclasses.dataclass(frozen=True)
 class EsaCorrelation:
   """Pearson r between early (ESA) and final validation losses.

@@ -1,5 +1,6 @@
-"""The study's figures (matplotlib, written as PNG): loss against budget, the chosen groupings, the
-chosen networks' predictions, and transfer against multi-task affinity."""
+"""The study's figures (matplotlib, written as PNG): k-task networks against k fractional single-task
+networks, loss against budget, the chosen groupings, the chosen networks' predictions, and transfer
+against multi-task affinity."""
 
 from __future__ import annotations
 
@@ -66,6 +67,41 @@ def loss_against_budget(comparison: analysis.Comparison, path: str, title: str =
   axes.set_title(title)
   axes.grid(alpha=0.3)
   axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def size_matched(per_k: Sequence[analysis.SizeMatched], path: str) -> None:
+  """Figure 2: per group size k, the mean over groups of the k-task network's gain over k single-task
+  networks of 1/k SNT (bar; error bar: 95% interval over seeds) and each group's own gain (dots,
+  with their intervals)."""
+  figure, axes = plt.subplots(figsize=(1.6 + 1.3 * max(len(per_k), 1), 3.8), dpi=110)
+  rng = np.random.default_rng(0)  # the dots' horizontal spread only
+  for position, entry in enumerate(per_k):
+    mean = 100 * entry.mean
+    axes.bar(position, mean, width=0.6, color="tab:blue" if mean >= 0 else "tab:red", alpha=0.35,
+             edgecolor="black")
+    if entry.mean_interval is not None:
+      low, high = (100 * v for v in entry.mean_interval)
+      axes.errorbar(position, mean, yerr=[[mean - low], [high - mean]], color="black", capsize=5, linewidth=1.5)
+    offsets = position + rng.uniform(-0.2, 0.2, len(entry.groups))
+    values = 100 * entry.relative
+    if entry.group_intervals is not None:
+      lows, highs = (100 * v for v in entry.group_intervals)
+      axes.errorbar(offsets, values, yerr=[values - lows, highs - values], fmt="none", ecolor="0.55",
+                    linewidth=0.8, zorder=2)
+    axes.scatter(offsets, values, s=14, color="black", zorder=3)
+  axes.axhline(0, color="black", linewidth=0.8)
+  axes.set_xticks(range(len(per_k)), [f"k = {e.k}\n({len(e.groups)} groups,\n1/{e.k} SNT each)" for e in per_k],
+                  fontsize=8)
+  axes.set_xlim(-0.6, len(per_k) - 0.4)
+  axes.set_ylabel("% lower loss in the k-task network\n(mean over its tasks)")
+  intervals = any(e.mean_interval is not None for e in per_k)
+  axes.set_title("One k-task network against k single-task networks\nof 1/k SNT (1 SNT either way; test)"
+                 + ("\nbars: mean over groups, 95% interval over seeds; dots: groups" if intervals
+                    else "\nbars: mean over groups; dots: groups"), fontsize=9)
+  axes.grid(axis="y", alpha=0.3)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

@@ -208,6 +208,55 @@ def _regime_lines(paths: workdir_lib.Workdir, study_tables: workdir_lib.StudyTab
   return lines + [""]
 
 
+def _size_matched(study_tables: workdir_lib.StudyTables) -> list[analysis.SizeMatched]:
+  if study_tables.test is None:
+    return []
+  return analysis.size_matched(study_tables.test, None if study_tables.replicas is None else study_tables.replicas[1])
+
+
+def _size_matched_json(per_k: Sequence[analysis.SizeMatched]) -> list[dict]:
+  return [{"k": e.k, "groups": ["+".join(g) for g in e.groups], "relative": e.relative.tolist(), "mean": e.mean,
+           "mean_interval": e.mean_interval, "single_costs": list(e.single_costs)} for e in per_k]
+
+
+def _figure2_lines(per_k: Sequence[analysis.SizeMatched], figure_dir: str) -> list[str]:
+  """Figure 2 and its table: each k-task network against k single-task networks of 1/k SNT."""
+  lines = ["## Figure 2: one k-task network against k single-task networks of 1/k SNT (test)", ""]
+  if not per_k:
+    return lines + ["Not available: it needs full-size networks of 2+ tasks and single-task networks of 1/k SNT "
+                    "for their tasks (experiments/study.py trains 1/2, 1/3, 1/4 and 1/5).", ""]
+  figures.size_matched(per_k, os.path.join(figure_dir, "figure2_size_matched.png"))
+  intervals = any(entry.mean_interval is not None for entry in per_k)
+  lines += ["Both sides cost one standard network. Per group of k tasks: the mean over its tasks of 1 - the "
+            "task's test loss in the group's network / its loss in its own 1/k-SNT single-task network "
+            f"(positive: sharing beats splitting); then the mean over the groups of each size. From "
+            f"`{_FILES.table('test')}`." + (" With its 95% interval over seeds." if intervals else ""), ""]
+
+  def percent(value: float) -> str:
+    return f"{100 * value:+.1f}%"
+
+  rows = []
+  for entry in per_k:
+    order = np.argsort(entry.relative)
+    cell = percent(entry.mean) + ("" if entry.mean_interval is None else
+                                  f" [{100 * entry.mean_interval[0]:+.1f}, {100 * entry.mean_interval[1]:+.1f}]")
+    resolved = ""
+    if entry.group_intervals is not None:
+      lows, highs = entry.group_intervals
+      resolved = f"{int(np.sum(lows > 0))} / {int(np.sum(highs < 0))}"
+    measured = f"{min(entry.single_costs):.3f}" + ("" if max(entry.single_costs) == min(entry.single_costs)
+                                                     else f"-{max(entry.single_costs):.3f}")
+    rows.append([str(entry.k), f"1/{entry.k} ({measured})", str(len(entry.groups)), cell,
+                 f"{int(np.sum(entry.relative > 0))} of {len(entry.groups)}"]
+                + ([resolved] if intervals else [])
+                + [f"{'+'.join(entry.groups[order[-1]])} ({percent(entry.relative[order[-1]])})",
+                   f"{'+'.join(entry.groups[order[0]])} ({percent(entry.relative[order[0]])})"])
+  header = (["k", "single-task size, SNT (measured)", "groups", "mean gain", "groups better"]
+            + (["better / worse beyond seed noise"] if intervals else []) + ["best group", "worst group"])
+  lines += _markdown_table(header, rows)
+  return lines + ["", f"![Figure 2]({_FILES.figures}/figure2_size_matched.png)", ""]
+
+
 def _table4_notes(comparison: analysis.Comparison) -> list[str]:
   notes = {
       "optimal": "the exact selection on the converged validation losses of every candidate network",
@@ -510,6 +559,8 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     robust_pairs = None if intervals is None else _significant(intervals["relative"])
   lines += _transfer_lines(study_tables, figure_dir, multitask, transfer_csv)
 
+  size_matched = _size_matched(study_tables)
+  lines += _figure2_lines(size_matched, figure_dir)
   budgets_used = comparison.budgets
   lines += ["## Table 4: total test loss per method and inference budget", "",
             "Selection uses validation losses (or their ESA / HOA / TAG predictions); every method is scored on "
@@ -553,6 +604,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     lines += _improvement_section(study_tables)
   lines[robust_at:robust_at] = _robust_lines(study_tables, comparison, main_method, robust_pairs)
   workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison.methods,
+                                       "figure2": _size_matched_json(size_matched),
                                        "intervals": comparison.intervals,
                                        "probability_optimal": comparison.probability_optimal,
                                        "refinement": None if comparison.refinement is None
