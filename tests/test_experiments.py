@@ -25,7 +25,7 @@ def _load(name, variant):
     ("pairs", "", 2 * (5 + 10 + 5), "hoa"), ("pairs", "full", 40, "hoa"),
     ("all_subsets", "", 31 + 5, "none"), ("all_subsets", "full", 36, "none"),
     ("esa", "", 36, "esa"), ("esa", "full", 36, "esa"),
-    ("study", "", 3 * (31 + 5 + 6 * 5 + 1), "none"), ("study", "full", 3 * (31 + 5 + 6 * 5 + 1), "none"),
+    ("study", "", 3 * (31 + 5 + 6 * 5 + 1 + 2 * 5), "none"), ("study", "full", 3 * (31 + 5 + 6 * 5 + 1 + 2 * 5), "none"),
     ("methods", "", 5 + 1 + 4, "none"), ("methods", "full", 10, "none"),
     ("transfer", "", 2 * (5 + 10 + 5), "hoa"), ("transfer", "full", 40, "hoa"),
     *[(name, variant, 2 * (31 + 5), "none") for name in SETTINGS for variant in ("", "full")],

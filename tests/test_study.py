@@ -99,21 +99,26 @@ def _load(name, variant):
 
 
 @pytest.mark.parametrize("variant", ["", "full"])
-def test_study_config_lists_subsets_halves_and_independent_sizes(variant):
+def test_study_config_lists_subsets_halves_fractional_and_wider_all_task_networks(variant):
   config = _load("study", variant)
   config_lib.validate(config)
   every_replica = networks.from_config(config)
-  assert config.networks.seeds == 3 and len(every_replica) == 3 * (31 + 5 * 5 + 1)
+  per_seed = 31 + 5 + 6 * 5 + 1 + 2 * 5
+  assert config.networks.seeds == 3 and len(every_replica) == 3 * per_seed
   listed = [n for n in every_replica if n.seed == 0]  # the other seeds repeat this list
   names = [n.name for n in listed]
   tasks = tuple(config.tasks)
+  everything = "+".join(tasks)
   assert len(tasks) == 5 and config.stop_fraction == 1.0 and config.selection.predict == "none"
   assert sum(n.size == 1.0 and not n.method for n in listed) == 31  # every subset (Optimal, HOA's pairs, ESA's early table)
+  # The independent baseline's sizes and Figure 2's 1/k (k = 2..5).
   for task in tasks:
-    assert [f"{task}@{s:g}" in names for s in (0.2, 0.3, 0.4, 0.5, 0.8)] == [True] * 5
-  assert [n.name for n in listed if n.method] == ["+".join(tasks) + ":mgda"]  # the paper's Sener et al. row
-  assert len(listed) == 31 + 5 * 5 + 1
-  assert {n.size for n in listed} == {1.0, 0.8, 0.5, 0.4, 0.3, 0.2}
+    assert [f"{task}@{s:g}" in names for s in (0.2, 0.25, 0.3, 1 / 3, 0.4, 0.5, 0.8)] == [True] * 7
+  # The paper's Sener et al. row, and both all-task networks at every larger size.
+  assert [n.name for n in listed if n.method] == [f"{everything}:mgda"] + [
+      f"{everything}@{s:g}:mgda" for s in (1.5, 2, 2.5, 3, 4)]
+  assert [n.size for n in listed if n.tasks == tasks and not n.method] == [1.0, 1.5, 2, 2.5, 3, 4]
+  assert len(listed) == per_seed
   assert config.tag.enabled and config.evaluation.ensemble
 
 

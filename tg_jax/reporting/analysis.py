@@ -256,9 +256,13 @@ def esa_correlation(final: ResultsTable, early: ResultsTable) -> EsaCorrelation:
 
 
 def is_selection_candidate(tasks: Sequence[str], cost: float) -> bool:
-  """Whether a network is one the selector may choose: a full-size network, or a half-size
-  single-task network (the paper's candidates). Single-task networks of other sizes (1/5 to 4/5
-  SNT) are trained only for the independent baseline."""
+  """Whether a network is one the selector may choose: a network of 2+ tasks up to one standard
+  network, a full-size or a half-size single-task network (the paper's candidates). Single-task
+  networks of other sizes (1/5 to 4/5 SNT) are trained only for the independent baseline and
+  Figure 2, networks wider than one standard network (``config.networks.all_task_sizes``) only for
+  the all-task baseline at larger budgets."""
+  if cost > FULL_COST * (1 + tables.SIZE_TOLERANCE):
+    return False
   if len(tasks) > 1:
     return True
   return tables.has_size(cost, FULL_COST) or tables.has_size(cost, HALF_COST)
@@ -310,22 +314,31 @@ def _has_all_groups(table: ResultsTable) -> bool:
   return len(full_groups) >= 2 ** table.num_tasks - 1
 
 
-def _method_network_totals(methods: dict, task_names: Sequence[str]) -> dict[str, tuple[float, list[float]]]:
-  """``{"<method> (all tasks)": (cost, [test total of each seed replica])}`` of ``methods.json``'s
-  networks that serve every task."""
-  totals: dict[str, tuple[float, list[float]]] = {}
+def _method_network_totals(methods: dict, task_names: Sequence[str]) -> dict[str, dict[float, list[float]]]:
+  """``{"<method> (all tasks)": {cost: [test total of each seed replica]}}`` of ``methods.json``'s
+  networks that serve every task, one cost per size (``config.networks.all_task_sizes``)."""
+  totals: dict[str, dict[float, list[float]]] = {}
   for entry in methods.values():
     if set(entry["tasks"]) == set(task_names):
-      cost, replicas = totals.setdefault(f"{entry['method']} (all tasks)", (float(entry["cost"]), []))
-      replicas.append(float(sum(entry["test"][t] for t in task_names)))
+      by_cost = totals.setdefault(f"{entry['method']} (all tasks)", {})
+      by_cost.setdefault(round(float(entry["cost"]), 9), []).append(float(sum(entry["test"][t] for t in task_names)))
   return totals
 
 
+def _largest_fitting(by_cost: dict[float, list[float]], budget: float) -> Optional[list[float]]:
+  """The replicas' totals of the costliest network that fits ``budget``, like the all-task baseline."""
+  fitting = [cost for cost in by_cost if cost <= budget + COST_TOLERANCE]
+  return by_cost[max(fitting)] if fitting else None
+
+
 def _method_network_rows(methods: dict, task_names: Sequence[str], budgets: Sequence[float]) -> dict:
-  """Table 4 rows of ``methods.json``'s networks that serve every task: their test total (mean over
-  seed replicas) where their cost fits the budget."""
-  return {name: [float(np.mean(replicas)) if cost <= b + COST_TOLERANCE else None for b in budgets]
-          for name, (cost, replicas) in _method_network_totals(methods, task_names).items()}
+  """Table 4 rows of ``methods.json``'s networks that serve every task: per budget, the test total
+  (mean over seed replicas) of the costliest one that fits."""
+  rows = {}
+  for name, by_cost in _method_network_totals(methods, task_names).items():
+    replicas = [_largest_fitting(by_cost, b) for b in budgets]
+    rows[name] = [None if r is None else float(np.mean(r)) for r in replicas]
+  return rows
 
 
 def _assigned_test_losses(solution: study.Solution, test: ResultsTable) -> dict:
@@ -446,7 +459,7 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
     aligned_test = test.aligned_to(val)
     candidate_rows = _candidate_rows(val)
     comparison.baselines = study.baselines_for(val.subset(candidate_rows), aligned_test.subset(candidate_rows),
-                                               budgets, random_samples, seed, independent=(val, aligned_test))
+                                               budgets, random_samples, seed, baseline_tables=(val, aligned_test))
     for name, entries in comparison.baselines.items():
       methods[name] = [None if e is None else e.test_loss for e in entries]
   methods.update(_method_network_rows(study_tables.methods, study_tables.task_names, budgets))
@@ -486,10 +499,12 @@ def _table4_intervals(comparison: Comparison, study_tables: StudyTables, random_
     fills, _ = baselines_lib.random_fills(val.table.subset(candidates), budget, random_samples, seed)
     random.append(uncertainty.fixed_interval(val, test, [tuple(candidates[r] for r in f) for f in fills]))
   intervals["random"] = random
-  for name, (cost, replicas) in _method_network_totals(study_tables.methods, study_tables.task_names).items():
-    interval = uncertainty.t_intervals(np.asarray(replicas)[:, None])
-    intervals[name] = [None if interval is None or cost > b + COST_TOLERANCE else
-                       (float(interval[0][0]), float(interval[1][0])) for b in comparison.budgets]
+  for name, by_cost in _method_network_totals(study_tables.methods, study_tables.task_names).items():
+    intervals[name] = []
+    for budget in comparison.budgets:
+      replicas = _largest_fitting(by_cost, budget)
+      interval = None if replicas is None else uncertainty.t_intervals(np.asarray(replicas)[:, None])
+      intervals[name].append(None if interval is None else (float(interval[0][0]), float(interval[1][0])))
   return intervals
 
 

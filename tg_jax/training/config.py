@@ -95,6 +95,9 @@ def base_config(variant: str | None = CPU) -> ml_collections.ConfigDict:
   config.networks.half_size_singles = True  # one extra single-task network per task at half_size
   config.networks.half_size = 0.5
   config.networks.extra = ()                # explicit names, e.g. ("depth+normals@0.8",)
+  # Sizes (SNT) at which each all-task network of the list (equal weights and every method's) is also
+  # trained, e.g. (1.5, 2, 3): the all-task baselines at larger budgets; never selection candidates.
+  config.networks.all_task_sizes = ()
   # Seed replicas, every network trained once per seed: a count (1: seed 0 only) or seeds, e.g. (0, 5).
   config.networks.seeds = ml_collections.FieldReference(1, field_type=object)
 

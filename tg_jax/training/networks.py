@@ -121,7 +121,9 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
 
   Reads ``config.tasks`` and ``config.networks``: ``subsets`` (see ``subsets``; ``""`` for none),
   ``size`` (of those networks), ``half_size_singles`` (add one size-``half_size`` network per task),
-  ``extra`` (explicit names such as ``"depth+normals@0.8"`` or ``"depth+normals:pcgrad"``), ``seeds``
+  ``extra`` (explicit names such as ``"depth+normals@0.8"`` or ``"depth+normals:pcgrad"``),
+  ``all_task_sizes`` (every all-task network listed so far, equal weights and each method's, again at
+  each of these sizes: ``_wider_all_task_networks``), ``seeds``
   (``seeds``): the list of those networks once per seed, seed after seed, so with one seed (the
   default, 0) it is the list itself.
   """
@@ -137,6 +139,7 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
   if spec.half_size_singles:
     networks += [Network((task,), float(spec.half_size)) for task in tasks]
   networks += [parse(name, tasks) for name in spec.extra]
+  networks += _wider_all_task_networks(networks, tasks, spec.get("all_task_sizes", ()))
   seeded = [n.name for n in networks if n.seed]
   if seeded:
     raise ValueError(f"config.networks.extra names seed replicas ({', '.join(seeded)}); list networks without "
@@ -149,6 +152,22 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
     raise ValueError("config.networks selects no network; set networks.subsets to one of "
                      f"{', '.join(SUBSET_CHOICES)} or list networks in networks.extra")
   return [network.replica(seed) for seed in seeds(config) for network in networks]
+
+
+def _wider_all_task_networks(networks: Sequence[Network], tasks: tuple[str, ...],
+                             sizes: Sequence[float]) -> list[Network]:
+  """``config.networks.all_task_sizes``: each all-task network of ``networks`` (one per method) again
+  at every size of ``sizes``, so the all-task baselines have a network of their own at larger budgets."""
+  sizes = [float(size) for size in sizes]
+  bad = [size for size in sizes if not size > 0]
+  if bad:
+    raise ValueError(f"config.networks.all_task_sizes must be sizes > 0 in standard networks, e.g. (1.5, 2, 3); "
+                     f"got {tuple(sizes)}")
+  methods_trained = list(dict.fromkeys(n.method for n in networks if n.tasks == tasks))
+  if sizes and not methods_trained:
+    raise ValueError(f"config.networks.all_task_sizes widens the all-task network ({'+'.join(tasks)}), but the list "
+                     f"has none; set networks.subsets = 'all' or list it in networks.extra")
+  return [Network(tasks, size, method) for size in sizes for method in methods_trained]
 
 
 def positions(networks: Sequence[Network]) -> dict[Network, int]:
