@@ -302,6 +302,26 @@ def test_report_with_one_seed_says_it_cannot_support_conclusions(tmp_path):
   assert "[" not in next(line for line in text.splitlines() if line.startswith("| optimal |"))
 
 
+def test_wider_all_task_networks_are_the_all_task_baselines_at_larger_budgets():
+  # All-task networks of 1.5 and 2 SNT (measured near nominal), better than any selection.
+  wider = [(TASKS, 1.4961, {"a": 0.3, "b": 0.3, "c": 0.3}), (TASKS, 1.985, {"a": 0.2, "b": 0.2, "c": 0.2})]
+  rows = VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS + wider
+  assert analysis.selection_candidates(_table(rows)).num_networks == len(VAL_ROWS) + 1
+  mgda = lambda cost, seed, total: {"method": "mgda", "tasks": list(TASKS), "cost": cost, "seed": seed,
+                                    "test": dict.fromkeys(TASKS, total / 3)}
+  methods = {"a+b+c:mgda": mgda(1.0, 0, 2.0), "a+b+c:mgda#1": mgda(1.0, 1, 2.2),
+             "a+b+c@1.5:mgda": mgda(1.4961, 0, 1.5), "a+b+c@1.5:mgda#1": mgda(1.4961, 1, 1.7)}
+  result = analysis.compare_methods(workdir_lib.StudyTables(val=_table(rows), test=_table(rows), methods=methods),
+                                    budgets=[1.0, 1.5, 2.0, 2.5, 3.0], random_samples=20)
+  triple = sum(TRIPLE_ROW[2].values())
+  assert result.methods["all_task"] == pytest.approx([triple, 0.9, 0.6, 0.6, 0.6])
+  assert result.methods["mgda (all tasks)"] == pytest.approx([2.1, 1.6, 1.6, 1.6, 1.6])
+  # The selection never takes a wider network; independent networks are 1-SNT singles once three fit.
+  assert all(n.cost <= 1.0 for run in result.runs.values() for s in run.solutions for n in s.networks)
+  assert result.methods["independent"][-1] == pytest.approx(2.7)
+  assert result.baselines["all_task"][2].networks[0].cost == pytest.approx(1.985)
+
+
 def test_method_network_replicas_are_averaged_in_table_4():
   entry = lambda seed, total: {"method": "mgda", "tasks": list(TASKS), "size": 1.0, "cost": 1.0, "seed": seed,
                                "test": {"a": total / 3, "b": total / 3, "c": total / 3}}

@@ -613,7 +613,10 @@ def compute_per_method(study_tables: StudyTables, comparison: Comparison,
   for name, entry in study_tables.methods.items():
     steps = entry.get("network_steps")
     if steps is not None and total:
-      label = f"{entry['method']} (all tasks)" if set(entry["tasks"]) == task_names else name
+      label = name
+      if set(entry["tasks"]) == task_names:  # one row per size: config.networks.all_task_sizes
+        size = float(entry.get("size", 1.0))
+        label = f"{entry['method']} (all tasks)" + ("" if size == 1.0 else f" @{size:g}")
       result[label] = Compute(steps / total, steps / total * float(entry["cost"]), f"{name}: its own training", total)
   return result
 

@@ -270,7 +270,7 @@ def _table4_notes(comparison: analysis.Comparison) -> list[str]:
       "tag": "selection on TAG affinity scores; chosen groups scored converged",
       "tag_cosine": "selection on TAG's gradient cosine similarities (the TAG paper's CS); chosen groups scored "
                     "converged",
-      "all_task": "the largest all-task network that fits",
+      "all_task": "the largest all-task network that fits (wider than 1 SNT: `config.networks.all_task_sizes`)",
       "independent": "one single-task network per task, the largest size that fits (1/5 to 1 SNT)",
       "random": "mean of random fills of the budget that serve every task",
       "pessimal": "the worst such fill",
@@ -280,8 +280,8 @@ def _table4_notes(comparison: analysis.Comparison) -> list[str]:
     if name in notes:
       lines.append(f"- {name}: {notes[name]}")
     elif name.endswith("(all tasks)"):
-      lines.append(f"- {name}: one all-task network trained with that method (`{_FILES.methods}`), "
-                   "where its cost fits")
+      lines.append(f"- {name}: the costliest all-task network trained with that method that fits "
+                   f"(`{_FILES.methods}`; wider ones: `config.networks.all_task_sizes`)")
     elif name.endswith("ensembling"):
       lines.append(f"- {name}: that selection with each task solved by 2+ chosen networks served by their "
                    f"ensemble (`{_FILES.ensemble}`)")
