@@ -14,7 +14,7 @@ from tg_jax.training import networks
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 SETTINGS = ("setting2_larger_network", "setting3_less_data", "setting4_alternative_tasks")
-EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods", "transfer") + SETTINGS
+EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods", "transfer", "data_size") + SETTINGS
 
 
 def _load(name, variant):
@@ -29,6 +29,7 @@ def _load(name, variant):
     ("methods", "", 5 + 1 + 4, "none"), ("methods", "full", 10, "none"),
     ("transfer", "", 2 * (5 + 10 + 5), "hoa"), ("transfer", "full", 40, "hoa"),
     *[(name, variant, 2 * (31 + 5), "none") for name in SETTINGS for variant in ("", "full")],
+    ("data_size", "", 3 * (5 + 10 + 1), "none"), ("data_size", "full", 3 * (5 + 10 + 1), "none"),
 ])
 def test_configs_validate_and_list_their_networks(name, variant, count, predict):
   config = _load(name, variant)
@@ -167,3 +168,17 @@ def test_the_other_settings_differ_from_setting_1_in_one_thing_each(variant):
   # Setting 4: the authors' other five tasks (normals kept), all rendered by the embedded dataset.
   assert set(other_tasks.tasks) == {"normals", "edges3d", "reshading", "curvature", "autoencoder"}
   assert set(other_tasks.tasks) <= set(data.dataset_tasks(other_tasks.data.name))
+
+
+@pytest.mark.parametrize("variant", ["", "full"])
+def test_data_size_trains_as_many_steps_at_every_training_set_size(variant):
+  """A smaller training set is seen more often, not trained for fewer steps."""
+  schedules = []
+  for scenes in (500, 1000, 2000, 4000):
+    config = _load("data_size", variant)
+    config.data.num_train_scenes = scenes
+    config_lib.validate(config)
+    schedules.append(records.Schedule.from_config(config, scenes * config.data.views_per_scene))
+  assert len({(s.steps_per_epoch, s.total_steps) for s in schedules}) == 1
+  base = config_lib.base_config(variant)
+  assert schedules[2].total_steps == records.Schedule.from_config(base, 4000).total_steps  # the preset's at 2000 scenes

@@ -1,6 +1,6 @@
 """The study's figures (matplotlib, written as PNG): k-task networks against k fractional single-task
-networks, loss against budget, the chosen groupings, the chosen networks' predictions, and transfer
-against multi-task affinity."""
+networks, loss against budget, the chosen groupings, the chosen networks' predictions, transfer
+against multi-task affinity, and multi-task gains against the training-set size."""
 
 from __future__ import annotations
 
@@ -102,6 +102,39 @@ def size_matched(per_k: Sequence[analysis.SizeMatched], path: str) -> None:
                  + ("\nbars: mean over groups, 95% interval over seeds; dots: groups" if intervals
                     else "\nbars: mean over groups; dots: groups"), fontsize=9)
   axes.grid(axis="y", alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def data_size(points: Sequence, path: str) -> None:
+  """The training-set sweep (``reporting.data_size.Point``s, by size): per size, the mean over tasks of
+  each task's gain in the all-task network and in its pairs over its single-task network (thick, with
+  the 95% interval over seeds shaded), and each task's all-task gain (thin)."""
+  figure, axes = plt.subplots(figsize=(7.2, 4.2), dpi=110)
+  examples = np.array([p.examples for p in points], dtype=float)
+  tasks = points[0].task_names
+  for j, task in enumerate(tasks):
+    axes.plot(examples, [100 * p.gains[0, j] for p in points], color=plt.cm.tab10(j % 10), linewidth=0.9,
+              alpha=0.7, marker=".", label=f"{task} (all tasks)")
+  for index, (label, style) in enumerate((("all-task network, mean over tasks", dict(color="black", marker="o")),
+                                          ("pairs, mean over tasks", dict(color="0.45", marker="s", linestyle="--")))):
+    axes.plot(examples, [100 * p.means[index] for p in points], linewidth=2.2, label=label, **style)
+    if all(p.mean_intervals is not None for p in points):
+      axes.fill_between(examples, [100 * p.mean_intervals[0][index] for p in points],
+                        [100 * p.mean_intervals[1][index] for p in points], color=style["color"], alpha=0.15,
+                        linewidth=0)
+  axes.axhline(0, color="black", linewidth=0.8)
+  axes.set_xscale("log")
+  axes.set_xticks(examples, [f"{int(e)}" for e in examples])
+  axes.minorticks_off()
+  axes.set_xlabel("training examples")
+  axes.set_ylabel("% lower test loss than the task's\nsingle-task network (same size)")
+  intervals = all(p.mean_intervals is not None for p in points)
+  axes.set_title("Multi-task against single-task learning as the training set grows"
+                 + ("\nshaded: 95% interval over seeds" if intervals else ""), fontsize=9)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)
