@@ -153,7 +153,6 @@ class SizeMatched:
     k: tasks per group.
     groups: the groups of ``k`` tasks with both sides trained.
     relative: ``[groups]`` each group's mean relative gain over its tasks.
-    group_intervals: with seed replicas, 95% intervals of ``relative`` over seeds (``[groups]`` lows, highs).
     single_costs: the measured costs of the 1/k-SNT single-task networks compared (``fractional_singles``).
     group_intervals: with seed replicas, 95% intervals of ``relative`` over seeds (``[groups]`` lows, highs).
     mean_interval: with seed replicas, the 95% interval of the mean over groups.
