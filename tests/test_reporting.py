@@ -175,8 +175,8 @@ def test_figure2_is_drawn_with_its_table(tmp_path):
 
 
 def test_size_matched_takes_the_single_task_network_nearest_one_over_k():
-  # The CPU model's nearest encoder to 1/4 SNT measures 0.263 (outside tables.SIZE_TOLERANCE); 3/10 SNT is
-  # not 1/3 however near, and of 0.263 and 0.231 the nearer counts.
+  # A narrow model's nearest encoder to 1/4 SNT may measure 0.263 (outside tables.SIZE_TOLERANCE); 3/10 SNT
+  # is not 1/3 however near, and of 0.263 and 0.231 the nearer counts.
   singles = {("a", 0.263): 2.0, ("b", 0.263): 4.0, ("c", 0.263): 1.0, ("d", 0.231): 3.0, ("d", 0.263): 2.0,
              ("a", 0.2995): 1.0, ("b", 0.2995): 1.0, ("c", 0.2995): 1.0}
   groups = {("a", "b", "c"): {"a": 1.0, "b": 1.0, "c": 1.0}, ("a", "b", "c", "d"): {"a": 1.0, "b": 2.0, "c": 1.0, "d": 1.0}}

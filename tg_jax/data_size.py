@@ -11,12 +11,10 @@ single-task network, with intervals over seeds), ``data_size.json`` and ``data_s
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
+from tg_jax import console
 from tg_jax.reporting import data_size
-from tg_jax.selection import tables
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Workdirs of experiments/data_size.py, one per training-set size.")
 _OUT = flags.DEFINE_string("out", None, "Directory for data_size.md, data_size.json and data_size.png.")
@@ -25,21 +23,14 @@ _OUT = flags.DEFINE_string("out", None, "Directory for data_size.md, data_size.j
 def run_command() -> str:
   """Runs the command from parsed flags; returns the text to print."""
   if not _WORKDIRS.value or not _OUT.value:
-    raise ValueError("--workdirs and --out are required, e.g. --workdirs=workdirs/data_size/500,"
-                     "workdirs/data_size/2000 --out=workdirs/data_size")
+    raise console.UsageError("--workdirs and --out are required, e.g. --workdirs=workdirs/data_size/500,"
+                             "workdirs/data_size/2000 --out=workdirs/data_size")
   path = data_size.write(_WORKDIRS.value, _OUT.value)
   with open(path, encoding="utf-8") as f:
     return f.read() + f"\nwrote {path}"
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    print(run_command())
-  except (tables.TableError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+main = console.table_command_main(run_command)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ def _percent(value: float, interval: Optional[tuple[float, float]]) -> str:
     return "-"
   text = f"{100 * value:+.1f}%"
   if interval is not None and np.isfinite(interval[0]):
-    text += f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]" + ("*" if interval[0] > 0 or interval[1] < 0 else "")
+    resolved = interval[0] > 0 or interval[1] < 0
+    text += f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]" + ("*" if resolved else "")
   return text
 
 
