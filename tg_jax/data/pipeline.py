@@ -45,6 +45,8 @@ from tg_jax import tasks as tasks_lib
 STATS_FILE = "tg_jax_label_stats.json"
 # The number of batches of an endless training stream, as grain's samplers need a length.
 _ENDLESS = sys.maxsize // 2
+# Epoch orders of in-memory splits kept drawn: two per stream (a batch can straddle epochs), four streams.
+_KEPT_EPOCH_ORDERS = 8
 
 
 class ExampleSource(Protocol):
@@ -365,7 +367,7 @@ class Dataset:
     masks = tuple(t for t in self.tasks if f"{t}_mask" in source.keys)
     self._keys = ("image",) + self.tasks + tuple(f"{t}_mask" for t in masks)
     self._normalise = _Normalise(self.tasks, masks, self.image_stats, self.label_stats)
-    self._cached_epoch: tuple[tuple[int, int], np.ndarray] = ((-1, -1), np.empty(0, np.int64))
+    self._epoch_orders: dict[tuple[int, int], np.ndarray] = {}
 
   def __repr__(self):
     return (f"Dataset({self.name}/{self.split}: {self.num_examples} examples of {self.image_shape}, "
@@ -390,10 +392,14 @@ class Dataset:
                               num_epochs=None, seed=seed)
 
   def _epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-    """An ``ArraySource``'s order of epoch ``epoch`` (the last one drawn is kept: batches ask in turn)."""
-    if self._cached_epoch[0] != (seed, epoch):
-      self._cached_epoch = ((seed, epoch), np.random.default_rng([seed, epoch]).permutation(self.num_examples))
-    return self._cached_epoch[1]
+    """An ``ArraySource``'s order of epoch ``epoch``; the latest few are kept (batches ask in turn, one
+    stream per replica seed)."""
+    key = (seed, epoch)
+    if key not in self._epoch_orders:
+      if len(self._epoch_orders) >= _KEPT_EPOCH_ORDERS:
+        del self._epoch_orders[next(iter(self._epoch_orders))]
+      self._epoch_orders[key] = np.random.default_rng([seed, epoch]).permutation(self.num_examples)
+    return self._epoch_orders[key]
 
   def train_indices(self, batch_size: int, *, seed: int, step: int) -> np.ndarray:
     """The example indices ``[batch_size]`` of global training batch ``step``."""
