@@ -6,7 +6,7 @@ PNGs at 256x256 decoded by grain's workers against what a paper-scale cohort ste
 
 ``synthetic_scenes`` (the default dataset, 32x32, in memory; built into --data_dir, default a
 temporary directory, if absent), for the paper's five tasks and for all ten: (a) host batches per
-second from ``train_batches`` (grain's read thread included), as the trainer consumes them; (b)
+second from ``train_batches``, as the trainer consumes them; (b)
 jitted training steps per second of one standard network (the project's ``models`` at size 1.0,
 CPU widths: forward, per-task losses, gradients) on those batches. The pipeline keeps up when (a)
 exceeds (b); the ratio is reported.

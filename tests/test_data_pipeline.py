@@ -62,7 +62,7 @@ class _FailingSource:
     raise OSError("disk on fire")
 
 
-def test_errors_in_the_read_thread_reach_the_consumer():
+def test_errors_reading_a_batch_reach_the_consumer():
   stats = pipeline.compute_stats(_source(), ("depth",), max_examples=100)
   batches = _dataset(_FailingSource(), stats).train_batches(2, seed=0)
   with pytest.raises(OSError, match="disk on fire"):

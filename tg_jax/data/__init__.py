@@ -129,7 +129,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Label statistics use at most this many training examples (all of synthetic_scenes').
   config.stats_examples = 4000
   # grain worker processes decoding records (taskonomy, celeb_a; 0: threads of the trainer's process;
-  # None: one per CPU core) and batches kept ready ahead of the trainer. Neither changes the batches.
+  # None: one per CPU core) and the batches they keep ready ahead of the trainer. Neither changes the
+  # batches; in-memory splits (synthetic_scenes) are gathered in the trainer's thread.
   config.workers = ml_collections.config_dict.placeholder(int)
   config.prefetch = 2
   return config

@@ -18,8 +18,9 @@ index (``image`` uint8 ``[h, w, 3]``; each task's label in its natural units; op
   so the hosts together see exactly the batches one host would see with the global size;
 - reading through grain's ``DataLoader``: a ``RecordSource`` is decoded and normalised example by
   example in ``workers`` processes, each batch by one worker and handed over in shared memory, and
-  the batches are the same for every number of workers (``_StreamSampler``); an ``ArraySource`` is
-  gathered batch by batch in a grain read thread that keeps ``prefetch`` batches ready;
+  the batches are the same for every number of workers (``_StreamSampler``), ``prefetch`` batches
+  kept ready; an ``ArraySource`` is gathered a whole batch at a time when the consumer asks (JAX's
+  asynchronous dispatch overlaps that with the running step);
 - exact resumption: ``Batches.get_state`` is the stream's position (grain's iterator state and
   the step), saved with the orbax checkpoint (grain's ``CheckpointHandler``, one file per host)
   and given back to ``train_batches(state=...)``.
@@ -350,7 +351,7 @@ class Dataset:
   def __init__(self, *, name: str, split: str, source: ExampleSource, task_names: Sequence[str],
                stats: dict, image_shape: tuple[int, int, int], workers: int = 0, prefetch: int = 2):
     """``workers``: grain worker processes decoding a ``RecordSource`` (0: threads of this process);
-    ``prefetch``: batches kept ready ahead of the consumer."""
+    ``prefetch``: batches they keep ready ahead of the consumer."""
     if workers < 0 or prefetch < 1:
       raise ValueError(f"workers must be >= 0 and prefetch >= 1; got {workers} and {prefetch}")
     self.name = name
@@ -450,7 +451,9 @@ class Dataset:
         data_source=_ArrayBatches(self._source, self._keys, self._normalise, rows_of, num_batches,
                                   f"{what} seed={seed} first_step={first_step} rows={rows.start}:{rows.stop}"),
         sampler=grain.SequentialSampler(num_batches, grain.NoSharding()), shard_options=grain.NoSharding(),
-        read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=self._prefetch))
+        # Gathered when asked, in the consumer's thread: JAX's asynchronous dispatch already overlaps it
+        # with the running step, and a read thread would cost more CPU than the gather (measured).
+        read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
 
   def train_batches(self, batch_size: int, *, seed: int, start_step: int = 0, shard_index: int = 0,
                     num_shards: int = 1, state: Optional[bytes] = None) -> Batches:
