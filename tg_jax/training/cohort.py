@@ -191,7 +191,8 @@ def _decode_if_trained(model: nn.Module, params: Any, batch_stats: Any, represen
 
 
 def network_loss(params: Any, batch_stats: Any, mask: jax.Array, batch: Batch, *, model: nn.Module,
-                 task_names: Sequence[str], skip_untrained: bool = False) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+                 task_names: Sequence[str], skip_untrained: bool = False,
+                 freeze_encoder: bool = False) -> tuple[jax.Array, tuple[jax.Array, Any]]:
   """One network's training loss on ``batch``: the mean of its own tasks' batch-mean losses.
 
   Args:
@@ -201,15 +202,21 @@ def network_loss(params: Any, batch_stats: Any, mask: jax.Array, batch: Batch, *
     skip_untrained: run the decoders of tasks outside ``mask`` under a ``lax.cond`` that skips them
       (their losses, masked out anyway, are then those of a zero output). Pays where networks run one
       after another (``"loop"``); the loss and gradients are the same either way.
+    freeze_encoder (with ``skip_untrained``): the encoder runs in inference mode (its stored batch
+      statistics) under ``stop_gradient``: it gets exactly zero gradient and its statistics stay.
 
   Returns:
     ``(loss, (per_task [tasks], new_batch_stats))``.
   """
   variables = {"params": params, "batch_stats": batch_stats}
   if skip_untrained:
-    representation, updates = model.apply(variables, batch["image"], True, method=model.encode,
-                                          mutable=["batch_stats"])
-    new_batch_stats = updates.get("batch_stats", batch_stats)
+    if freeze_encoder:
+      representation = jax.lax.stop_gradient(model.apply(variables, batch["image"], False, method=model.encode))
+      new_batch_stats = batch_stats
+    else:
+      representation, updates = model.apply(variables, batch["image"], True, method=model.encode,
+                                            mutable=["batch_stats"])
+      new_batch_stats = updates.get("batch_stats", batch_stats)
     outputs = {}
     for index, task in enumerate(task_names):
       outputs[task], new_batch_stats = _decode_if_trained(model, params, new_batch_stats, representation, True,
@@ -257,15 +264,16 @@ def _per_task_losses(model: nn.Module, task_names: Sequence[str], batch: Batch):
 
 
 def equal_weight_gradients(*, model: nn.Module, task_names: Sequence[str],
-                           skip_untrained: bool = False) -> GradientFn:
+                           skip_untrained: bool = False, freeze_encoder: bool = False) -> GradientFn:
   """The paper's training: the gradient of the mean of the network's own tasks' losses.
 
-  ``skip_untrained``: see ``network_loss`` (``train_step`` sets it for ``"loop"``).
+  ``skip_untrained``, ``freeze_encoder``: see ``network_loss`` (``train_step`` sets the first for ``"loop"``).
   """
   def gradients(params, batch_stats, mask, balancer_state, batch):
     grad_fn = jax.value_and_grad(network_loss, has_aux=True)
     (loss, (per_task, new_batch_stats)), grads = grad_fn(params, batch_stats, mask, batch, model=model,
-                                                         task_names=task_names, skip_untrained=skip_untrained)
+                                                         task_names=task_names, skip_untrained=skip_untrained,
+                                                         freeze_encoder=freeze_encoder)
     weights = jnp.where(mask, 1.0, 0.0) / jnp.sum(mask)
     return Gradients(grads, loss, per_task, new_batch_stats, balancer_state, weights)
   return gradients
@@ -273,30 +281,10 @@ def equal_weight_gradients(*, model: nn.Module, task_names: Sequence[str],
 
 def frozen_encoder_gradients(*, model: nn.Module, task_names: Sequence[str]) -> GradientFn:
   """Transfer networks (Taskonomy's): the gradient of the mean of the network's own tasks' losses
-  with respect to its decoders only.
-
-  The encoder runs in inference mode (its stored batch statistics, as its source network was
-  validated) under ``stop_gradient``: its parameters get exactly zero gradient, so SGD never moves
-  them, and its batch statistics are never updated. The decoders train as in ``network_loss``;
-  those of tasks outside ``mask`` are skipped.
-  """
-  def loss_fn(params, batch_stats, mask, batch):
-    variables = {"params": params, "batch_stats": batch_stats}
-    representation = jax.lax.stop_gradient(model.apply(variables, batch["image"], False, method=model.encode))
-    new_batch_stats = batch_stats
-    outputs = {}
-    for index, task in enumerate(task_names):
-      outputs[task], new_batch_stats = _decode_if_trained(model, params, new_batch_stats, representation, True,
-                                                          task, mask[index])
-    per_task = jnp.mean(task_losses(outputs, batch, task_names), axis=1)
-    return masked_mean(per_task, mask), (per_task, new_batch_stats)
-
-  def gradients(params, batch_stats, mask, balancer_state, batch):
-    (loss, (per_task, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch_stats, mask, batch)
-    weights = jnp.where(mask, 1.0, 0.0) / jnp.sum(mask)
-    return Gradients(grads, loss, per_task, new_batch_stats, balancer_state, weights)
-  return gradients
+  with respect to its decoders only (``network_loss`` with ``freeze_encoder``: the encoder in
+  inference mode under ``stop_gradient``, so SGD never moves it and its batch statistics stay); the
+  decoders of tasks outside ``mask`` are skipped."""
+  return equal_weight_gradients(model=model, task_names=task_names, skip_untrained=True, freeze_encoder=True)
 
 
 def shared_parameter_names(model: nn.Module, image_shape: Sequence[int]) -> tuple[str, ...]:
