@@ -6,12 +6,15 @@ import os
 
 import pytest
 
+from tg_jax import data
 from tg_jax import models
+from tg_jax import records
 from tg_jax.training import config as config_lib
 from tg_jax.training import networks
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
-EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods")
+SETTINGS = ("setting2_larger_network", "setting3_less_data", "setting4_alternative_tasks")
+EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods", "transfer", "data_size") + SETTINGS
 
 
 def _load(name, variant):
@@ -22,10 +25,13 @@ def _load(name, variant):
     ("pairs", "", 2 * (5 + 10 + 5), "hoa"), ("pairs", "full", 40, "hoa"),
     ("all_subsets", "", 31 + 5, "none"), ("all_subsets", "full", 36, "none"),
     ("esa", "", 36, "esa"), ("esa", "full", 36, "esa"),
-    ("study", "", 3 * (31 + 5 + 4 * 5 + 1), "none"), ("study", "full", 171, "none"),
+    ("study", "", 3 * (31 + 5 + 6 * 5 + 1 + 2 * 5), "none"), ("study", "full", 3 * (31 + 5 + 6 * 5 + 1 + 2 * 5), "none"),
     # Every group and half-size single, the all-task network with 16 balancing methods (all but :equal,
     # the groups' own all-task network), soft sharing and 3 architectures; 3 seeds each.
     ("methods", "", 3 * (31 + 5 + 16 + 1 + 3), "none"), ("methods", "full", 168, "none"),
+    ("transfer", "", 2 * (5 + 10 + 5), "hoa"), ("transfer", "full", 40, "hoa"),
+    *[(name, variant, 2 * (31 + 5), "none") for name in SETTINGS for variant in ("", "full")],
+    ("data_size", "", 3 * (5 + 10 + 1), "none"), ("data_size", "full", 3 * (5 + 10 + 1), "none"),
 ])
 def test_configs_validate_and_list_their_networks(name, variant, count, predict):
   config = _load(name, variant)
@@ -35,6 +41,8 @@ def test_configs_validate_and_list_their_networks(name, variant, count, predict)
   assert len(config.tasks) == 5
   if name == "esa":
     assert config.stop_fraction == config.esa_fraction < 1
+  # The transfer phase (after the main run) needs every task's full-size single-task network.
+  assert config.transfer.enabled == (name in ("transfer", "study"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -153,3 +161,34 @@ def test_selection_refine_must_be_a_count_of_rounds(rounds):
   config.selection.refine = rounds
   with pytest.raises(ValueError, match="selection.refine must be a count of rounds >= 0"):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("variant", ["cpu", "full"])
+def test_the_other_settings_differ_from_setting_1_in_one_thing_each(variant):
+  base = config_lib.base_config(variant)
+  larger, less_data, other_tasks = (_load(name, variant) for name in SETTINGS)
+  # Setting 2: a wider encoder, the data and tasks of setting 1.
+  assert all(l > b for l, b in zip(larger.model.encoder_widths, base.model.encoder_widths))
+  assert larger.data.to_dict() == base.data.to_dict() and larger.tasks == base.tasks
+  # Setting 3: a fifth of the training scenes, the same steps and validation period.
+  assert less_data.data.num_train_scenes * 5 == base.data.num_train_scenes
+  steps = lambda config: records.Schedule.from_config(config, 2 * config.data.num_train_scenes)
+  assert steps(less_data) == steps(base)
+  assert less_data.model.to_dict() == base.model.to_dict()
+  # Setting 4: the authors' other five tasks (normals kept), all rendered by the embedded dataset.
+  assert set(other_tasks.tasks) == {"normals", "edges3d", "reshading", "curvature", "autoencoder"}
+  assert set(other_tasks.tasks) <= set(data.dataset_tasks(other_tasks.data.name))
+
+
+@pytest.mark.parametrize("variant", ["", "full"])
+def test_data_size_trains_as_many_steps_at_every_training_set_size(variant):
+  """A smaller training set is seen more often, not trained for fewer steps."""
+  schedules = []
+  for scenes in (500, 1000, 2000, 4000):
+    config = _load("data_size", variant)
+    config.data.num_train_scenes = scenes
+    config_lib.validate(config)
+    schedules.append(records.Schedule.from_config(config, scenes * config.data.views_per_scene))
+  assert len({(s.steps_per_epoch, s.total_steps) for s in schedules}) == 1
+  base = config_lib.base_config(variant)
+  assert schedules[2].total_steps == records.Schedule.from_config(base, 4000).total_steps  # the preset's at 2000 scenes

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import train_fakes
 from tg_jax import finish
@@ -104,3 +105,28 @@ def test_a_run_with_two_seeds_reports_intervals_from_seeds_and_examples(tmp_path
              for s in solutions if s["test_loss"] is not None)
   report = open(workdir.report).read()
   assert "## What is robust" in report and "From 2 seeds per network" in report
+
+
+def test_wider_all_task_networks_train_and_are_the_all_task_baselines_beyond_one_snt(tmp_path):
+  config = train_fakes.tiny_config()
+  config.num_epochs = 2
+  config.networks.subsets = "all"
+  everything = "+".join(config.tasks)
+  config.networks.extra = (f"{everything}:mgda",)
+  config.networks.all_task_sizes = (2,)
+  workdir = workdir_lib.Workdir(str(tmp_path / "wider"))
+  trainer.train_and_evaluate(config, workdir.path)
+  finish.finish(config, workdir.path, random_samples=20)
+  study_tables = workdir_lib.load_study(workdir)
+  test = study_tables.test
+  wider = [r for r in range(test.num_networks) if len(test.network_tasks[r]) == 3 and test.costs[r] > 1.5]
+  assert len(wider) == 1 and abs(test.costs[wider[0]] - 2.0) < 0.2  # measured, near its nominal size
+  assert {entry["size"] for entry in study_tables.methods.values()} == {1.0, 2.0}
+  with open(workdir.study) as f:
+    written = json.load(f)
+  at_two = written["budgets"].index(2.0)
+  assert written["methods"]["all_task"][at_two] == pytest.approx(test.losses[wider[0]].sum(), rel=1e-12)
+  wider_mgda = study_tables.methods[f"{everything}@2:mgda"]["test"]
+  assert written["methods"]["mgda (all tasks)"][at_two] == pytest.approx(sum(wider_mgda.values()), rel=1e-12)
+  assert [entry["k"] for entry in written["figure2"]] == [2]  # the pairs against half-size singles
+  assert "## Figure 2" in open(workdir.report).read()

@@ -99,21 +99,26 @@ def _load(name, variant):
 
 
 @pytest.mark.parametrize("variant", ["", "full"])
-def test_study_config_lists_subsets_halves_and_independent_sizes(variant):
+def test_study_config_lists_subsets_halves_fractional_and_wider_all_task_networks(variant):
   config = _load("study", variant)
   config_lib.validate(config)
   every_replica = networks.from_config(config)
-  assert config.networks.seeds == 3 and len(every_replica) == 3 * (31 + 5 * 5 + 1)
+  per_seed = 31 + 5 + 6 * 5 + 1 + 2 * 5
+  assert config.networks.seeds == 3 and len(every_replica) == 3 * per_seed
   listed = [n for n in every_replica if n.seed == 0]  # the other seeds repeat this list
   names = [n.name for n in listed]
   tasks = tuple(config.tasks)
+  everything = "+".join(tasks)
   assert len(tasks) == 5 and config.stop_fraction == 1.0 and config.selection.predict == "none"
   assert sum(n.size == 1.0 and not n.method for n in listed) == 31  # every subset (Optimal, HOA's pairs, ESA's early table)
+  # The independent baseline's sizes and Figure 2's 1/k (k = 2..5).
   for task in tasks:
-    assert [f"{task}@{s:g}" in names for s in (0.2, 0.3, 0.4, 0.5, 0.8)] == [True] * 5
-  assert [n.name for n in listed if n.method] == ["+".join(tasks) + ":mgda"]  # the paper's Sener et al. row
-  assert len(listed) == 31 + 5 * 5 + 1
-  assert {n.size for n in listed} == {1.0, 0.8, 0.5, 0.4, 0.3, 0.2}
+    assert [f"{task}@{s:g}" in names for s in (0.2, 0.25, 0.3, 1 / 3, 0.4, 0.5, 0.8)] == [True] * 7
+  # The paper's Sener et al. row, and both all-task networks at every larger size.
+  assert [n.name for n in listed if n.method] == [f"{everything}:mgda"] + [
+      f"{everything}@{s:g}:mgda" for s in (1.5, 2, 2.5, 3, 4)]
+  assert [n.size for n in listed if n.tasks == tasks and not n.method] == [1.0, 1.5, 2, 2.5, 3, 4]
+  assert len(listed) == per_seed
   assert config.tag.enabled and config.evaluation.ensemble
 
 
@@ -295,6 +300,26 @@ def test_report_with_one_seed_says_it_cannot_support_conclusions(tmp_path):
   text = open(report.write_report(workdir, budgets=[1, 2], random_samples=20)).read()
   assert "Every network was trained with one seed, so nothing here has an interval" in text
   assert "[" not in next(line for line in text.splitlines() if line.startswith("| optimal |"))
+
+
+def test_wider_all_task_networks_are_the_all_task_baselines_at_larger_budgets():
+  # All-task networks of 1.5 and 2 SNT (measured near nominal), better than any selection.
+  wider = [(TASKS, 1.4961, {"a": 0.3, "b": 0.3, "c": 0.3}), (TASKS, 1.985, {"a": 0.2, "b": 0.2, "c": 0.2})]
+  rows = VAL_ROWS + [TRIPLE_ROW] + INDEPENDENT_ROWS + wider
+  assert analysis.selection_candidates(_table(rows)).num_networks == len(VAL_ROWS) + 1
+  mgda = lambda cost, seed, total: {"method": "mgda", "tasks": list(TASKS), "cost": cost, "seed": seed,
+                                    "test": dict.fromkeys(TASKS, total / 3)}
+  methods = {"a+b+c:mgda": mgda(1.0, 0, 2.0), "a+b+c:mgda#1": mgda(1.0, 1, 2.2),
+             "a+b+c@1.5:mgda": mgda(1.4961, 0, 1.5), "a+b+c@1.5:mgda#1": mgda(1.4961, 1, 1.7)}
+  result = analysis.compare_methods(workdir_lib.StudyTables(val=_table(rows), test=_table(rows), methods=methods),
+                                    budgets=[1.0, 1.5, 2.0, 2.5, 3.0], random_samples=20)
+  triple = sum(TRIPLE_ROW[2].values())
+  assert result.methods["all_task"] == pytest.approx([triple, 0.9, 0.6, 0.6, 0.6])
+  assert result.methods["mgda (all tasks)"] == pytest.approx([2.1, 1.6, 1.6, 1.6, 1.6])
+  # The selection never takes a wider network; independent networks are 1-SNT singles once three fit.
+  assert all(n.cost <= 1.0 for run in result.runs.values() for s in run.solutions for n in s.networks)
+  assert result.methods["independent"][-1] == pytest.approx(2.7)
+  assert result.baselines["all_task"][2].networks[0].cost == pytest.approx(1.985)
 
 
 def test_method_network_replicas_are_averaged_in_table_4():

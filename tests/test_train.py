@@ -292,6 +292,28 @@ def test_network_lists_shards_and_cohorts():
     networks.shard(listed, 4, 4)
 
 
+def test_all_task_sizes_widen_every_all_task_network_of_the_list():
+  config = train_fakes.tiny_config()
+  config.networks.subsets = "all"
+  config.networks.extra = ("toy_depth+toy_normals+toy_segment:mgda", "toy_depth+toy_normals:pcgrad")
+  config.networks.all_task_sizes = (1.5, 2)
+  listed = [n.name for n in networks.from_config(config)]
+  everything = "toy_depth+toy_normals+toy_segment"
+  assert listed[-4:] == [f"{everything}@1.5", f"{everything}@1.5:mgda", f"{everything}@2", f"{everything}@2:mgda"]
+  assert not any(name.startswith("toy_depth+toy_normals@") for name in listed)  # not an all-task network
+  config.networks.subsets = "pairs"
+  config.networks.extra = ()
+  with pytest.raises(ValueError, match="has none; set networks.subsets = 'all'"):
+    networks.from_config(config)
+  config.networks.subsets = "all"
+  config.networks.all_task_sizes = (2, 0)
+  with pytest.raises(ValueError, match="all_task_sizes must be sizes > 0"):
+    networks.from_config(config)
+  config.networks.all_task_sizes = (1,)  # the full-size all-task network again
+  with pytest.raises(ValueError, match="networks listed twice"):
+    networks.from_config(config)
+
+
 def test_constant_predictor_is_the_training_mean():
   batches = [{"weight": np.asarray([1.0, 1.0, 0.0]),
               "toy_depth": np.asarray([1.0, 3.0, 100.0]).reshape(3, 1, 1, 1),

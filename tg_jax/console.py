@@ -48,7 +48,8 @@ class UsageError(ValueError):
 
 
 def table_command_main(run_command: Callable[[], str]) -> Callable[[list[str]], None]:
-  """The ``main`` of a command that reads tables and prints a text (``tg_jax.select``, ``tg_jax.regret``):
+  """The ``main`` of a command that reads tables and prints a text (``tg_jax.select``, ``tg_jax.regret``,
+  ``tg_jax.data_size``):
   bad flags, tables or budgets (every ``ValueError``: ``UsageError``, ``tables.TableError``,
   ``selector.NoFeasibleSolution``) end in one ``error:`` line and exit status ``EXIT_USAGE``."""
   def main(argv: list[str]) -> None:

@@ -13,6 +13,9 @@ One sequence for ``tg_jax.main`` (after a run) and ``tg_jax.merge`` (after an ar
    retraining phase: ``adaptive.json``.
 6. Figure 6's predictions (``predictions.npz``): each method's networks chosen at
    ``analysis.QUALITATIVE_BUDGET`` on a few test images, from the checkpoints (``training.predictions``).
+
+With ``config.transfer.enabled``, before 1: the transfer phase (``training.transfer``) in
+``WORKDIR/transfer``, for the report's Table 3 and Figure 3.
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ from absl import logging
 import jax
 import ml_collections
 
+from tg_jax import records
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis
 from tg_jax.reporting import report
 from tg_jax.selection import predictors, study
 from tg_jax.selection.tables import TableError
 from tg_jax.training import adaptive
+from tg_jax.training import networks as networks_lib
 from tg_jax.training import retrain
 from tg_jax.training import trainer
+from tg_jax.training import transfer
 
 EXIT_PREEMPTED = 128 + 15  # what a process killed by SIGTERM reports; launch scripts requeue on it
 # config.selection.predict -> the comparison's name of that selection.
@@ -141,6 +147,28 @@ def _refine(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, study
   return study_tables
 
 
+def _transfer_phase(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
+                    study_tables: workdir_lib.StudyTables, train: retrain.Train) -> bool:
+  """Trains the transfer networks (``training.transfer``) in ``WORKDIR/transfer``; False when the phase
+  was preempted (the same command resumes it)."""
+  trained = {n.name for run in study_tables.runs[:1] for n in run.networks}
+  sources = [records.Network((task,), records.FULL_SIZE, seed=seed).name
+             for seed in networks_lib.seeds(config) for task in config.tasks]
+  missing = [name for name in sources if name not in trained]
+  if missing:
+    raise workdir_lib.WorkdirError(f"transfer.enabled needs every task's full-size single-task network from the "
+                                   f"main run as a frozen encoder; {paths.path} has none of {', '.join(missing)} "
+                                   f"(train them with networks.subsets 'singles', 'pairs' or 'all')")
+  derived = transfer.derived_config(config)
+  logging.info("transfer phase: %d network(s), each a decoder on a frozen single-task encoder",
+               len(derived.networks.extra))
+  outcome = train(derived, paths.transfer.path)
+  if outcome["status"] == trainer.STATUS_PREEMPTED:
+    logging.warning("the transfer phase was preempted; run the same command again to resume it")
+    return False
+  return True
+
+
 def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train = trainer.train_and_evaluate,
            random_samples: int = 1000) -> Optional[str]:
   """Retrains, selects, ensembles and reports for ``workdir``; returns the text to print, or None
@@ -156,6 +184,10 @@ def finish(config: ml_collections.ConfigDict, workdir: str, train: retrain.Train
 def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predict: str, train: retrain.Train,
             random_samples: int) -> Optional[str]:
   study_tables = workdir_lib.load_study(paths)
+  if config.get("transfer") is not None and config.transfer.enabled:
+    if not _transfer_phase(config, paths, study_tables, train):
+      return None
+    study_tables = workdir_lib.load_study(paths)
   runs = analysis.selections(study_tables)
   names = missing_networks(study_tables, runs)
   if names:

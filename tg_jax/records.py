@@ -24,6 +24,9 @@ SOFT_SHARING = "soft"
 # Model families a network can be trained as instead of the run's model (``<tasks>:mtan``): the
 # ``tg_jax.models`` registry's names of the architectures built on the paper's encoder.
 ARCHITECTURES = ("mtan", "cross_stitch", "mmoe")
+# A transfer network's method: ``from_<source task>``, its target task's decoder trained on the frozen
+# encoder of the source task's single-task network (Taskonomy's transfer), e.g. ``depth:from_normals``.
+TRANSFER_PREFIX = "from_"
 FULL_SIZE = 1.0
 
 
@@ -35,8 +38,9 @@ class Network:
     tasks: task names, in the experiment's task order.
     size: intended inference cost in standard networks (1.0 full, 0.5 half) of its encoder; a
       ``soft`` network has one encoder per task, so its inference cost is ``len(tasks) * size``.
-    method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, ``"soft"``, or an
-      architecture (``ARCHITECTURES``: the network is that model family, trained with equal weights).
+    method: ``""`` (equal task weights, the paper's), a ``tg_jax.balancing`` name, ``"soft"``, an
+      architecture (``ARCHITECTURES``: the network is that model family, trained with equal weights), or
+      ``from_<task>`` (a transfer network: see ``TRANSFER_PREFIX``).
     seed: which replica (``config.networks.seeds``): replicas of one network differ only in their
       initialisation and the order of their training batches. Seed 0, the default replica, is the
       network a one-seed experiment trains.
@@ -70,6 +74,17 @@ class Network:
   def encoders(self) -> int:
     """How many encoders inference runs: one per task for soft sharing, else one."""
     return len(self.tasks) if self.method == SOFT_SHARING else 1
+
+  @property
+  def transfer_source(self) -> str:
+    """The task whose frozen encoder a transfer network (``<target>:from_<source>``) decodes; ""
+    for every other network."""
+    return transfer_source(self.method)
+
+
+def transfer_source(method: str) -> str:
+  """``"normals"`` from the method ``"from_normals"``; "" for any other method."""
+  return method[len(TRANSFER_PREFIX):] if method.startswith(TRANSFER_PREFIX) else ""
 
 
 def split_seed(name: str) -> tuple[str, int]:

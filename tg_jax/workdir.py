@@ -28,11 +28,13 @@ WORKDIR/selection.json             the selection per budget and the baselines   
 WORKDIR/ensemble.json              ensembling gains of the chosen networks                         (finish)
 WORKDIR/predictions.npz            Figure 6: each method's chosen networks' test predictions       (finish)
 WORKDIR/report.md, figures/        the study report                                                (finish, report)
-WORKDIR/study.json                 Table 4's numbers                                               (finish, report)
+WORKDIR/study.json                 Table 4's numbers, Figure 2's                                   (finish, report)
 WORKDIR/retrain/                   the retraining phase: a workdir of its own                      (finish)
 WORKDIR/refine/round_<k>/          ESA refinement round k's training (selection.refine): a workdir  (finish)
 WORKDIR/adaptive/<k>_{early,full}/  the adaptive loop's k-th training (selection.adaptive): a workdir (finish)
 WORKDIR/adaptive.json              the adaptive loop's rounds, compute and selection               (finish)
+WORKDIR/transfer/                  the transfer phase (transfer.enabled): a workdir; its methods.json (finish)
+                                   holds every <target>:from_<source> network's losses
 WORKDIR/shards/shard_<i>_of_<n>/   an array job's slices, each a workdir of its own                (main)
 ```
 """
@@ -403,6 +405,11 @@ class Workdir:
   def retrain(self) -> "Workdir":
     return Workdir(self._join("retrain"))
 
+  @property
+  def transfer(self) -> "Workdir":
+    """The transfer phase (``config.transfer.enabled``): decoders on frozen single-task encoders."""
+    return Workdir(self._join("transfer"))
+
   def refine_round(self, index: int) -> "Workdir":
     """ESA refinement round ``index``'s training (1, 2, ...)."""
     return Workdir(self._join("refine", f"round_{index}"))
@@ -494,6 +501,15 @@ class Workdir:
     np.savez(buffer, **predictions.to_arrays())
     write_atomic(self.predictions, buffer.getvalue())
 
+  def read_config(self) -> Optional[dict[str, Any]]:
+    """The run's ``config.json`` (an array job's: its first shard's) as a dict; None without one
+    (tables from other code)."""
+    for source in [self] + self.shards()[:1]:
+      config = read_json(source.config)
+      if config is not None:
+        return config
+    return None
+
   def read_methods(self) -> dict[str, Any]:
     return read_json(self.methods) or {}
 
@@ -540,6 +556,9 @@ class StudyTables:
     refine: ``config.selection.refine`` of the run (``config.json``): ESA refinement rounds at most.
     refined: per finished ESA refinement round (``refine/round_<k>``), the keys of the networks it
       trained; their tables are in ``val`` and ``test``.
+    transfer: the finished transfer phase's ``transfer/results/methods.json``: every
+      ``<target>:from_<source>`` network's losses (``tg_jax.reporting.transfer``).
+    transfer_csv: ``config.transfer.affinity_csv`` of the run: transfer affinities from elsewhere.
   """
 
   val: Optional[tables.ResultsTable]
@@ -556,6 +575,8 @@ class StudyTables:
   examples: Optional[uncertainty.Examples] = None
   refine: int = 0
   refined: tuple[frozenset, ...] = ()
+  transfer: dict = dataclasses.field(default_factory=dict)
+  transfer_csv: str = ""
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -582,7 +603,8 @@ def _concat(first: Optional[tables.Replicas], second: Optional[tables.Replicas])
 
 
 def load_study(workdir: Workdir) -> StudyTables:
-  """The main run's tables and records, the retraining phase's (once finished), methods, TAG, ensembles."""
+  """The main run's tables and records, the retraining phase's (once finished), methods, TAG, ensembles,
+  the transfer phase's losses (once finished)."""
   val, test, esa = (workdir.read_table(split) for split in SPLITS)
   if val is None or test is None:
     missing = [workdir.relative(workdir.table(s)) for s, t in (("val", val), ("test", test)) if t is None]
@@ -617,17 +639,14 @@ def load_study(workdir: Workdir) -> StudyTables:
       methods=workdir.read_methods(), tag=workdir.read_tag(), ensemble=read_json(workdir.ensemble),
       predictions=workdir.read_predictions(), runs=runs,
       retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else (),
-      refine=_refine_rounds(workdir), refined=tuple(frozenset(n.key for n in run.networks) for run in refine_runs))
+      refine=_refine_rounds(workdir), refined=tuple(frozenset(n.key for n in run.networks) for run in refine_runs),
+      transfer=workdir.transfer.read_methods() if workdir.transfer.read_run() is not None else {},
+      transfer_csv=str((workdir.read_config() or {}).get("transfer", {}).get("affinity_csv", "")))
 
 
 def _refine_rounds(workdir: Workdir) -> int:
-  """``config.selection.refine`` from the run's ``config.json`` (an array job's: its first shard's); 0
-  without one (tables from other code)."""
-  for source in [workdir] + workdir.shards()[:1]:
-    config = read_json(source.config)
-    if config is not None:
-      return int(config.get("selection", {}).get("refine", 0))
-  return 0
+  """``config.selection.refine`` from the run's ``config.json``; 0 without one (tables from other code)."""
+  return int((workdir.read_config() or {}).get("selection", {}).get("refine", 0))
 
 
 def _replica_examples(sources: Sequence[Workdir], split: str, replicas: tables.Replicas,

@@ -3,7 +3,8 @@
 - ``pair_relative_performance``: the paper's Table 1, each task's gain from being trained with each
   other task, against its half-size single-task network (the pair network spends half of one
   standard network on each task);
-- ``pair_affinity``: Table 2, the mean of the two directions;
+- ``pair_affinity``: Table 2, the mean of the two directions (``multitask_affinity_replicates``: per
+  seed replica, for Figure 3's correlation with the transfer affinity, ``reporting.transfer``);
 - ``compare_methods``: Table 4 / Figure 4, total test loss per method per budget, each method
   scored with the networks it chose (trained to convergence);
 - ``untrained_choices``: the networks a predicting method (ESA, HOA, TAG) chose that have no
@@ -65,6 +66,17 @@ def pair_affinity(relative: np.ndarray) -> np.ndarray:
   return (relative + relative.T) / 2
 
 
+def multitask_affinity_replicates(test: ResultsTable, replicas: Optional[tables.Replicas] = None
+                                  ) -> tuple[np.ndarray, tuple[int, ...]]:
+  """Table 2 per replicate, ``[replicates, tasks, tasks]``, and the replicates' seeds: over seed
+  replicas when every network has the same seeds (replicate r is every network's r-th seed), else
+  ``test``'s means as one replicate (seeds ``()``)."""
+  if replicas is not None and len(set(replicas.seeds)) == 1 and len(replicas.seeds[0]) >= 2:
+    values = uncertainty.replicate_values(replicas, lambda table: pair_affinity(pair_relative_performance(table)))
+    return values, tuple(replicas.seeds[0][:len(values)])
+  return pair_affinity(pair_relative_performance(test))[None], ()
+
+
 def pair_intervals(test: tables.Replicas) -> Optional[dict[str, tuple[np.ndarray, np.ndarray]]]:
   """95% intervals of Table 1 (``"relative"``) and Table 2 (``"affinity"``) over seed replicates, or
   None with fewer than two replicas of every pair and half-size network."""
@@ -74,6 +86,130 @@ def pair_intervals(test: tables.Replicas) -> Optional[dict[str, tuple[np.ndarray
     return None
   return {"relative": relative_intervals,
           "affinity": uncertainty.t_intervals(np.stack([pair_affinity(r) for r in relative]))}
+
+
+# Figure 2's 1/k-SNT single-task networks: a narrow model cannot always build a small fraction within
+# ``tables.SIZE_TOLERANCE`` (the CPU model's nearest encoder to 1/4 SNT measures 0.266), so each
+# task's single-task network nearest 1/k counts when within this fraction of it; 3/10 SNT (0.301
+# measured) still is not 1/3.
+FRACTIONAL_SIZE_TOLERANCE = 0.075
+
+
+def fractional_singles(table: ResultsTable, size: float) -> tuple[np.ndarray, np.ndarray]:
+  """``([tasks] losses, [tasks] costs)`` of each task's single-task network whose cost is nearest
+  ``size`` within ``FRACTIONAL_SIZE_TOLERANCE``; NaN where a task has none."""
+  losses, costs = np.full(table.num_tasks, np.nan), np.full(table.num_tasks, np.nan)
+  for row, tasks in enumerate(table.network_tasks):
+    distance = abs(table.costs[row] - size)
+    if len(tasks) != 1 or distance > FRACTIONAL_SIZE_TOLERANCE * size:
+      continue
+    j = table.task_names.index(tasks[0])
+    if np.isnan(costs[j]) or distance < abs(costs[j] - size):
+      losses[j], costs[j] = table.losses[row, j], table.costs[row]
+  return losses, costs
+
+
+def size_matched_groups(table: ResultsTable) -> list[tuple[str, ...]]:
+  """Figure 2's groups: the full-size networks of ``k >= 2`` tasks each of whose tasks has a
+  single-task network of ``1/k`` SNT in ``table`` (``fractional_singles``), ordered by ``k`` then
+  by table row."""
+  groups = []
+  for row, tasks in enumerate(table.network_tasks):
+    if len(tasks) < 2 or not tables.has_size(table.costs[row], FULL_COST):
+      continue
+    singles, _ = fractional_singles(table, 1.0 / len(tasks))
+    if all(np.isfinite(singles[table.task_names.index(t)]) for t in tasks):
+      groups.append(tuple(tasks))
+  return sorted(groups, key=len)
+
+
+def size_matched_relative(table: ResultsTable, groups: Sequence[Sequence[str]]) -> np.ndarray:
+  """``[groups]``: for each group of ``k`` tasks, the mean over its tasks of 1 - the task's loss in
+  the group's full-size network / its loss in its own ``1/k``-SNT single-task network.
+
+  Both sides spend one standard network in all (Figure 2 of the paper). Positive: sharing one
+  network beats splitting it into ``k``.
+  """
+  full = {frozenset(tasks): row for row, tasks in enumerate(table.network_tasks)
+          if tables.has_size(table.costs[row], FULL_COST)}
+  values = np.empty(len(groups))
+  for index, group in enumerate(groups):
+    row = full.get(frozenset(group))
+    singles, _ = fractional_singles(table, 1.0 / len(group))
+    columns = [table.task_names.index(t) for t in group]
+    if row is None or np.isnan(singles[columns]).any():
+      raise TableError(f"Figure 2 needs the full-size network of {'+'.join(group)} and a {1 / len(group):.3g}-SNT "
+                       f"single-task network of each of its tasks (experiments/study.py trains them)")
+    values[index] = np.mean(1.0 - table.losses[row, columns] / singles[columns])
+  return values
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeMatched:
+  """Figure 2 for the groups of one size ``k``: each group's network against ``k`` single-task
+  networks of ``1/k`` SNT (``size_matched_relative``).
+
+  Attributes:
+    k: tasks per group.
+    groups: the groups of ``k`` tasks with both sides trained.
+    relative: ``[groups]`` each group's mean relative gain over its tasks.
+    single_costs: the measured costs of the 1/k-SNT single-task networks compared (``fractional_singles``).
+    group_intervals: with seed replicas, 95% intervals of ``relative`` over seeds (``[groups]`` lows, highs).
+    mean_interval: with seed replicas, the 95% interval of the mean over groups.
+  """
+
+  k: int
+  groups: tuple[tuple[str, ...], ...]
+  relative: np.ndarray
+  single_costs: tuple[float, ...]
+  group_intervals: Optional[tuple[np.ndarray, np.ndarray]] = None
+  mean_interval: Optional[tuple[float, float]] = None
+
+  @property
+  def mean(self) -> float:
+    return float(np.mean(self.relative))
+
+
+def size_matched(test: ResultsTable, replicas: Optional[tables.Replicas] = None) -> list[SizeMatched]:
+  """Figure 2 per group size ``k`` (ascending; sizes without a 1/k-SNT single-task network of some
+  group's tasks are left out), with intervals over the seeds of ``replicas`` (test) where every
+  network involved has 2+ replicas."""
+  groups = size_matched_groups(test)
+  if not groups:
+    return []
+  relative = size_matched_relative(test, groups)
+  per_replicate = None
+  if replicas is not None:
+    replicates = int(replicas.counts[_size_matched_rows(replicas.table, groups)].min())
+    if replicates >= 2:
+      # Networks Figure 2 does not read may have fewer replicas (NaN past their own): their means stand in.
+      per_replicate = np.stack([size_matched_relative(dataclasses.replace(
+          replicas.table, losses=np.where(np.isnan(replicas.samples[:, r]), replicas.table.losses,
+                                          replicas.samples[:, r])), groups) for r in range(replicates)])
+  result = []
+  for k in sorted({len(g) for g in groups}):
+    members = [i for i, g in enumerate(groups) if len(g) == k]
+    group_intervals = mean_interval = None
+    if per_replicate is not None:
+      group_intervals = uncertainty.t_intervals(per_replicate[:, members])
+      low, high = uncertainty.t_intervals(per_replicate[:, members].mean(axis=1))
+      mean_interval = (float(low), float(high))
+    members_tasks = {t for i in members for t in groups[i]}
+    costs = fractional_singles(test, 1.0 / k)[1]
+    single_costs = tuple(float(c) for t, c in zip(test.task_names, costs) if t in members_tasks)
+    result.append(SizeMatched(k, tuple(groups[i] for i in members), relative[members], single_costs,
+                              group_intervals, mean_interval))
+  return result
+
+
+def _size_matched_rows(table: ResultsTable, groups: Sequence[Sequence[str]]) -> list[int]:
+  """The rows of ``table`` that ``size_matched_relative`` reads for ``groups``."""
+  wanted = {frozenset(g) for g in groups}
+  chosen = {(t, float(c)) for k in {len(g) for g in groups}
+            for t, c in zip(table.task_names, fractional_singles(table, 1.0 / k)[1]) if np.isfinite(c)}
+  return [row for row, tasks in enumerate(table.network_tasks)
+          if (frozenset(tasks) in wanted and tables.has_size(table.costs[row], FULL_COST))
+          or (len(tasks) == 1 and (tasks[0], float(table.costs[row])) in chosen)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +255,13 @@ def esa_correlation(final: ResultsTable, early: ResultsTable) -> EsaCorrelation:
 
 
 def is_selection_candidate(tasks: Sequence[str], cost: float) -> bool:
-  """Whether a network is one the selector may choose: a full-size network, or a half-size
-  single-task network (the paper's candidates). Single-task networks of other sizes (1/5 to 4/5
-  SNT) are trained only for the independent baseline."""
+  """Whether a network is one the selector may choose: a network of 2+ tasks up to one standard
+  network, a full-size or a half-size single-task network (the paper's candidates). Single-task
+  networks of other sizes (1/5 to 4/5 SNT) are trained only for the independent baseline and
+  Figure 2, networks wider than one standard network (``config.networks.all_task_sizes``) only for
+  the all-task baseline at larger budgets."""
+  if cost > FULL_COST * (1 + tables.SIZE_TOLERANCE):
+    return False
   if len(tasks) > 1:
     return True
   return tables.has_size(cost, FULL_COST) or tables.has_size(cost, HALF_COST)
@@ -173,22 +313,31 @@ def _has_all_groups(table: ResultsTable) -> bool:
   return len(full_groups) >= 2 ** table.num_tasks - 1
 
 
-def _method_network_totals(methods: dict, task_names: Sequence[str]) -> dict[str, tuple[float, list[float]]]:
-  """``{"<method> (all tasks)": (cost, [test total of each seed replica])}`` of ``methods.json``'s
-  networks that serve every task."""
-  totals: dict[str, tuple[float, list[float]]] = {}
+def _method_network_totals(methods: dict, task_names: Sequence[str]) -> dict[str, dict[float, list[float]]]:
+  """``{"<method> (all tasks)": {cost: [test total of each seed replica]}}`` of ``methods.json``'s
+  networks that serve every task, one cost per size (``config.networks.all_task_sizes``)."""
+  totals: dict[str, dict[float, list[float]]] = {}
   for entry in methods.values():
     if set(entry["tasks"]) == set(task_names):
-      cost, replicas = totals.setdefault(f"{entry['method']} (all tasks)", (float(entry["cost"]), []))
-      replicas.append(float(sum(entry["test"][t] for t in task_names)))
+      by_cost = totals.setdefault(f"{entry['method']} (all tasks)", {})
+      by_cost.setdefault(round(float(entry["cost"]), 9), []).append(float(sum(entry["test"][t] for t in task_names)))
   return totals
 
 
+def _largest_fitting(by_cost: dict[float, list[float]], budget: float) -> Optional[list[float]]:
+  """The replicas' totals of the costliest network that fits ``budget``, like the all-task baseline."""
+  fitting = [cost for cost in by_cost if cost <= budget + COST_TOLERANCE]
+  return by_cost[max(fitting)] if fitting else None
+
+
 def _method_network_rows(methods: dict, task_names: Sequence[str], budgets: Sequence[float]) -> dict:
-  """Table 4 rows of ``methods.json``'s networks that serve every task: their test total (mean over
-  seed replicas) where their cost fits the budget."""
-  return {name: [float(np.mean(replicas)) if cost <= b + COST_TOLERANCE else None for b in budgets]
-          for name, (cost, replicas) in _method_network_totals(methods, task_names).items()}
+  """Table 4 rows of ``methods.json``'s networks that serve every task: per budget, the test total
+  (mean over seed replicas) of the costliest one that fits."""
+  rows = {}
+  for name, by_cost in _method_network_totals(methods, task_names).items():
+    replicas = [_largest_fitting(by_cost, b) for b in budgets]
+    rows[name] = [None if r is None else float(np.mean(r)) for r in replicas]
+  return rows
 
 
 def _assigned_test_losses(solution: study.Solution, test: ResultsTable) -> dict:
@@ -309,7 +458,7 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
     aligned_test = test.aligned_to(val)
     candidate_rows = _candidate_rows(val)
     comparison.baselines = study.baselines_for(val.subset(candidate_rows), aligned_test.subset(candidate_rows),
-                                               budgets, random_samples, seed, independent=(val, aligned_test))
+                                               budgets, random_samples, seed, baseline_tables=(val, aligned_test))
     for name, entries in comparison.baselines.items():
       methods[name] = [None if e is None else e.test_loss for e in entries]
   methods.update(_method_network_rows(study_tables.methods, study_tables.task_names, budgets))
@@ -349,10 +498,12 @@ def _table4_intervals(comparison: Comparison, study_tables: StudyTables, random_
     fills, _ = baselines_lib.random_fills(val.table.subset(candidates), budget, random_samples, seed)
     random.append(uncertainty.fixed_interval(val, test, [tuple(candidates[r] for r in f) for f in fills]))
   intervals["random"] = random
-  for name, (cost, replicas) in _method_network_totals(study_tables.methods, study_tables.task_names).items():
-    interval = uncertainty.t_intervals(np.asarray(replicas)[:, None])
-    intervals[name] = [None if interval is None or cost > b + COST_TOLERANCE else
-                       (float(interval[0][0]), float(interval[1][0])) for b in comparison.budgets]
+  for name, by_cost in _method_network_totals(study_tables.methods, study_tables.task_names).items():
+    intervals[name] = []
+    for budget in comparison.budgets:
+      replicas = _largest_fitting(by_cost, budget)
+      interval = None if replicas is None else uncertainty.t_intervals(np.asarray(replicas)[:, None])
+      intervals[name].append(None if interval is None else (float(interval[0][0]), float(interval[1][0])))
   return intervals
 
 
@@ -520,7 +671,10 @@ def compute_per_method(study_tables: StudyTables, comparison: Comparison,
   for name, entry in study_tables.methods.items():
     steps = entry.get("network_steps")
     if steps is not None and total:
-      label = f"{entry['method']} (all tasks)" if set(entry["tasks"]) == task_names else name
+      label = name
+      if set(entry["tasks"]) == task_names:  # one row per size: config.networks.all_task_sizes
+        size = float(entry.get("size", 1.0))
+        label = f"{entry['method']} (all tasks)" + ("" if size == 1.0 else f" @{size:g}")
       result[label] = Compute(steps / total, steps / total * float(entry["cost"]), f"{name}: its own training", total)
   return result
 

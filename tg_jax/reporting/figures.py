@@ -1,5 +1,6 @@
-"""The study's figures (matplotlib, written as PNG): loss against budget, the chosen groupings, and
-the chosen networks' predictions."""
+"""The study's figures (matplotlib, written as PNG): k-task networks against k fractional single-task
+networks, loss against budget, the chosen groupings, the chosen networks' predictions, transfer
+against multi-task affinity, and multi-task gains against the training-set size."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np  # noqa: E402
 
 from tg_jax import workdir as workdir_lib  # noqa: E402
 from tg_jax.reporting import analysis  # noqa: E402
+from tg_jax.reporting import transfer as transfer_lib  # noqa: E402
 from tg_jax.selection import study  # noqa: E402
 
 METHOD_STYLES = {
@@ -99,6 +101,74 @@ def methods_against_grouping(stand_ins: Sequence[analysis.StandIn], path: str) -
   plt.close(figure)
 
 
+def size_matched(per_k: Sequence[analysis.SizeMatched], path: str) -> None:
+  """Figure 2: per group size k, the mean over groups of the k-task network's gain over k single-task
+  networks of 1/k SNT (bar; error bar: 95% interval over seeds) and each group's own gain (dots,
+  with their intervals)."""
+  figure, axes = plt.subplots(figsize=(1.6 + 1.3 * max(len(per_k), 1), 3.8), dpi=110)
+  rng = np.random.default_rng(0)  # the dots' horizontal spread only
+  for position, entry in enumerate(per_k):
+    mean = 100 * entry.mean
+    axes.bar(position, mean, width=0.6, color="tab:blue" if mean >= 0 else "tab:red", alpha=0.35,
+             edgecolor="black")
+    if entry.mean_interval is not None:
+      low, high = (100 * v for v in entry.mean_interval)
+      axes.errorbar(position, mean, yerr=[[mean - low], [high - mean]], color="black", capsize=5, linewidth=1.5)
+    offsets = position + rng.uniform(-0.2, 0.2, len(entry.groups))
+    values = 100 * entry.relative
+    if entry.group_intervals is not None:
+      lows, highs = (100 * v for v in entry.group_intervals)
+      axes.errorbar(offsets, values, yerr=[values - lows, highs - values], fmt="none", ecolor="0.55",
+                    linewidth=0.8, zorder=2)
+    axes.scatter(offsets, values, s=14, color="black", zorder=3)
+  axes.axhline(0, color="black", linewidth=0.8)
+  axes.set_xticks(range(len(per_k)), [f"k = {e.k}\n({len(e.groups)} groups,\n1/{e.k} SNT each)" for e in per_k],
+                  fontsize=8)
+  axes.set_xlim(-0.6, len(per_k) - 0.4)
+  axes.set_ylabel("% lower loss in the k-task network\n(mean over its tasks)")
+  intervals = any(e.mean_interval is not None for e in per_k)
+  axes.set_title("One k-task network against k single-task networks\nof 1/k SNT (1 SNT either way; test)"
+                 + ("\nbars: mean over groups, 95% interval over seeds; dots: groups" if intervals
+                    else "\nbars: mean over groups; dots: groups"), fontsize=9)
+  axes.grid(axis="y", alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def data_size(points: Sequence, path: str) -> None:
+  """The training-set sweep (``reporting.data_size.Point``s, by size): per size, the mean over tasks of
+  each task's gain in the all-task network and in its pairs over its single-task network (thick, with
+  the 95% interval over seeds shaded), and each task's all-task gain (thin)."""
+  figure, axes = plt.subplots(figsize=(7.2, 4.2), dpi=110)
+  examples = np.array([p.examples for p in points], dtype=float)
+  tasks = points[0].task_names
+  for j, task in enumerate(tasks):
+    axes.plot(examples, [100 * p.gains[0, j] for p in points], color=plt.cm.tab10(j % 10), linewidth=0.9,
+              alpha=0.7, marker=".", label=f"{task} (all tasks)")
+  for index, (label, style) in enumerate((("all-task network, mean over tasks", dict(color="black", marker="o")),
+                                          ("pairs, mean over tasks", dict(color="0.45", marker="s", linestyle="--")))):
+    axes.plot(examples, [100 * p.means[index] for p in points], linewidth=2.2, label=label, **style)
+    if all(p.mean_intervals is not None for p in points):
+      axes.fill_between(examples, [100 * p.mean_intervals[0][index] for p in points],
+                        [100 * p.mean_intervals[1][index] for p in points], color=style["color"], alpha=0.15,
+                        linewidth=0)
+  axes.axhline(0, color="black", linewidth=0.8)
+  axes.set_xscale("log")
+  axes.set_xticks(examples, [f"{int(e)}" for e in examples])
+  axes.minorticks_off()
+  axes.set_xlabel("training examples")
+  axes.set_ylabel("% lower test loss than the task's\nsingle-task network (same size)")
+  intervals = all(p.mean_intervals is not None for p in points)
+  axes.set_title("Multi-task against single-task learning as the training set grows"
+                 + ("\nshaded: 95% interval over seeds" if intervals else ""), fontsize=9)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
 def _size_label(cost: float) -> str:
   """A network's size as drawn beside it: "" for a standard network, else its cost in SNT."""
   return "" if abs(cost - 1.0) < 0.02 else f"{cost:.2g}"
@@ -159,7 +229,8 @@ def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (),
 
 
 def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str,
-            significant: Optional[np.ndarray] = None) -> None:
+            significant: Optional[np.ndarray] = None,
+            colorbar_label: str = "% better than half-size single-task") -> None:
   """A task-by-task matrix (rows: the task measured; columns: the task it is trained with); with
   ``significant``, entries whose interval includes zero are greyed out."""
   figure, axes = plt.subplots(figsize=(1.2 + 0.75 * len(labels), 1.0 + 0.7 * len(labels)), dpi=110)
@@ -176,9 +247,53 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str, title: str,
       dark = np.isfinite(shown[i, j]) and abs(value) > 0.6 * limit
       axes.text(j, i, f"{100 * value:+.1f}", ha="center", va="center", fontsize=7,
                 color="white" if dark else "black" if np.isfinite(shown[i, j]) else "0.45")
-  figure.colorbar(image, ax=axes, label="% better than half-size single-task")
+  figure.colorbar(image, ax=axes, label=colorbar_label)
   axes.set_title(title + ("" if significant is None else "\n(grey: within the seed noise)"),
                  fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
+def _error_bars(values: np.ndarray, intervals: Optional[tuple[np.ndarray, np.ndarray]],
+                scale: float) -> Optional[np.ndarray]:
+  """``[2, points]`` distances below and above each value (times ``scale``) for matplotlib's errorbar."""
+  if intervals is None:
+    return None
+  return scale * np.nan_to_num(np.stack([values - intervals[0], intervals[1] - values]))
+
+
+def transfer_against_multitask(panels: Sequence[tuple[str, transfer_lib.Correlation, bool]], path: str) -> None:
+  """Figure 3: per source of transfer affinities ``(label, correlation, measured)``, one panel of task
+  pairs, transfer affinity (x; in percent when ``measured`` by this run, else on the source's own
+  scale) against multi-task affinity (y, percent), each pair named, with 95% intervals over seeds
+  where known and the least-squares line."""
+  figure, axes_row = plt.subplots(1, len(panels), figsize=(max(6.0, 5.0 * len(panels)), 4.8), dpi=110,
+                                  squeeze=False)
+  for axes, (label, found, measured) in zip(axes_row[0], panels):
+    scale = 100.0 if measured else 1.0
+    x, y = scale * found.transfer, 100 * found.multitask
+    axes.errorbar(x, y, xerr=_error_bars(found.transfer, found.transfer_intervals, scale),
+                  yerr=_error_bars(found.multitask, found.multitask_intervals, 100.0), fmt="o", color="tab:blue",
+                  ecolor="0.6", elinewidth=1, capsize=2)
+    for (first, second), px, py in zip(found.pairs, x, y):
+      axes.annotate(f"{first}\n+{second}", (px, py), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if len(x) >= 2 and np.ptp(x) > 0:
+      slope, intercept = np.polyfit(x, y, 1)
+      line = np.linspace(x.min(), x.max(), 2)
+      axes.plot(line, slope * line + intercept, color="tab:red", linewidth=1, alpha=0.6)
+    axes.axhline(0, color="0.8", linewidth=0.8, zorder=0)
+    interval = "" if found.r_interval is None else f"\nper seed: 95% interval [{found.r_interval[0]:+.2f}, {found.r_interval[1]:+.2f}]"
+    axes.set_title(f"{label}\nPearson r = {found.r:+.2f} (p = {found.p:.2g}, {len(x)} pairs){interval}", fontsize=9)
+    axes.set_xlabel("transfer affinity, symmetric: % better than the target's own network" if measured
+                    else "transfer affinity, symmetric (the CSV's values)", fontsize=8)
+    axes.set_ylabel("multi-task affinity, Table 2 (%)", fontsize=8)
+    axes.margins(0.18)
+    axes.grid(alpha=0.3)
+  bars = any(c.transfer_intervals or c.multitask_intervals for _, c, _ in panels)
+  figure.suptitle("Transfer against multi-task affinity" + ("; bars: 95% intervals over seeds" if bars else "")
+                  + f"\n(the paper, with Taskonomy's affinities: r = {transfer_lib.PAPER_R}, p = {transfer_lib.PAPER_P})",
+                  fontsize=9)
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

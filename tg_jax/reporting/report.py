@@ -19,6 +19,7 @@ from tg_jax import records
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis, figures
 from tg_jax.reporting import regret as regret_lib
+from tg_jax.reporting import transfer as transfer_lib
 from tg_jax.selection import hoa, study, tables
 from tg_jax.selection.tables import TableError
 
@@ -37,7 +38,8 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
 
 
 def _matrix_table(matrix: np.ndarray, labels: Sequence[str],
-                  intervals: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[str]:
+                  intervals: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                  corner: str = "task \\ trained with") -> list[str]:
   """Percentages; with intervals, each entry's 95% interval and a * where it excludes zero."""
 
   def cell(i: int, j: int) -> str:
@@ -50,7 +52,7 @@ def _matrix_table(matrix: np.ndarray, labels: Sequence[str],
     return f"{100 * matrix[i, j]:+.1f}%{mark} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
   rows = [[label] + [cell(i, j) for j in range(len(labels))] for i, label in enumerate(labels)]
-  return _markdown_table(["task \\ trained with"] + list(labels), rows)
+  return _markdown_table([corner] + list(labels), rows)
 
 
 def _significant(intervals: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -124,6 +126,9 @@ def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
   if study_tables.tag is not None:
     lines.append(f"- `{_FILES.tag}`: TAG's inter-task affinities measured while training "
                  f"{study_tables.tag['network']};")
+  if study_tables.transfer:
+    lines.append(f"- `{_FILES.transfer.methods}`: the transfer phase, {len(study_tables.transfer)} decoders each "
+                 f"trained on another task's frozen single-task encoder (Table 3);")
   if study_tables.ensemble is not None:
     lines.append(f"- `{_FILES.ensemble}`: test losses of ensembles of the chosen networks;")
   if study_tables.predictions is not None:
@@ -203,6 +208,55 @@ def _regime_lines(paths: workdir_lib.Workdir, study_tables: workdir_lib.StudyTab
   return lines + [""]
 
 
+def _size_matched(study_tables: workdir_lib.StudyTables) -> list[analysis.SizeMatched]:
+  if study_tables.test is None:
+    return []
+  return analysis.size_matched(study_tables.test, None if study_tables.replicas is None else study_tables.replicas[1])
+
+
+def _size_matched_json(per_k: Sequence[analysis.SizeMatched]) -> list[dict]:
+  return [{"k": e.k, "groups": ["+".join(g) for g in e.groups], "relative": e.relative.tolist(), "mean": e.mean,
+           "mean_interval": e.mean_interval, "single_costs": list(e.single_costs)} for e in per_k]
+
+
+def _figure2_lines(per_k: Sequence[analysis.SizeMatched], figure_dir: str) -> list[str]:
+  """Figure 2 and its table: each k-task network against k single-task networks of 1/k SNT."""
+  lines = ["## Figure 2: one k-task network against k single-task networks of 1/k SNT (test)", ""]
+  if not per_k:
+    return lines + ["Not available: it needs full-size networks of 2+ tasks and single-task networks of 1/k SNT "
+                    "for their tasks (experiments/study.py trains 1/2, 1/3, 1/4 and 1/5).", ""]
+  figures.size_matched(per_k, os.path.join(figure_dir, "figure2_size_matched.png"))
+  intervals = any(entry.mean_interval is not None for entry in per_k)
+  lines += ["Both sides cost one standard network. Per group of k tasks: the mean over its tasks of 1 - the "
+            "task's test loss in the group's network / its loss in its own 1/k-SNT single-task network "
+            f"(positive: sharing beats splitting); then the mean over the groups of each size. From "
+            f"`{_FILES.table('test')}`." + (" With its 95% interval over seeds." if intervals else ""), ""]
+
+  def percent(value: float) -> str:
+    return f"{100 * value:+.1f}%"
+
+  rows = []
+  for entry in per_k:
+    order = np.argsort(entry.relative)
+    cell = percent(entry.mean) + ("" if entry.mean_interval is None else
+                                  f" [{100 * entry.mean_interval[0]:+.1f}, {100 * entry.mean_interval[1]:+.1f}]")
+    resolved = ""
+    if entry.group_intervals is not None:
+      lows, highs = entry.group_intervals
+      resolved = f"{int(np.sum(lows > 0))} / {int(np.sum(highs < 0))}"
+    measured = f"{min(entry.single_costs):.3f}" + ("" if max(entry.single_costs) == min(entry.single_costs)
+                                                     else f"-{max(entry.single_costs):.3f}")
+    rows.append([str(entry.k), f"1/{entry.k} ({measured})", str(len(entry.groups)), cell,
+                 f"{int(np.sum(entry.relative > 0))} of {len(entry.groups)}"]
+                + ([resolved] if intervals else [])
+                + [f"{'+'.join(entry.groups[order[-1]])} ({percent(entry.relative[order[-1]])})",
+                   f"{'+'.join(entry.groups[order[0]])} ({percent(entry.relative[order[0]])})"])
+  header = (["k", "single-task size, SNT (measured)", "groups", "mean gain", "groups better"]
+            + (["better / worse beyond seed noise"] if intervals else []) + ["best group", "worst group"])
+  lines += _markdown_table(header, rows)
+  return lines + ["", f"![Figure 2]({_FILES.figures}/figure2_size_matched.png)", ""]
+
+
 def _table4_notes(comparison: analysis.Comparison) -> list[str]:
   notes = {
       "optimal": "the exact selection on the converged validation losses of every candidate network",
@@ -216,7 +270,7 @@ def _table4_notes(comparison: analysis.Comparison) -> list[str]:
       "tag": "selection on TAG affinity scores; chosen groups scored converged",
       "tag_cosine": "selection on TAG's gradient cosine similarities (the TAG paper's CS); chosen groups scored "
                     "converged",
-      "all_task": "the largest all-task network that fits",
+      "all_task": "the largest all-task network that fits (wider than 1 SNT: `config.networks.all_task_sizes`)",
       "independent": "one single-task network per task, the largest size that fits (1/5 to 1 SNT)",
       "random": "mean of random fills of the budget that serve every task",
       "pessimal": "the worst such fill",
@@ -226,8 +280,8 @@ def _table4_notes(comparison: analysis.Comparison) -> list[str]:
     if name in notes:
       lines.append(f"- {name}: {notes[name]}")
     elif name.endswith("(all tasks)"):
-      lines.append(f"- {name}: one all-task network trained with that method (`{_FILES.methods}`), "
-                   "where its cost fits")
+      lines.append(f"- {name}: the costliest all-task network trained with that method that fits "
+                   f"(`{_FILES.methods}`; wider ones: `config.networks.all_task_sizes`)")
     elif name.endswith("ensembling"):
       lines.append(f"- {name}: that selection with each task solved by 2+ chosen networks served by their "
                    f"ensemble (`{_FILES.ensemble}`)")
@@ -429,13 +483,70 @@ def _ensemble_lines(ensemble: dict) -> list[str]:
           + _markdown_table(["budget", "task", "networks", "best single", "ensemble", "gain"], rows) + [""])
 
 
+def _transfer_lines(study_tables: workdir_lib.StudyTables, figure_dir: str,
+                    multitask: Optional[tuple[np.ndarray, tuple[int, ...]]], transfer_csv: Optional[str]) -> list[str]:
+  """Table 3 (transfer affinity, measured by the transfer phase and/or from a CSV) and Figure 3 (against
+  Table 2's multi-task affinity, per replicate with its seeds); nothing when neither source exists."""
+  task_names = list(study_tables.task_names)
+  sources = []
+  found = transfer_lib.measured(study_tables.transfer, study_tables.networks, task_names,
+                                source=f"`{_FILES.transfer.methods}` against the single-task networks")
+  if found is not None:
+    sources.append(("measured (this run)", found))
+  csv_path = study_tables.transfer_csv if transfer_csv is None else transfer_csv
+  if csv_path:
+    sources.append((f"from {os.path.basename(csv_path)}", transfer_lib.read_csv(csv_path).restricted_to(task_names)))
+  if not sources:
+    return []
+  lines = ["## Table 3: transfer affinity", "",
+           "Entry (row, column): for the measured matrix, how much lower the row task's test loss is with a "
+           "decoder trained on the frozen encoder of the column task's single-task network than in the row "
+           "task's own single-task network (full size; Taskonomy's transfer, `transfer.enabled`); negative: the "
+           "column task's representation serves the row task worse than its own. Higher is better."]
+  panels = []
+  for label, affinity in sources:
+    directed, symmetric = affinity.intervals(), affinity.intervals(symmetric=True)
+    seeds = (f", mean over seeds {', '.join(map(str, affinity.seeds))} with 95% intervals; * where the interval "
+             f"excludes zero" if directed is not None else "")
+    lines += ["", f"### {label}", "", f"From {affinity.source}{seeds}.", ""]
+    lines += _matrix_table(affinity.matrix, task_names, directed, corner="task \\ encoder of")
+    lines += ["", "Symmetric (mean of both directions, as Table 2):", ""]
+    lines += _matrix_table(affinity.symmetric().mean(axis=0), task_names, symmetric, corner="task \\ task")
+    slug = "measured" if affinity is found else "csv"
+    figures.heatmap(affinity.matrix, task_names, os.path.join(figure_dir, f"table3_transfer_{slug}.png"),
+                    f"Table 3: transfer affinity, {label}\nrow task from the column task's encoder",
+                    colorbar_label="% better than own network" if affinity is found else "affinity x 100")
+    lines += ["", f"![Table 3, {label}]({_FILES.figures}/table3_transfer_{slug}.png)"]
+    if multitask is not None:
+      panels.append((label, transfer_lib.correlate(affinity, *multitask), affinity is found))
+  lines += [""]
+  if not panels:
+    return lines + ["Figure 3 needs Table 2 (pair and half-size networks) to set the transfer affinity against.", ""]
+  figures.transfer_against_multitask(panels, os.path.join(figure_dir, "figure3_transfer_vs_multitask.png"))
+  lines += ["## Figure 3: transfer affinity against multi-task affinity", "",
+            "Each point is a pair of tasks: its symmetric transfer affinity (Table 3) against its multi-task "
+            f"affinity (Table 2). The paper found them anti-correlated: r = {transfer_lib.PAPER_R}, "
+            f"p = {transfer_lib.PAPER_P} (Taskonomy's affinities against its Table 2).", ""]
+  for label, correlation, _ in panels:
+    text = (f"- {label}: Pearson r = {correlation.r:+.3f}, p = {correlation.p:.3g} over {len(correlation.pairs)} pairs"
+            if np.isfinite(correlation.r) else
+            f"- {label}: no correlation from {len(correlation.pairs)} pairs (needs {transfer_lib.MIN_PAIRS} or more)")
+    if correlation.replicate_r is not None:
+      text += (f"; per seed r = {', '.join(f'{v:+.2f}' for v in correlation.replicate_r)}"
+               + ("" if correlation.r_interval is None else
+                  f" (95% interval of their mean [{correlation.r_interval[0]:+.2f}, {correlation.r_interval[1]:+.2f}])"))
+    lines.append(text + ".")
+  return lines + ["", f"![Figure 3]({_FILES.figures}/figure3_transfer_vs_multitask.png)", ""]
+
+
 def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random_samples: int = 1000,
                  seed: int = 0, study_tables: Optional[workdir_lib.StudyTables] = None,
-                 comparison: Optional[analysis.Comparison] = None) -> str:
+                 comparison: Optional[analysis.Comparison] = None, transfer_csv: Optional[str] = None) -> str:
   """Writes the report and figures; returns the report's path.
 
   ``study_tables`` and ``comparison`` (``analysis.compare_methods``'s) are read and computed from
-  ``workdir`` unless given (``tg_jax.finish`` has them already).
+  ``workdir`` unless given (``tg_jax.finish`` has them already). ``transfer_csv``: transfer affinities
+  from elsewhere (``reporting.transfer.read_csv``) instead of the run's ``config.transfer.affinity_csv``.
   """
   paths = workdir_lib.Workdir(workdir)
   study_tables = workdir_lib.load_study(paths) if study_tables is None else study_tables
@@ -452,6 +563,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   robust_at = len(lines)  # "what is robust" goes here once the tables below are computed
 
   robust_pairs = None
+  multitask = None  # Table 2 per replicate, for Figure 3
   try:
     if test is None:
       raise TableError("no converged networks yet")
@@ -459,6 +571,8 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   except TableError as error:
     lines += ["## Pairwise relationships", "", f"Not available: {error}", ""]
   else:
+    multitask = analysis.multitask_affinity_replicates(test, None if study_tables.replicas is None
+                                                       else study_tables.replicas[1])
     affinity = analysis.pair_affinity(relative)
     intervals = None if study_tables.replicas is None else analysis.pair_intervals(study_tables.replicas[1])
     figures.heatmap(relative, test.task_names, os.path.join(figure_dir, "table1_pairs.png"),
@@ -475,7 +589,10 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
               "## Table 2: pairwise affinity (mean of both directions)", ""]
     lines += _matrix_table(affinity, test.task_names, None if intervals is None else intervals["affinity"]) + [""]
     robust_pairs = None if intervals is None else _significant(intervals["relative"])
+  lines += _transfer_lines(study_tables, figure_dir, multitask, transfer_csv)
 
+  size_matched = _size_matched(study_tables)
+  lines += _figure2_lines(size_matched, figure_dir)
   budgets_used = comparison.budgets
   lines += ["## Table 4: total test loss per method and inference budget", "",
             "Selection uses validation losses (or their ESA / HOA / TAG predictions); every method is scored on "
@@ -520,6 +637,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
     lines += _improvement_section(study_tables)
   lines[robust_at:robust_at] = _robust_lines(study_tables, comparison, main_method, robust_pairs)
   workdir_lib.write_json(paths.study, {"budgets": budgets_used, "methods": comparison.methods,
+                                       "figure2": _size_matched_json(size_matched),
                                        "intervals": comparison.intervals,
                                        "probability_optimal": comparison.probability_optimal,
                                        "refinement": None if comparison.refinement is None

@@ -419,21 +419,23 @@ def _serves(table: ResultsTable, objective: Optional[selector.Objective]) -> np.
 
 
 def baselines_for(val: ResultsTable, test: Optional[ResultsTable], budgets: Sequence[float], random_samples: int,
-                  seed: int, independent: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None,
+                  seed: int, baseline_tables: Optional[tuple[ResultsTable, Optional[ResultsTable]]] = None,
                   objective: Optional[selector.Objective] = None) -> Baselines:
   """The baselines of paper section 4.3 at each budget, drawn from ``val``'s networks; the
   ``objective``'s caps bind them as they bind the selection (a network serves a task only within its cap).
 
-  ``independent``: ``(val, test)`` tables the independent baseline draws from instead, when it has
-  single-task networks of sizes that are not selection candidates (the paper's 1/5 to 4/5 SNT).
+  ``baseline_tables``: ``(val, test)`` tables the all-task and independent baselines draw from
+  instead, when they hold networks that are not selection candidates: single-task networks of the
+  paper's 1/5 to 4/5 SNT, all-task networks wider than one standard network.
   """
-  independent_val, independent_test = (val, test) if independent is None else independent
-  serves, independent_serves = _serves(val, objective), _serves(independent_val, objective)
+  fixed_val, fixed_test = (val, test) if baseline_tables is None else baseline_tables
+  serves, fixed_serves = _serves(val, objective), _serves(fixed_val, objective)
   all_task, independent_entries, random, pessimal = [], [], [], []
   for budget in budgets:
-    all_task.append(_baseline_entry(val, baselines.all_task_network(val, test, budget, serves), budget))
-    independent_entries.append(_baseline_entry(independent_val, baselines.independent_networks(
-        independent_val, independent_test, budget, independent_serves), budget))
+    all_task.append(_baseline_entry(fixed_val, baselines.all_task_network(fixed_val, fixed_test, budget, fixed_serves),
+                                    budget))
+    independent_entries.append(_baseline_entry(fixed_val, baselines.independent_networks(
+        fixed_val, fixed_test, budget, fixed_serves), budget))
     sampled = baselines.random_solutions(val, test, budget, samples=random_samples, seed=seed, serves=serves)
     random.append(BaselineEntry(budget, sampled.val_loss, sampled.test_loss, samples=sampled.samples,
                                 val_loss_stderr=sampled.val_loss_stderr, test_loss_stderr=sampled.test_loss_stderr))

@@ -31,10 +31,12 @@ CONFIG_FILE = "config.json"
 # the work is laid out on devices (results do not depend on them beyond float rounding).
 # ``data.decode_threads`` is the key ``data.workers`` replaced.
 RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.workers", "data.prefetch", "data.decode_threads",
-                     "log_every_steps", "num_devices", "max_networks_per_chunk", "memory_fraction")
+                     "log_every_steps", "num_devices", "max_networks_per_chunk", "memory_fraction",
+                     # What finish does after training (the transfer phase has a workdir of its own).
+                     "transfer.enabled", "transfer.affinity_csv")
 # Keys added since workdirs were first written, with the value that trains what a workdir without the
 # key trained: such a workdir resumes under a config that sets that value.
-ADDED_KEYS = {"networks.seeds": 1}
+ADDED_KEYS = {"networks.seeds": 1, "transfer.encoders": "", "networks.all_task_sizes": []}
 
 
 class ConfigMismatchError(ValueError):

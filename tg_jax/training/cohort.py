@@ -7,8 +7,9 @@ zero gradient (and, with SGD, never move). Arrays carry the network axis first:
 ``[nets, ...]`` for parameters and optimiser state, ``[nets, tasks]`` for per-task numbers.
 
 How a network's gradient is formed is the step's ``gradient_fn`` (``Gradients``): the paper's equal
-weights (``equal_weight_gradients``), a ``tg_jax.balancing`` method (``balanced_gradients``), or
-soft parameter sharing (``soft_sharing_gradients`` on a ``SoftSharedNetworks`` model).
+weights (``equal_weight_gradients``), a ``tg_jax.balancing`` method (``balanced_gradients``),
+soft parameter sharing (``soft_sharing_gradients`` on a ``SoftSharedNetworks`` model), or decoders
+on a frozen encoder (``frozen_encoder_gradients``: transfer networks).
 
 Nothing here has side effects; ``trainer`` jits these functions and runs the loop around them.
 """
@@ -190,7 +191,8 @@ def _decode_if_trained(model: nn.Module, params: Any, batch_stats: Any, represen
 
 
 def network_loss(params: Any, batch_stats: Any, mask: jax.Array, batch: Batch, *, model: nn.Module,
-                 task_names: Sequence[str], skip_untrained: bool = False) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+                 task_names: Sequence[str], skip_untrained: bool = False,
+                 freeze_encoder: bool = False) -> tuple[jax.Array, tuple[jax.Array, Any]]:
   """One network's training loss on ``batch``: the mean of its own tasks' batch-mean losses.
 
   Args:
@@ -200,15 +202,21 @@ def network_loss(params: Any, batch_stats: Any, mask: jax.Array, batch: Batch, *
     skip_untrained: run the decoders of tasks outside ``mask`` under a ``lax.cond`` that skips them
       (their losses, masked out anyway, are then those of a zero output). Pays where networks run one
       after another (``"loop"``); the loss and gradients are the same either way.
+    freeze_encoder (with ``skip_untrained``): the encoder runs in inference mode (its stored batch
+      statistics) under ``stop_gradient``: it gets exactly zero gradient and its statistics stay.
 
   Returns:
     ``(loss, (per_task [tasks], new_batch_stats))``.
   """
   variables = {"params": params, "batch_stats": batch_stats}
   if skip_untrained:
-    representation, updates = model.apply(variables, batch["image"], True, method=model.encode,
-                                          mutable=["batch_stats"])
-    new_batch_stats = updates.get("batch_stats", batch_stats)
+    if freeze_encoder:
+      representation = jax.lax.stop_gradient(model.apply(variables, batch["image"], False, method=model.encode))
+      new_batch_stats = batch_stats
+    else:
+      representation, updates = model.apply(variables, batch["image"], True, method=model.encode,
+                                            mutable=["batch_stats"])
+      new_batch_stats = updates.get("batch_stats", batch_stats)
     outputs = {}
     for index, task in enumerate(task_names):
       outputs[task], new_batch_stats = _decode_if_trained(model, params, new_batch_stats, representation, True,
@@ -256,18 +264,27 @@ def _per_task_losses(model: nn.Module, task_names: Sequence[str], batch: Batch):
 
 
 def equal_weight_gradients(*, model: nn.Module, task_names: Sequence[str],
-                           skip_untrained: bool = False) -> GradientFn:
+                           skip_untrained: bool = False, freeze_encoder: bool = False) -> GradientFn:
   """The paper's training: the gradient of the mean of the network's own tasks' losses.
 
-  ``skip_untrained``: see ``network_loss`` (``train_step`` sets it for ``"loop"``).
+  ``skip_untrained``, ``freeze_encoder``: see ``network_loss`` (``train_step`` sets the first for ``"loop"``).
   """
   def gradients(params, batch_stats, mask, balancer_state, batch):
     grad_fn = jax.value_and_grad(network_loss, has_aux=True)
     (loss, (per_task, new_batch_stats)), grads = grad_fn(params, batch_stats, mask, batch, model=model,
-                                                         task_names=task_names, skip_untrained=skip_untrained)
+                                                         task_names=task_names, skip_untrained=skip_untrained,
+                                                         freeze_encoder=freeze_encoder)
     weights = jnp.where(mask, 1.0, 0.0) / jnp.sum(mask)
     return Gradients(grads, loss, per_task, new_batch_stats, balancer_state, weights)
   return gradients
+
+
+def frozen_encoder_gradients(*, model: nn.Module, task_names: Sequence[str]) -> GradientFn:
+  """Transfer networks (Taskonomy's): the gradient of the mean of the network's own tasks' losses
+  with respect to its decoders only (``network_loss`` with ``freeze_encoder``: the encoder in
+  inference mode under ``stop_gradient``, so SGD never moves it and its batch statistics stay); the
+  decoders of tasks outside ``mask`` are skipped."""
+  return equal_weight_gradients(model=model, task_names=task_names, skip_untrained=True, freeze_encoder=True)
 
 
 def shared_parameter_names(model: nn.Module, image_shape: Sequence[int]) -> tuple[str, ...]:

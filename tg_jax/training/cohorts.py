@@ -92,6 +92,8 @@ class CohortRunner:
       gradient_fn = cohort_lib.soft_sharing_gradients(
           model=self.model, task_names=task_names, weight=config.soft_sharing.weight,
           shared_names=cohort_lib.shared_parameter_names(self.model.members[0], image_shape))
+    elif spec.method == networks_lib.TRANSFER:
+      gradient_fn = cohort_lib.frozen_encoder_gradients(model=self.model, task_names=task_names)
     elif spec.method in balancing.names():
       self.balancer = make_balancer(spec.method, config, steps_per_epoch)
       gradient_fn = cohort_lib.balanced_gradients(
@@ -343,6 +345,42 @@ class Cohorts:
       chunks = self._chunks_of(runner)
       for chunk, state in zip(chunks, cohort_lib.split(states[runner.spec.name], [len(c.networks) for c in chunks])):
         chunk.state = jax.device_put(state, self._replicated)
+
+  def load_encoders(self, encoders: Mapping[networks_lib.Network, Mapping[str, Any]]) -> None:
+    """Sets each given network's encoder, current and best-validation copies alike, to
+    ``encoders[network]`` (one network's ``{"params": ..., "batch_stats": ...}``, e.g. another run's
+    checkpoint; only the encoder's collections are read): how transfer networks start.
+
+    Raises a ValueError naming the network when the given encoder's shapes differ from its own.
+    """
+    for chunk in self.chunks:
+      rows = {row: encoders[n] for row, n in enumerate(chunk.networks) if n in encoders}
+      if not rows:
+        continue
+      names = cohort_lib.shared_parameter_names(chunk.runner.model, self._image_shape)
+
+      def replaced(tree: Any, collection: str) -> Any:
+        tree = dict(tree)
+        for name in names:
+          if name not in tree:
+            continue
+          for row, variables in rows.items():
+            given = variables[collection][name]
+            own = jax.tree.map(lambda leaf: leaf[row], tree[name])
+            if jax.tree.structure(given) != jax.tree.structure(own) or any(
+                np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(own))):
+              raise ValueError(f"network {chunk.networks[row].name}: the encoder given for it ({collection}/{name}) "
+                               f"has other shapes than its own; its source must be a network of the same model "
+                               f"and size")
+            tree[name] = jax.tree.map(lambda leaf, value, row=row: leaf.at[row].set(value.astype(leaf.dtype)),
+                                      tree[name], given)
+        return tree
+
+      state = chunk.state
+      chunk.state = jax.device_put(state.replace(
+          params=replaced(state.params, "params"), best_params=replaced(state.best_params, "params"),
+          batch_stats=replaced(state.batch_stats, "batch_stats"),
+          best_batch_stats=replaced(state.best_batch_stats, "batch_stats")), self._replicated)
 
   def network_values(self, field: str) -> dict[str, np.ndarray]:
     """Host copy of a ``[nets]`` ``CohortState`` field (``best_step``, ``diverged_step``): each

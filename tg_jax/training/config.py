@@ -95,6 +95,9 @@ def base_config(variant: str | None = CPU) -> ml_collections.ConfigDict:
   config.networks.half_size_singles = True  # one extra single-task network per task at half_size
   config.networks.half_size = 0.5
   config.networks.extra = ()                # explicit names, e.g. ("depth+normals@0.8",)
+  # Sizes (SNT) at which each all-task network of the list (equal weights and every method's) is also
+  # trained, e.g. (1.5, 2, 3): the all-task baselines at larger budgets; never selection candidates.
+  config.networks.all_task_sizes = ()
   # Seed replicas, every network trained once per seed: a count (1: seed 0 only) or seeds, e.g. (0, 5).
   config.networks.seeds = ml_collections.FieldReference(1, field_type=object)
 
@@ -157,6 +160,18 @@ def base_config(variant: str | None = CPU) -> ml_collections.ConfigDict:
 
   config.evaluation = ml_collections.ConfigDict()
   config.evaluation.ensemble = False        # after selection, ensemble chosen networks sharing a task
+
+  # Transfer affinity (Taskonomy's; the paper's Table 3 and Figure 3). enabled: after training, finish
+  # trains every "<target>:from_<source>" network in WORKDIR/transfer: the target's decoder on the
+  # frozen encoder of the source's 1-SNT single-task network (best checkpoint, same seed).
+  config.transfer = ml_collections.ConfigDict()
+  config.transfer.enabled = False
+  # The workdir whose single-task networks give transfer networks their frozen encoders, relative to
+  # this run's workdir (the transfer phase sets ".."): needed when networks.extra lists transfer networks.
+  config.transfer.encoders = ""
+  # A transfer-affinity matrix from elsewhere (e.g. Taskonomy's published affinities) as CSV
+  # (tg_jax/reporting/transfer.py reads it); the report sets it against the multi-task affinity too.
+  config.transfer.affinity_csv = ""
   return config
 
 
@@ -277,10 +292,16 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
            + (f" (did you mean {close[0]}?)" if close else "") + f"; its tasks: {', '.join(provided)}")
   try:
     data.check_tasks(config.data.name, tuple(config.tasks))
-    for method in {n.method for n in networks_lib.from_config(config)} & set(records.ARCHITECTURES):
+    listed = networks_lib.from_config(config)
+    for method in {n.method for n in listed} & set(records.ARCHITECTURES):
       models.as_family(config.model, method)
+    transfer_networks = [n.name for n in listed if n.transfer_source]
   except ValueError as error:
     fail(str(error))
+  if transfer_networks and not config.get("transfer", {}).get("encoders"):
+    fail(f"networks {', '.join(transfer_networks[:3])}{'...' if len(transfer_networks) > 3 else ''} decode frozen "
+         f"encoders of another run's single-task networks; set transfer.encoders to that run's workdir (or set "
+         f"transfer.enabled, which trains them after this run)")
   if config.num_devices:
     if jax.process_count() > 1:
       fail("num_devices selects local devices of a single host; leave it 0 on multi-host runs")

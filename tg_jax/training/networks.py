@@ -4,8 +4,10 @@ A network is a task subset, a size (its encoder's cost in standard networks, SNT
 method: ``""``, the paper's equal task weights, or a balancing method of ``tg_jax.balancing``
 (``mgda``, ``uncertainty``, ``pcgrad``, ...), or ``soft`` (soft parameter sharing: one network per
 task, their encoders pulled together by an L2 penalty), or an architecture (``mtan``, ``cross_stitch``,
-``mmoe``: that model family on the run's encoder, equal task weights). Names read ``<tasks>[@size][:method][#seed]``,
-e.g. ``depth+normals@0.5``, ``depth+normals+edges2d:mgda`` or ``depth+normals#1``. An experiment names
+``mmoe``: that model family on the run's encoder, equal task weights), or ``from_<task>``: a transfer
+network, one target task's decoder trained on the frozen encoder of ``<task>``'s single-task network
+(Taskonomy's transfer). Names read ``<tasks>[@size][:method][#seed]``, e.g. ``depth+normals@0.5``,
+``depth+normals+edges2d:mgda``, ``depth:from_normals`` or ``depth+normals#1``. An experiment names
 its networks with a few switches (``config.networks``): every single task, every pair, every subset,
 half-size single-task networks, or an explicit list.
 
@@ -40,11 +42,14 @@ from typing import Iterable, Sequence
 import ml_collections
 
 from tg_jax import balancing
-from tg_jax.records import (ARCHITECTURES, EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING, Network,
-                            split_seed)
+from tg_jax.records import (ARCHITECTURES, EQUAL_WEIGHTS, METHOD_SEPARATOR, SIZE_SEPARATOR, SOFT_SHARING,
+                            TRANSFER_PREFIX, Network, split_seed, transfer_source)
 from tg_jax.selection import tables
 
 SUBSET_CHOICES = ("singles", "pairs", "all")
+# The method of a cohort of transfer networks (``<target>:from_<source>``): their decoders train on
+# frozen encoders loaded from the source tasks' single-task networks (``trainer``).
+TRANSFER = "transfer"
 
 
 def methods() -> list[str]:
@@ -60,9 +65,11 @@ def parse(name: str, known_tasks: Sequence[str]) -> Network:
   """
   base, seed = split_seed(name)
   name_and_size, _, method = base.partition(METHOD_SEPARATOR)
-  if method not in (EQUAL_WEIGHTS, *methods()) or (METHOD_SEPARATOR in base and not method):
+  source = transfer_source(method)
+  if (method not in (EQUAL_WEIGHTS, *methods()) and not source) or (METHOD_SEPARATOR in base and not method):
     raise ValueError(f"network {name!r}: unknown method {method!r}; write <tasks>[@size][:method][#seed] with "
-                     f"method one of {', '.join(methods())} (or no ':method' for the paper's equal weights)")
+                     f"method one of {', '.join(methods())}, {TRANSFER_PREFIX}<task> (a transfer network) or no "
+                     f"':method' for the paper's equal weights")
   subset, _, size_text = name_and_size.partition(SIZE_SEPARATOR)
   try:
     size = float(size_text) if size_text else 1.0
@@ -77,7 +84,15 @@ def parse(name: str, known_tasks: Sequence[str]) -> Network:
                      f"train; config.tasks: {', '.join(known_tasks)}")
   if len(set(names)) != len(names):
     raise ValueError(f"network {name!r} names a task twice")
-  if method and len(names) < 2:
+  if source:
+    if source not in known_tasks:
+      raise ValueError(f"network {name!r}: transfer source {source!r} is not a task of the experiment; "
+                       f"config.tasks: {', '.join(known_tasks)}")
+    if len(names) != 1 or names[0] == source:
+      raise ValueError(f"network {name!r}: a transfer network decodes one target task other than its source "
+                       f"{source!r}, e.g. '{next((t for t in known_tasks if t != source), 'depth')}:"
+                       f"{TRANSFER_PREFIX}{source}'")
+  elif method and len(names) < 2:
     raise ValueError(f"network {name!r}: method {method!r} balances or shares between tasks and needs at "
                      f"least two; drop ':{method}' for a single-task network")
   return Network(tuple(t for t in known_tasks if t in names), size, method, seed)
@@ -110,7 +125,9 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
 
   Reads ``config.tasks`` and ``config.networks``: ``subsets`` (see ``subsets``; ``""`` for none),
   ``size`` (of those networks), ``half_size_singles`` (add one size-``half_size`` network per task),
-  ``extra`` (explicit names such as ``"depth+normals@0.8"`` or ``"depth+normals:pcgrad"``), ``seeds``
+  ``extra`` (explicit names such as ``"depth+normals@0.8"`` or ``"depth+normals:pcgrad"``),
+  ``all_task_sizes`` (every all-task network listed so far, equal weights and each method's, again at
+  each of these sizes: ``_wider_all_task_networks``), ``seeds``
   (``seeds``): the list of those networks once per seed, seed after seed, so with one seed (the
   default, 0) it is the list itself.
   """
@@ -126,6 +143,7 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
   if spec.half_size_singles:
     networks += [Network((task,), float(spec.half_size)) for task in tasks]
   networks += [parse(name, tasks) for name in spec.extra]
+  networks += _wider_all_task_networks(networks, tasks, spec.get("all_task_sizes", ()))
   seeded = [n.name for n in networks if n.seed]
   if seeded:
     raise ValueError(f"config.networks.extra names seed replicas ({', '.join(seeded)}); list networks without "
@@ -138,6 +156,22 @@ def from_config(config: ml_collections.ConfigDict) -> list[Network]:
     raise ValueError("config.networks selects no network; set networks.subsets to one of "
                      f"{', '.join(SUBSET_CHOICES)} or list networks in networks.extra")
   return [network.replica(seed) for seed in seeds(config) for network in networks]
+
+
+def _wider_all_task_networks(networks: Sequence[Network], tasks: tuple[str, ...],
+                             sizes: Sequence[float]) -> list[Network]:
+  """``config.networks.all_task_sizes``: each all-task network of ``networks`` (one per method) again
+  at every size of ``sizes``, so the all-task baselines have a network of their own at larger budgets."""
+  sizes = [float(size) for size in sizes]
+  bad = [size for size in sizes if not size > 0]
+  if bad:
+    raise ValueError(f"config.networks.all_task_sizes must be sizes > 0 in standard networks, e.g. (1.5, 2, 3); "
+                     f"got {tuple(sizes)}")
+  methods_trained = list(dict.fromkeys(n.method for n in networks if n.tasks == tasks))
+  if sizes and not methods_trained:
+    raise ValueError(f"config.networks.all_task_sizes widens the all-task network ({'+'.join(tasks)}), but the list "
+                     f"has none; set networks.subsets = 'all' or list it in networks.extra")
+  return [Network(tasks, size, method) for size in sizes for method in methods_trained]
 
 
 def positions(networks: Sequence[Network]) -> dict[Network, int]:
@@ -171,7 +205,8 @@ class Cohort:
     size: the networks' size (SNT).
     tasks: the union of the networks' tasks, in experiment order: the model's decoders.
     networks: the networks, in list order.
-    method: the networks' method (``Network.method``); with a method, ``tasks`` are every network's.
+    method: the networks' method (``Network.method``); with a method, ``tasks`` are every network's;
+      ``TRANSFER`` for transfer networks (``<target>:from_<source>``), masked like equal weights.
     seed: the networks' replica seed (``Network.seed``): which batch stream they train on.
     separate: the cohort's model is its one task set's (``cohorts(..., separate_task_sets=True)``).
   """
@@ -211,25 +246,35 @@ def cohorts(networks: Iterable[Network], task_order: Sequence[str],
             separate_task_sets: bool = False) -> list[Cohort]:
   """Equal-weight networks grouped by seed (in list order) and size (largest first), and with
   ``separate_task_sets`` (``not models.shares_one_encoder(config.model)``) by task set (in list
-  order); then one cohort per network with a method.
+  order); transfer networks likewise (cohorts of method ``TRANSFER``); then one cohort per network
+  with a method.
 
   A method network's balancer (or soft-sharing penalty) sees every task of its cohort as trained,
   so it never shares a model with networks of other tasks.
   """
-  by_seed: dict[int, dict[float, dict[tuple[str, ...], list[Network]]]] = {}
+  Groups = dict[int, dict[float, dict[tuple[str, ...], list[Network]]]]
+  by_seed: Groups = {}
+  transfer: Groups = {}
   with_method = []
   for network in networks:
-    if network.method:
+    if network.method and not network.transfer_source:
       with_method.append(network)
-    else:
-      task_set = network.tasks if separate_task_sets else ()
-      by_seed.setdefault(network.seed, {}).setdefault(network.size, {}).setdefault(task_set, []).append(network)
-  result = []
-  for seed, by_size in by_seed.items():
-    for size in sorted(by_size, reverse=True):
-      for members in by_size[size].values():
-        union = {t for n in members for t in n.tasks}
-        result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members), seed=seed,
-                             separate=separate_task_sets))
-  result += [Cohort(n.size, n.tasks, (n,), n.method, n.seed) for n in with_method]
-  return result
+      continue
+    task_set = network.tasks if separate_task_sets else ()
+    groups = transfer if network.transfer_source else by_seed
+    groups.setdefault(network.seed, {}).setdefault(network.size, {}).setdefault(task_set, []).append(network)
+
+  def grouped(groups: Groups, method: str) -> list[Cohort]:
+    result = []
+    for seed, by_size in groups.items():
+      for size in sorted(by_size, reverse=True):
+        for members in by_size[size].values():
+          union = {t for n in members for t in n.tasks}
+          result.append(Cohort(size, tuple(t for t in task_order if t in union), tuple(members), method, seed,
+                               separate=separate_task_sets))
+    return result
+
+  # Transfer networks train like equal-weight ones (each its own target task, masked), with frozen
+  # encoders: one cohort per size and seed, so they compile once.
+  return (grouped(by_seed, EQUAL_WEIGHTS) + grouped(transfer, TRANSFER)
+          + [Cohort(n.size, n.tasks, (n,), n.method, n.seed) for n in with_method])

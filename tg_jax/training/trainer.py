@@ -30,6 +30,7 @@ and written to ``results/tag.json``.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from absl import logging
@@ -49,6 +50,7 @@ from tg_jax.training import checkpoints
 from tg_jax.training import cohort as cohort_lib
 from tg_jax.training import cohorts as cohorts_lib
 from tg_jax.training import config as config_lib
+from tg_jax.training import ensemble
 from tg_jax.training import networks as networks_lib
 from tg_jax.training import planning
 from tg_jax.training import preemption
@@ -161,6 +163,8 @@ def _train(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
   chunk_sizes = planning.plan_chunks(runners, config, abstract_batch, image_shape, device)
   cohorts = cohorts_lib.Cohorts(runners, chunk_sizes, networks_lib.positions(all_networks), config.seed,
                                 image_shape, abstract_batch, replicated)
+  if not start_step:  # a checkpoint holds the loaded encoders already
+    cohorts.load_encoders(_transfer_encoders(config, paths, my_networks, image_shape))
   tag_meter = None
   if measured_by_tag in my_networks:  # in an array job, only the shard that trains it measures
     tag_meter = meter_lib.TagMeter(measured_by_tag, cohorts.chunk_of(measured_by_tag), image_shape,
@@ -218,6 +222,29 @@ def _train(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
   checkpointer.close()
   reporter.close()
   return summary
+
+
+def _transfer_encoders(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir,
+                       networks: Sequence[networks_lib.Network],
+                       image_shape: Sequence[int]) -> dict[networks_lib.Network, dict[str, Any]]:
+  """Per transfer network (``<target>:from_<source>``), the variables of its source: the
+  best-validation checkpoint of the single-task network of ``source`` (same size and seed) in the
+  workdir ``config.transfer.encoders`` (relative to this run's), read with that run's config."""
+  wanted = [n for n in networks if n.transfer_source]
+  if not wanted:
+    return {}
+  source = workdir_lib.Workdir(os.path.normpath(os.path.join(paths.path, config.transfer.encoders)))
+  source_config = source.read_config()
+  if source_config is None:
+    raise workdir_lib.WorkdirError(f"transfer.encoders={config.transfer.encoders!r} names {source.path}, which "
+                                   f"holds no run (no config.json); point it at the workdir that trained the "
+                                   f"single-task networks")
+  sources = {n: networks_lib.Network((n.transfer_source,), n.size, seed=n.seed).name for n in wanted}
+  variables = ensemble.best_variables(ml_collections.ConfigDict(source_config), source.path,
+                                      sorted(set(sources.values())), image_shape)
+  logging.info("transfer networks: frozen encoders of %s from %s", ", ".join(sorted(set(sources.values()))),
+               source.path)
+  return {n: variables[sources[n]][1] for n in wanted}
 
 
 def _load_datasets(config: ml_collections.ConfigDict) -> dict[str, Any]:
