@@ -546,13 +546,15 @@ class StandIn:
 
 
 def stand_ins(comparison: Comparison, study_tables: StudyTables) -> list[StandIn]:
-  """Every all-task method network of ``methods.json`` against Optimal at its cost, best total first."""
+  """Every all-task method network of ``methods.json`` (each size of it) against Optimal at its cost,
+  best total first."""
   budgets = comparison.budgets
   optimal = comparison.methods.get("optimal", [None] * len(budgets))
   optimal_intervals = comparison.intervals.get("optimal", [None] * len(budgets))
   equal = comparison.methods.get("all_task", [None] * len(budgets))
   result = []
-  for name, (cost, replicas) in _method_network_totals(study_tables.methods, study_tables.task_names).items():
+  method_networks = _method_network_totals(study_tables.methods, study_tables.task_names)
+  for name, cost, replicas in [(n, c, r) for n, by_cost in method_networks.items() for c, r in by_cost.items()]:
     total = float(np.mean(replicas))
     interval = uncertainty.t_intervals(np.asarray(replicas)[:, None])
     within = [i for i, b in enumerate(budgets) if b <= cost + COST_TOLERANCE]
