@@ -7,6 +7,7 @@ import os
 import pytest
 
 from tg_jax import finish
+from tg_jax.reporting import report
 from tg_jax.training import adaptive as adaptive_training
 from tg_jax.training import config as config_lib
 from tg_jax.training import networks
@@ -79,10 +80,29 @@ def test_finish_screens_then_promotes_within_the_budget_and_resumes_without_retr
   assert "b+c" in promoted
   budget2 = next(s for s in value["selection"]["solutions"] if s["budget"] == 2.0)
   assert any(n["tasks"] == ["b", "c"] for n in budget2["networks"]) and budget2["test_loss"] is not None
+  _check_report_shows_the_loop(workdir, value, budget2["test_loss"])
+  os.remove(os.path.join(workdir, "report.md"))
+  report.write_report(workdir)  # tg_jax.report: from the workdir's files alone
+  _check_report_shows_the_loop(workdir, value, budget2["test_loss"])
   calls = len(trainer.calls)
   finish.finish(config, workdir, train=trainer, random_samples=5)
   assert len(trainer.calls) == calls  # every training's networks.json exists: read, not rerun
   assert json.load(open(os.path.join(workdir, "adaptive.json")))["rounds"] == value["rounds"]
+
+
+def _check_report_shows_the_loop(workdir, value, total_at_2):
+  text = open(os.path.join(workdir, "report.md"), encoding="utf-8").read()
+  section = text.split("## Adaptive training", 1)[1].split("\n## ", 1)[0]
+  assert f"{value['trainings']:g} trainings' worth ({100 * value['trainings'] / 10:.0f}% of the 10 trainings" in section
+  for round_ in value["rounds"]:
+    assert all(name in section for name in round_["screened"] + round_["promoted"])
+  assert f"| 2 | a; b+c | {total_at_2:.3f} |" in section
+  # Table 4 and the compute table carry the loop as a method of its own.
+  table4 = text.split("## Table 4", 1)[1].split("\n## ", 1)[0]
+  row = next(line for line in table4.splitlines() if line.startswith("| adaptive |"))
+  assert f"{total_at_2:.3f}" in row
+  compute = text.split("## Training compute per method", 1)[1].split("\n## ", 1)[0]
+  assert any(line.startswith(f"| adaptive | {value['trainings']:.4g} |") for line in compute.splitlines())
 
 
 def test_candidates_are_every_group_and_the_half_size_singles():

@@ -213,6 +213,7 @@ def _finish(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, predi
       return None
     adaptive_text = (f"Adaptive loop: {looped['counted']}, {looped['trainings']:g} trainings; its selection in "
                      f"{paths.adaptive}")
+    study_tables = dataclasses.replace(study_tables, adaptive=looped)
   if jax.process_index() != 0:
     return ""
   comparison = analysis.compare_methods(study_tables, runs=runs, random_samples=random_samples)

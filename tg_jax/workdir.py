@@ -559,6 +559,7 @@ class StudyTables:
     transfer: the finished transfer phase's ``transfer/results/methods.json``: every
       ``<target>:from_<source>`` network's losses (``tg_jax.reporting.transfer``).
     transfer_csv: ``config.transfer.affinity_csv`` of the run: transfer affinities from elsewhere.
+    adaptive: ``adaptive.json``: the adaptive loop's rounds, compute and selection (``training.adaptive``).
   """
 
   val: Optional[tables.ResultsTable]
@@ -577,6 +578,7 @@ class StudyTables:
   refined: tuple[frozenset, ...] = ()
   transfer: dict = dataclasses.field(default_factory=dict)
   transfer_csv: str = ""
+  adaptive: Optional[dict] = None
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -641,7 +643,8 @@ def load_study(workdir: Workdir) -> StudyTables:
       retrained=tuple(n.name for n in retrained_run.networks) if retrained_run else (),
       refine=_refine_rounds(workdir), refined=tuple(frozenset(n.key for n in run.networks) for run in refine_runs),
       transfer=workdir.transfer.read_methods() if workdir.transfer.read_run() is not None else {},
-      transfer_csv=str((workdir.read_config() or {}).get("transfer", {}).get("affinity_csv", "")))
+      transfer_csv=str((workdir.read_config() or {}).get("transfer", {}).get("affinity_csv", "")),
+      adaptive=read_json(workdir.adaptive))
 
 
 def _refine_rounds(workdir: Workdir) -> int:

@@ -463,6 +463,7 @@ def compare_methods(study_tables: StudyTables, budgets: Optional[Sequence[float]
       methods[name] = [None if e is None else e.test_loss for e in entries]
   methods.update(_method_network_rows(study_tables.methods, study_tables.task_names, budgets))
   add_ensemble_rows(comparison, study_tables)
+  add_adaptive_rows(comparison, study_tables)
   if study_tables.replicas is not None:
     comparison.intervals = _table4_intervals(comparison, study_tables, random_samples, seed)
     if study_tables.main_converged and val is not None:
@@ -575,6 +576,23 @@ def add_ensemble_rows(comparison: Comparison, study_tables: StudyTables) -> None
                                              comparison.budgets))
 
 
+# Table 4's row of the adaptive loop's selection (``adaptive.json``).
+ADAPTIVE = "adaptive"
+
+
+def add_adaptive_rows(comparison: Comparison, study_tables: StudyTables) -> None:
+  """Adds Table 4's "adaptive" row when the study has ``adaptive.json``: the loop's selection among
+  the networks it trained to convergence, scored on test, at the comparison's budgets."""
+  if not study_tables.adaptive:
+    return
+  solutions = study_tables.adaptive["selection"]["solutions"]
+  row = []
+  for budget in comparison.budgets:
+    match = [s for s in solutions if abs(float(s["budget"]) - budget) <= COST_TOLERANCE]
+    row.append(None if not match or match[0].get("test_loss") is None else float(match[0]["test_loss"]))
+  comparison.methods[ADAPTIVE] = row
+
+
 def _chosen_networks(run: study.Selection) -> list[study.ChosenNetwork]:
   """Distinct networks a run chose over all its budgets, in first-chosen order."""
   chosen: dict = {}
@@ -669,6 +687,9 @@ def compute_per_method(study_tables: StudyTables, comparison: Comparison,
       count, snt = chosen_beyond(method, needed.trained)
       result[method] = Compute(needed.trainings + count, needed.snt_trainings + snt,
                                f"{needed.counted} + {networks(count)}", total)
+  if study_tables.adaptive:
+    looped = study_tables.adaptive
+    result[ADAPTIVE] = Compute(float(looped["trainings"]), float(looped["snt_trainings"]), looped["counted"], total)
   task_names = set(study_tables.task_names)
   for name, entry in study_tables.methods.items():
     steps = entry.get("network_steps")

@@ -416,6 +416,53 @@ def _refinement_lines(study_tables: workdir_lib.StudyTables, comparison: analysi
   return lines + [""] + [f"- {label}: {why}" for label, why in reasons.items()] + [""]
 
 
+def _json_groups_text(solution: dict) -> str:
+  """``_groups_text`` of a solution as ``Solution.to_json`` writes it."""
+  if solution.get("infeasible"):
+    return "infeasible"
+  parts = []
+  for index, network in enumerate(solution["networks"]):
+    served = [t for t in network["tasks"] if solution["assignment"].get(t) == index]
+    parts.append(("+".join(served) or "serves nothing")
+                 + ("" if tables.has_size(network["cost"], 1.0) else f" @{network['cost']:.2g}"))
+  return "; ".join(parts)
+
+
+def _adaptive_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison) -> list[str]:
+  """The adaptive loop (``adaptive.json``): its compute, its rounds and its selection per budget,
+  against Optimal's where every group was trained."""
+  looped = study_tables.adaptive
+  if not looped:
+    return []
+  share = (f" ({100 * looped['trainings'] / looped['candidates']:.0f}% of the {looped['candidates']} trainings of "
+           f"every group and half-size single)" if looped.get("candidates") else "")
+  steps = looped.get("network_steps")
+  lines = ["## Adaptive training", "",
+           f"The loop (`config.selection.adaptive`; its trainings in `{os.path.dirname(_FILES.adaptive_training(1, True).path)}/`, "
+           f"its selection in `{os.path.basename(_FILES.adaptive)}`) trained {looped['trainings']:g} trainings' worth"
+           + share + ("" if steps is None else f", {steps:,.0f} network-steps") + f": {looped['counted']}. "
+           "Each round screens the groups the surrogate's selection wants with early (ESA) losses and trains to "
+           "convergence those that can still change the selection; the selection is made among the networks "
+           "trained to convergence (validation) and scored on test.", ""]
+  if looped["rounds"]:
+    lines += _markdown_table(["round", "screened (early losses)", "trained to convergence", "trainings"],
+                             [[str(k + 1), ", ".join(r["screened"]) or "-", ", ".join(r["promoted"]) or "-",
+                               f"{r['trainings']:g}"] for k, r in enumerate(looped["rounds"])]) + [""]
+  optimal = comparison.methods.get("optimal")
+  rows = []
+  for solution in looped["selection"]["solutions"]:
+    budget = float(solution["budget"])
+    total = solution.get("test_loss")
+    row = [f"{budget:g}", _json_groups_text(solution), _format(total, 3)]
+    if optimal is not None:
+      index = next((i for i, b in enumerate(comparison.budgets) if abs(b - budget) <= analysis.COST_TOLERANCE), None)
+      best = None if index is None else optimal[index]
+      row += [_format(best, 3), "-" if best is None or total is None else f"{100 * (total - best) / best:+.1f}%"]
+    rows.append(row)
+  header = ["budget", "networks (tasks served)", "test total"] + (["optimal", "regret"] if optimal is not None else [])
+  return lines + _markdown_table(header, rows) + [""]
+
+
 def _groupings_lines(comparison: analysis.Comparison) -> list[str]:
   runs = comparison.runs
   rows = [[f"{budget:g}"] + [_groups_text(run.solutions[i]) for run in runs.values()]
@@ -624,6 +671,7 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   lines += _groupings_lines(comparison)
   lines += _figure6_lines(study_tables, comparison, figure_dir)
   lines += _refinement_lines(study_tables, comparison)
+  lines += _adaptive_lines(study_tables, comparison)
   lines += _compute_lines(study_tables, comparison)
   measured_regret = regret_lib.measure(study_tables, comparison)
   lines += _regret_lines(measured_regret, figure_dir)

@@ -120,7 +120,7 @@ def run(config: ml_collections.ConfigDict, paths: workdir_lib.Workdir, main: wor
   schedule = paths.read_run().schedule
   steps = None if schedule is None else schedule.total_steps
   name = lambda k: records.name_of(k[0], k[1], config.tasks)
-  value = {"trainings": result.trainings, "snt_trainings": result.snt_trainings,
+  value = {"candidates": len(keys), "trainings": result.trainings, "snt_trainings": result.snt_trainings,
            "network_steps": None if steps is None else result.trainings * steps, "stable": result.stable,
            "counted": result.describe(),
            "rounds": [{"screened": [name(k) for k in r.screened], "promoted": [name(k) for k in r.promoted],
