@@ -13,8 +13,8 @@ import pytest
 import train_fakes
 from tg_jax import balancing
 from tg_jax import models
+from tg_jax import records
 from tg_jax import tasks as tasks_lib
-from tg_jax.affinity import meter
 from tg_jax.affinity import tag as tag_lib
 from tg_jax.training import cohort
 from tg_jax.training import config as config_lib
@@ -386,11 +386,14 @@ def test_every_method_of_the_shelf_trains_in_the_trainer(tmp_path, monkeypatch):
   assert all(np.all(np.isfinite(list(weights.values()))) for weights in logged.values())
 
 
-def test_methods_experiment_lists_the_methods_and_tag(monkeypatch):
+def test_methods_experiment_lists_every_group_and_every_method(monkeypatch):
   monkeypatch.chdir(config_lib.__file__.rsplit("/tg_jax/", 1)[0])
   for variant in ("", "full"):
     config = config_lib.load_experiment("experiments", "methods").get_config(variant)
     config_lib.validate(config)
     listed = networks.from_config(config)
-    assert {n.method for n in listed} >= {"", "mgda", "uncertainty", "pcgrad", "soft"}
-    assert config.tag.enabled and meter.tag_network(config) in listed
+    # Every group with equal weights, and the all-task network with every other method of the shelf.
+    assert {n.method for n in listed} == ({""} | set(balancing.names()) - {"equal"} | {"soft"}
+                                          | set(records.ARCHITECTURES))
+    assert {n.tasks for n in listed if not n.method} >= set(networks.subsets(tuple(config.tasks), "all"))
+    assert {n.tasks for n in listed if n.method} == {tuple(config.tasks)}
