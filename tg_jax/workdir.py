@@ -560,6 +560,9 @@ class StudyTables:
       ``<target>:from_<source>`` network's losses (``tg_jax.reporting.transfer``).
     transfer_csv: ``config.transfer.affinity_csv`` of the run: transfer affinities from elsewhere.
     adaptive: ``adaptive.json``: the adaptive loop's rounds, compute and selection (``training.adaptive``).
+    helper_tasks: ``config.selection.helper_tasks`` of the run: tasks trained only to help the others.
+      The tables hold the served tasks alone (``ResultsTable.with_helpers``): networks trained with a
+      helper serve their other tasks; the results files on disk keep every column.
   """
 
   val: Optional[tables.ResultsTable]
@@ -579,6 +582,7 @@ class StudyTables:
   transfer: dict = dataclasses.field(default_factory=dict)
   transfer_csv: str = ""
   adaptive: Optional[dict] = None
+  helper_tasks: tuple[str, ...] = ()
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -607,7 +611,13 @@ def _concat(first: Optional[tables.Replicas], second: Optional[tables.Replicas])
 def load_study(workdir: Workdir) -> StudyTables:
   """The main run's tables and records, the retraining phase's (once finished), methods, TAG, ensembles,
   the transfer phase's losses (once finished)."""
-  val, test, esa = (workdir.read_table(split) for split in SPLITS)
+  helpers = helper_tasks(workdir)
+
+  def read(source: Workdir, split: str) -> Optional[tables.Replicas]:
+    table = source.read_table(split)
+    return table.with_helpers(helpers) if table is not None and helpers else table
+
+  val, test, esa = (read(workdir, split) for split in SPLITS)
   if val is None or test is None:
     missing = [workdir.relative(workdir.table(s)) for s, t in (("val", val), ("test", test)) if t is None]
     raise tables.TableError(f"{workdir.path!r} has no {' or '.join(missing)}; point --workdir at a workdir of "
@@ -618,13 +628,13 @@ def load_study(workdir: Workdir) -> StudyTables:
   retrained_run = workdir.retrain.read_run()
   retrained_val = retrained_test = None
   if retrained_run is not None:  # an unfinished retraining phase's tables are not final yet
-    retrained_val, retrained_test = workdir.retrain.read_table("val"), workdir.retrain.read_table("test")
+    retrained_val, retrained_test = read(workdir.retrain, "val"), read(workdir.retrain, "test")
   val = _concat(val if main_converged else None, retrained_val)
   test = _concat(test if main_converged else None, retrained_test)
   refine_runs = []
   while (round_run := workdir.refine_round(len(refine_runs) + 1).read_run()) is not None:
     round_dir = workdir.refine_round(len(refine_runs) + 1)
-    val, test = _concat(val, round_dir.read_table("val")), _concat(test, round_dir.read_table("test"))
+    val, test = _concat(val, read(round_dir, "val")), _concat(test, read(round_dir, "test"))
     refine_runs.append(round_run)
   runs = tuple(run for run in (main_run, retrained_run, *refine_runs) if run is not None)
   replicas = examples = None
@@ -644,7 +654,14 @@ def load_study(workdir: Workdir) -> StudyTables:
       refine=_refine_rounds(workdir), refined=tuple(frozenset(n.key for n in run.networks) for run in refine_runs),
       transfer=workdir.transfer.read_methods() if workdir.transfer.read_run() is not None else {},
       transfer_csv=str((workdir.read_config() or {}).get("transfer", {}).get("affinity_csv", "")),
-      adaptive=read_json(workdir.adaptive))
+      adaptive=read_json(workdir.adaptive),
+      helper_tasks=helpers)
+
+
+def helper_tasks(workdir: Workdir) -> tuple[str, ...]:
+  """``config.selection.helper_tasks`` of the run (``config.json``): tasks trained to help, never
+  served; none without a config (tables from other code)."""
+  return tuple((workdir.read_config() or {}).get("selection", {}).get("helper_tasks", ()))
 
 
 def _refine_rounds(workdir: Workdir) -> int:

@@ -115,7 +115,7 @@ def size_matched_groups(table: ResultsTable) -> list[tuple[str, ...]]:
   by table row."""
   groups = []
   for row, tasks in enumerate(table.network_tasks):
-    if len(tasks) < 2 or not tables.has_size(table.costs[row], FULL_COST):
+    if len(tasks) < 2 or not tables.has_size(table.costs[row], FULL_COST) or table.helpers_of(row):
       continue
     singles, _ = fractional_singles(table, 1.0 / len(tasks))
     if all(np.isfinite(singles[table.task_names.index(t)]) for t in tasks):
@@ -309,7 +309,8 @@ class Comparison:
 
 
 def _has_all_groups(table: ResultsTable) -> bool:
-  full_groups = {frozenset(t) for t, c in zip(table.network_tasks, table.costs) if tables.has_size(c, FULL_COST)}
+  plain = table.without_helper_networks()
+  full_groups = {frozenset(t) for t, c in zip(plain.network_tasks, plain.costs) if tables.has_size(c, FULL_COST)}
   return len(full_groups) >= 2 ** table.num_tasks - 1
 
 

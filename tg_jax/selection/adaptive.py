@@ -119,7 +119,7 @@ def narrowed(table: ResultsTable, rows: Sequence[int]) -> ResultsTable:
   rows = list(rows)
   columns = np.flatnonzero(np.isfinite(table.losses[rows]).any(axis=0))
   return ResultsTable(tuple(table.task_names[c] for c in columns), tuple(table.network_tasks[r] for r in rows),
-                      table.costs[rows], table.losses[np.ix_(rows, columns)])
+                      table.costs[rows], table.losses[np.ix_(rows, columns)], table.helper_tasks)
 
 
 def early_to_converged(converged: ResultsTable, early: ResultsTable) -> np.ndarray:
@@ -194,7 +194,8 @@ def _optimistic_smaller_singles(converged: ResultsTable, keys: Sequence[Key]) ->
     return None
   together = ResultsTable(converged.task_names, converged.network_tasks + tuple(converged.network_tasks[r] for _, r in rows),
                           np.concatenate([converged.costs, [k[1] for k, _ in rows]]),
-                          np.concatenate([converged.losses, converged.losses[[r for _, r in rows]]]))
+                          np.concatenate([converged.losses, converged.losses[[r for _, r in rows]]]),
+                          converged.helper_tasks)
   return narrowed(together, range(converged.num_networks, together.num_networks))
 
 

@@ -46,7 +46,7 @@ def all_task_network(val: ResultsTable, test: Optional[ResultsTable], budget: fl
   serve every task: ``serves``)."""
   allowed = serving(val, serves)
   rows = [r for r, tasks in enumerate(val.network_tasks)
-          if len(tasks) == val.num_tasks and val.costs[r] <= budget + COST_TOLERANCE and allowed[r].all()]
+          if set(tasks) == set(val.task_names) and val.costs[r] <= budget + COST_TOLERANCE and allowed[r].all()]
   if not rows:
     return None
   row = min(rows, key=lambda r: (-val.costs[r], float(np.sum(val.losses[r])), r))

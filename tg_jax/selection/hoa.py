@@ -20,6 +20,7 @@ PAIR_COST = 1.0
 
 def pair_losses(table: ResultsTable) -> np.ndarray:
   """``[tasks, tasks]``: entry (t, u) is task t's loss in the full-size pair network {t, u}."""
+  table = table.without_helper_networks()
   num_tasks = table.num_tasks
   pair = np.full((num_tasks, num_tasks), np.nan)
   column = {name: i for i, name in enumerate(table.task_names)}
@@ -80,7 +81,9 @@ def predict(table: ResultsTable, max_order: Optional[int] = None) -> ResultsTabl
   Networks of one or two tasks keep their measured losses; every group of three to ``max_order``
   tasks (default: all of them) becomes a predicted full-size network, replacing any measured network
   on the same group (that one would not have been trained yet). At most ``MAX_PREDICTED_GROUPS``.
+  Networks trained with a helper task are left out: they are not groups of the served tasks.
   """
+  table = table.without_helper_networks()
   num_tasks = table.num_tasks
   max_order = num_tasks if max_order is None else max_order
   if max_order < 2:
@@ -117,6 +120,7 @@ def accuracy(table: ResultsTable) -> Optional[PredictionAccuracy]:
 
   Returns None when the table has no such networks.
   """
+  table = table.without_helper_networks()
   pair = pair_losses(table)
   column = {name: i for i, name in enumerate(table.task_names)}
   predicted, actual = [], []

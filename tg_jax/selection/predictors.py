@@ -343,7 +343,7 @@ def _surrogate(measured: Measured, max_group_size: Optional[int], sample: float 
 # --- TAG ------------------------------------------------------------------------------------------
 
 def _in_task_order(matrix: np.ndarray, source: Sequence[str], task_names: Sequence[str]) -> np.ndarray:
-  if set(source) != set(task_names):
+  if not set(task_names) <= set(source):
     raise TableError(f"TAG's affinities are for tasks {list(source)}, the tables' for {list(task_names)}; measure "
                      f"them on a network of the tables' tasks (config.tag.network)")
   order = [list(source).index(t) for t in task_names]
@@ -396,4 +396,6 @@ def predict(name: str, measured: Measured, max_group_size: Optional[int] = None,
     raise ValueError(f"unknown predictor {name!r}; choose one of {', '.join(NAMES)}")
   if options and name != "surrogate":
     raise ValueError(f"predictor {name!r} takes no options; got {', '.join(options)}")
+  # Predictors model groups of served tasks; networks trained with a helper are not such groups.
+  measured = dataclasses.replace(measured, trained=measured.trained.without_helper_networks())
   return _PREDICTORS[name](measured, max_group_size, **options)

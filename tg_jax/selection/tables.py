@@ -6,6 +6,12 @@ trained on, ``cost`` its inference cost in standard-network units (SNT), and eac
 network's loss on the task, empty where the network does not solve it. The authors' own tab-separated
 format (``read_standley``) is read too.
 
+Helper tasks (Caruana's "extra outputs"): tasks some networks are trained on so that they help
+the others, never served. ``ResultsTable.with_helpers`` drops their columns: a network trained on
+``depth+edges3d`` keeps its name and identity (``network_key``) but solves, and may serve, only
+``depth``; a network of helper tasks alone serves nothing and leaves the table. The selector, the
+baselines and the uncertainty then see only the served tasks.
+
 Seed replicas: a table may have a ``seed`` column right after ``cost``
 (``tasks,cost,seed,<task>,...``); rows with the same tasks and cost are then replicas of one network,
 trained with different seeds. ``read_replicas`` keeps every replica (``Replicas``); ``read_csv``
@@ -63,12 +69,15 @@ class ResultsTable:
     costs: ``[networks]`` inference cost in SNT.
     losses: ``[networks, tasks]`` loss of each network on each task; ``inf`` where the network does
       not solve the task (so that "best network for a task" is a plain minimum).
+    helper_tasks: tasks a network may be trained on without a column: helpers, never served
+      (``with_helpers``). A network solves exactly its tasks that are not helpers.
   """
 
   task_names: tuple[str, ...]
   network_tasks: tuple[tuple[str, ...], ...]
   costs: np.ndarray
   losses: np.ndarray
+  helper_tasks: tuple[str, ...] = ()
 
   def __post_init__(self):
     costs = np.asarray(self.costs, dtype=np.float64)
@@ -83,16 +92,23 @@ class ResultsTable:
                        f"{costs.shape} and losses {losses.shape}")
     if len(set(self.task_names)) != num_tasks:
       raise TableError(f"duplicate task names in {self.task_names}")
+    object.__setattr__(self, "helper_tasks", tuple(self.helper_tasks))
+    served_helpers = sorted(set(self.helper_tasks) & set(self.task_names))
+    if served_helpers:
+      raise TableError(f"helper task(s) {served_helpers} also have a column; a helper is never served "
+                       f"(ResultsTable.with_helpers drops its column)")
     column = {name: i for i, name in enumerate(self.task_names)}
     for row, tasks in enumerate(self.network_tasks):
-      unknown = [t for t in tasks if t not in column]
+      unknown = [t for t in tasks if t not in column and t not in self.helper_tasks]
       if unknown:
         raise TableError(f"network {row} ({self.network_label(row)}) names unknown task(s) {unknown}; "
                          f"table tasks: {', '.join(self.task_names)}")
       solved = {self.task_names[j] for j in np.flatnonzero(np.isfinite(losses[row]))}
-      if solved != set(tasks):
+      served = set(tasks) - set(self.helper_tasks)
+      if solved != served or not served:
         raise TableError(f"network {row} ({self.network_label(row)}) has losses for {sorted(solved)} but is "
-                         f"trained on {sorted(tasks)}; a network has a loss exactly for its own tasks")
+                         f"trained on {sorted(tasks)}; a network has a loss exactly for its own tasks"
+                         + (f" other than helper tasks ({', '.join(self.helper_tasks)})" if self.helper_tasks else ""))
     if np.any(~np.isfinite(costs)) or np.any(costs < 0):
       raise TableError(f"costs must be finite and >= 0, got {costs}")
     if np.any(np.isnan(losses)) or np.any(losses == -np.inf):
@@ -142,17 +158,45 @@ class ResultsTable:
     tasks = TASK_SEPARATOR.join(self.network_tasks[row])
     return f"{tasks} @ {self.costs[row]:g} SNT"
 
+  def helpers_of(self, row: int) -> tuple[str, ...]:
+    """The helper tasks network ``row`` is trained on besides the tasks it serves."""
+    return tuple(t for t in self.network_tasks[row] if t in self.helper_tasks)
+
+  def helped_rows(self) -> list[int]:
+    """The rows of networks trained with a helper task."""
+    return [r for r in range(self.num_networks) if self.helpers_of(r)]
+
+  def without_helper_networks(self) -> "ResultsTable":
+    """The networks trained on served tasks alone: the groups the paper's analyses (pairs, HOA,
+    Figure 2) are about."""
+    helped = set(self.helped_rows())
+    return self.subset([r for r in range(self.num_networks) if r not in helped])
+
+  def with_helpers(self, helper_tasks: Sequence[str]) -> "ResultsTable":
+    """This table serving only its tasks outside ``helper_tasks``: their columns dropped, and the
+    networks trained on helpers alone. Helpers the table has no column for drop nothing (a
+    retraining run writes only the columns of its networks' tasks)."""
+    helpers = tuple(dict.fromkeys(tuple(self.helper_tasks) + tuple(helper_tasks)))
+    served = [j for j, t in enumerate(self.task_names) if t not in helpers]
+    if not served:
+      raise TableError(f"every task of the table ({', '.join(self.task_names)}) is a helper task; serve at "
+                       f"least one (drop it from the helper tasks)")
+    rows = [r for r in range(self.num_networks) if np.isfinite(self.losses[r, served]).any()]
+    return ResultsTable(tuple(self.task_names[j] for j in served), tuple(self.network_tasks[r] for r in rows),
+                        self.costs[rows], self.losses[np.ix_(rows, served)], helpers)
+
   def subset(self, rows: Sequence[int]) -> "ResultsTable":
     rows = list(rows)
     return ResultsTable(self.task_names, tuple(self.network_tasks[r] for r in rows), self.costs[rows],
-                        self.losses[rows])
+                        self.losses[rows], self.helper_tasks)
 
   def concat(self, other: "ResultsTable") -> "ResultsTable":
     """Both tables' rows over this table's tasks; ``other`` may leave out tasks none of its networks
     solve (a retraining run of a few networks writes only their columns)."""
     return ResultsTable(self.task_names, self.network_tasks + other.network_tasks,
                         np.concatenate([self.costs, other.costs]),
-                        np.concatenate([self.losses, _widened(other.losses, other.task_names, self.task_names)]))
+                        np.concatenate([self.losses, _widened(other.losses, other.task_names, self.task_names)]),
+                        tuple(dict.fromkeys(self.helper_tasks + other.helper_tasks)))
 
   def with_task_order(self, task_names: Sequence[str], what: str = "test table") -> "ResultsTable":
     """This table with its task columns in the order ``task_names`` (the same tasks), or an error
@@ -163,7 +207,7 @@ class ResultsTable:
                        f"{list(task_names)}: missing {sorted(set(task_names) - set(self.task_names)) or 'none'}, "
                        f"extra {sorted(set(self.task_names) - set(task_names)) or 'none'}")
     columns = [self.task_names.index(t) for t in task_names]
-    return ResultsTable(task_names, self.network_tasks, self.costs, self.losses[:, columns])
+    return ResultsTable(task_names, self.network_tasks, self.costs, self.losses[:, columns], self.helper_tasks)
 
   def aligned_to(self, reference: "ResultsTable", what: str = "test table") -> "ResultsTable":
     """This table's rows reordered to match ``reference``'s networks and its task columns matched to
@@ -235,7 +279,8 @@ class Replicas:
       network_seeds.append(member_seeds)
       firsts.append(members[0])
     means = np.nanmean(samples, axis=1)
-    table = ResultsTable(rows.task_names, tuple(rows.network_tasks[r] for r in firsts), rows.costs[firsts], means)
+    table = ResultsTable(rows.task_names, tuple(rows.network_tasks[r] for r in firsts), rows.costs[firsts], means,
+                         rows.helper_tasks)
     return cls(table, tuple(network_seeds), samples)
 
   @property
@@ -246,6 +291,14 @@ class Replicas:
   @property
   def replicated(self) -> bool:
     return bool(self.counts.max() > 1)
+
+  def with_helpers(self, helper_tasks: Sequence[str]) -> "Replicas":
+    """Every replica over the served tasks (``ResultsTable.with_helpers``)."""
+    table = self.table.with_helpers(helper_tasks)
+    columns = [self.table.task_names.index(t) for t in table.task_names]
+    rows = [r for r in range(self.table.num_networks) if np.isfinite(self.table.losses[r, columns]).any()]
+    count = max(len(self.seeds[r]) for r in rows)
+    return Replicas(table, tuple(self.seeds[r] for r in rows), self.samples[rows][:, :count][:, :, columns])
 
   def subset(self, rows: Sequence[int]) -> "Replicas":
     rows = list(rows)

@@ -338,7 +338,8 @@ class BatchSelector:
                max_structures: int = 20_000):
     num_tasks = len(task_names)
     column = {t: j for j, t in enumerate(task_names)}
-    masks = np.asarray([sum(1 << column[t] for t in tasks) for tasks in network_tasks])
+    # Helper tasks (``ResultsTable.helper_tasks``) have no column: a network serves only its others.
+    masks = np.asarray([sum(1 << column[t] for t in tasks if t in column) for tasks in network_tasks])
     classes = np.unique(np.round(np.asarray(costs, dtype=np.float64), 9))
     class_of = np.searchsorted(classes, np.round(np.asarray(costs, dtype=np.float64), 9))
     # (block, cost class) pairs some network can serve: its rows and the block's tasks.

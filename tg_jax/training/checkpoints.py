@@ -36,7 +36,8 @@ RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.workers", "data.p
                      "transfer.enabled", "transfer.affinity_csv")
 # Keys added since workdirs were first written, with the value that trains what a workdir without the
 # key trained: such a workdir resumes under a config that sets that value.
-ADDED_KEYS = {"networks.seeds": 1, "transfer.encoders": "", "networks.all_task_sizes": []}
+ADDED_KEYS = {"networks.seeds": 1, "transfer.encoders": "", "networks.all_task_sizes": [],
+              "selection.helper_tasks": []}
 
 
 class ConfigMismatchError(ValueError):

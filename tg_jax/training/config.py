@@ -134,6 +134,10 @@ def base_config(variant: str | None = CPU) -> ml_collections.ConfigDict:
   config.selection = ml_collections.ConfigDict()
   config.selection.predict = "hoa"          # how main predicts unseen groups: "hoa", "esa", "none"
   config.selection.refine = 0               # ESA refinement rounds at most (paper section 6), 0: none
+  # Tasks of config.tasks trained only to help the others (Caruana's extra outputs): networks may
+  # include them (trained with their loss, equal weights), the tables keep their columns, but the
+  # selection never serves them: e.g. ("edges3d",) with networks "depth+edges3d", ...
+  config.selection.helper_tasks = ()
   # The adaptive loop after the main run (tg_jax.selection.adaptive; experiments/adaptive.py): its budget
   # in trainings (0: off), networks screened for esa_fraction of the schedule and promoted per round.
   config.selection.adaptive = ml_collections.ConfigDict()
@@ -212,6 +216,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"selection.predict must be one of {', '.join(predictions)}, got {config.selection.predict!r}")
   need(is_int(config.selection.refine) and config.selection.refine >= 0,
        f"selection.refine must be a count of rounds >= 0, got {config.selection.refine!r}")
+  _validate_helper_tasks(tuple(config.tasks), config.selection.get("helper_tasks", ()))
   if config.selection.adaptive.trainings:
     from tg_jax.selection import adaptive  # pylint: disable=g-import-not-at-top
     try:
@@ -233,6 +238,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "tag" in config:
     need(config.tag.every_steps >= 1, f"tag.every_steps must be >= 1, got {config.tag.every_steps}")
   _validate_parts(config)
+
+
+def _validate_helper_tasks(tasks: tuple[str, ...], helpers) -> None:
+  """``selection.helper_tasks`` names distinct tasks of ``config.tasks`` and leaves one to serve."""
+  if isinstance(helpers, str):
+    raise ValueError(f"invalid config: selection.helper_tasks must be a tuple of task names, got the string "
+                     f"{helpers!r}; write ({helpers!r},)")
+  helpers = tuple(helpers)
+  unknown = [h for h in helpers if h not in tasks]
+  if unknown:
+    raise ValueError(f"invalid config: selection.helper_tasks names {unknown}, not in config.tasks "
+                     f"({', '.join(tasks)}); a helper task is trained, so list it in config.tasks too")
+  if len(set(helpers)) != len(helpers):
+    raise ValueError(f"invalid config: selection.helper_tasks names a task twice: {helpers}")
+  if set(helpers) >= set(tasks):
+    raise ValueError(f"invalid config: selection.helper_tasks names every task of config.tasks; leave at least "
+                     f"one task to serve")
 
 
 # Groups of keys whose members are not fixed by ``base_config``: the model family's and the dataset's
