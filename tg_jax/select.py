@@ -13,6 +13,11 @@ r"""Chooses networks for each inference budget from results tables; no training,
   python -m tg_jax.select --results=val.csv --test_results=test.csv --predict=surrogate
   python -m tg_jax.select --results=val.csv --predict=tag --affinities=WORKDIR/results/tag.json
 
+  # Helper tasks (trained as extra outputs of some networks, never served): their columns are dropped
+  # and a network such as depth+edges3d is a candidate for depth. Read from WORKDIR/config.json
+  # (config.selection.helper_tasks) when --results is a workdir's table; --helper_tasks= for none.
+  python -m tg_jax.select --results=val.csv --test_results=test.csv --helper_tasks=edges3d,curvature
+
   # The authors' published tables (Early Stopping Approximation: select on ESA losses, assign tasks
   # by the converged networks' validation losses, score on test):
   python -m tg_jax.select --format=standley --results=setting1_esa.tsv \
@@ -31,6 +36,7 @@ from typing import Optional
 from absl import app, flags
 
 from tg_jax import console
+from tg_jax import workdir as workdir_lib
 from tg_jax.selection import predictors, selector, study, tables, uncertainty
 
 _RESULTS = flags.DEFINE_string("results", None, "Table the selection runs on (validation losses, or ESA losses).")
@@ -65,6 +71,9 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap", uncertainty.DEFAULT_RESAMPLES,
 _MAX_GROUP_SIZE = flags.DEFINE_integer("max_group_size", None, "--predict: the largest group predicted "
                                       "(default: all tasks; needed past 16 tasks, where a predictor lists too many "
                                       "groups).")
+_HELPER_TASKS = flags.DEFINE_list("helper_tasks", None, "Tasks of the tables trained only to help the others, never "
+                                  "served (default: the workdir's config.selection.helper_tasks when --results is "
+                                  "WORKDIR/results/<split>.csv; --helper_tasks= for none).")
 _PROGRESS_AFTER = flags.DEFINE_float("progress_after", 2.0, "Report each stage on stderr once the selection has run "
                                      "this many seconds (0: always).")
 _RISK_QUANTILE = flags.DEFINE_float("risk_quantile", None, "Select on each network's upper quantile over its seeds "
@@ -108,6 +117,21 @@ def _read(path: str) -> tables.Replicas:
   return tables.Replicas.from_table(tables.read(path, _FORMAT.value, _TASK_NAMES.value))
 
 
+def _helper_tasks(table: tables.ResultsTable) -> tuple[str, ...]:
+  """``--helper_tasks``, else the helpers of the workdir whose table ``--results`` is; each a column."""
+  helpers = _HELPER_TASKS.value
+  if helpers is None:
+    workdir = workdir_lib.Workdir(os.path.dirname(os.path.dirname(os.path.abspath(_RESULTS.value))))
+    is_workdir_table = any(os.path.abspath(_RESULTS.value) == os.path.abspath(workdir.table(split))
+                           for split in workdir_lib.SPLITS)
+    helpers = workdir_lib.helper_tasks(workdir) if is_workdir_table else ()
+  unknown = [h for h in helpers if h not in table.task_names]
+  if unknown:
+    raise console.UsageError(f"--helper_tasks names {', '.join(unknown)}, not a task of {_RESULTS.value} (its tasks: "
+                             f"{', '.join(table.task_names)}); name helpers among them, or --helper_tasks= for none")
+  return tuple(helpers)
+
+
 def _read_affinities(path: str) -> predictors.Affinities:
   try:
     with open(path, encoding="utf-8") as f:
@@ -145,6 +169,10 @@ def run_command() -> str:
   val_replicas = _read(_RESULTS.value)
   test_replicas = _read(_TEST_RESULTS.value) if _TEST_RESULTS.value else None
   converged_replicas = _read(_CONVERGED_RESULTS.value) if _CONVERGED_RESULTS.value else None
+  helpers = _helper_tasks(val_replicas.table)
+  if helpers:
+    val_replicas, test_replicas, converged_replicas = (None if r is None else r.with_helpers(helpers)
+                                                       for r in (val_replicas, test_replicas, converged_replicas))
   val, test = val_replicas.table, test_replicas.table if test_replicas else None
   converged = converged_replicas.table if converged_replicas else None
   reference = converged or val
@@ -158,7 +186,7 @@ def run_command() -> str:
                      "--results (or --converged_results) and --test_results")
   objective = selector.Objective(weights=_parse_mapping(_WEIGHTS.value, "weights"),
                                  caps=_parse_mapping(_CAPS.value, "caps"))
-  notes = []
+  notes = [f"helper tasks (trained, never served): {', '.join(helpers)}"] if helpers else []
   if _NORMALISE.value == "single":
     objective = selector.Objective(weights=objective.weights, caps=objective.caps,
                                    normalisers=selector.Objective.normalised_by(reference).normalisers)

@@ -240,6 +240,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_parts(config)
 
 
+def served_tasks(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """``config.tasks`` without ``selection.helper_tasks``: the tasks a selection serves."""
+  helpers = set(config.selection.get("helper_tasks", ()))
+  return tuple(t for t in config.tasks if t not in helpers)
+
+
 def _validate_helper_tasks(tasks: tuple[str, ...], helpers) -> None:
   """``selection.helper_tasks`` names distinct tasks of ``config.tasks`` and leaves one to serve."""
   if isinstance(helpers, str):

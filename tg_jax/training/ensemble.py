@@ -30,6 +30,7 @@ from tg_jax.affinity import tag as tag_lib
 from tg_jax.training import checkpoints
 from tg_jax.training import cohort as cohort_lib
 from tg_jax.training import cohorts as cohorts_lib
+from tg_jax.training import config as config_lib
 from tg_jax.training import networks as networks_lib
 
 
@@ -131,7 +132,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, network_names: Seq
   if len(seeds) > 1:
     raise ValueError(f"ensemble of networks {', '.join(network_names)} mixes seed replicas {seeds}; pass the "
                      f"names of one seed's replicas (e.g. all without '#<seed>' for seed 0)")
-  solvers = {t: [n.name for n in parsed if t in n.tasks] for t in config.tasks}
+  solvers = {t: [n.name for n in parsed if t in n.tasks] for t in config_lib.served_tasks(config)}
   solvers = {t: names for t, names in solvers.items() if len(names) >= 2}
   if not solvers:
     return {}

@@ -19,6 +19,7 @@ import numpy as np
 from tg_jax import data
 from tg_jax import tasks as tasks_lib
 from tg_jax import workdir as workdir_lib
+from tg_jax.training import config as config_lib
 from tg_jax.training import ensemble
 
 NUM_IMAGES = 3
@@ -57,7 +58,7 @@ def predict(config: ml_collections.ConfigDict, sources: Sequence[tuple[ml_collec
     budget: the budget the networks were chosen at (recorded with the predictions).
     num_images: how many test images.
   """
-  tasks = tuple(config.tasks)
+  tasks = config_lib.served_tasks(config)
   dataset = data.load(config.data, tasks=tasks, split="test")
   batch = next(iter(dataset.eval_batches(num_images)))
   real = np.asarray(batch["weight"]) > 0
