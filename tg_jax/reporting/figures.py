@@ -136,6 +136,37 @@ def size_matched(per_k: Sequence[analysis.SizeMatched], path: str) -> None:
   plt.close(figure)
 
 
+def helper_gains(gains, path: str) -> None:
+  """Helper tasks (``reporting.helper_tasks.HelperGains``): per served task, its test-loss gain over its
+  single-task network in its pair with each helper and in its best network with a helper (bars; error
+  bars: 95% intervals over seeds)."""
+  series = [(f"+ {helper}", gains.pair_gain[:, h], None if gains.pair_intervals is None else
+             (gains.pair_intervals[0][:, h], gains.pair_intervals[1][:, h])) for h, helper in enumerate(gains.helpers)]
+  series.append(("best with a helper (on validation)", gains.best_gain, gains.best_intervals))
+  width = 0.8 / len(series)
+  figure, axes = plt.subplots(figsize=(1.8 + 1.4 * len(gains.tasks), 4.0), dpi=110)
+  positions = np.arange(len(gains.tasks))
+  for index, (label, values, intervals) in enumerate(series):
+    x = positions - 0.4 + width * (index + 0.5)
+    axes.bar(x, 100 * values, width=width * 0.9, label=label, edgecolor="black", linewidth=0.5,
+             color="0.6" if index == len(series) - 1 else None)
+    if intervals is not None:
+      low, high = 100 * intervals[0], 100 * intervals[1]
+      axes.errorbar(x, 100 * values, yerr=[100 * values - low, high - 100 * values], fmt="none", ecolor="black",
+                    capsize=3, linewidth=1)
+  axes.axhline(0, color="black", linewidth=0.8)
+  axes.set_xticks(positions, gains.tasks, fontsize=8, rotation=15)
+  axes.set_ylabel("% lower test loss than the\nsingle-task network (1 SNT each)")
+  axes.set_title("Each served task trained with a helper task"
+                 + (f"\n95% intervals over {gains.replicates} seeds" if gains.pair_intervals is not None else ""),
+                 fontsize=9)
+  axes.legend(fontsize=7)
+  axes.grid(axis="y", alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path)
+  plt.close(figure)
+
+
 def data_size(points: Sequence, path: str) -> None:
   """The training-set sweep (``reporting.data_size.Point``s, by size): per size, the mean over tasks of
   each task's gain in the all-task network and in its pairs over its single-task network (thick, with
@@ -177,8 +208,8 @@ def _size_label(cost: float) -> str:
 def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (), title: str = "",
               probabilities: Optional[Sequence[Optional[float]]] = None) -> None:
   """Figure 5: per budget (fractional ones too), networks (area proportional to cost, sizes other
-  than 1 SNT written beside them; hatched: a predicted network not trained yet) joined to the tasks
-  they serve; decoders a network has but does not use are drawn in grey. ``probabilities``: per
+  than 1 SNT and helper tasks, ``+<helper>``, written beside them; hatched: a predicted network not
+  trained yet) joined to the tasks they serve; decoders a network has but does not use are drawn in grey. ``probabilities``: per
   budget of ``result``, the probability that its grouping is the optimum (None: unknown)."""
   indices = [i for i, s in enumerate(result.solutions) if not s.infeasible and (not budgets or s.budget in budgets)]
   tasks = result.tasks
@@ -199,15 +230,17 @@ def groupings(result: study.Selection, path: str, budgets: Sequence[float] = (),
     network_x = np.empty(len(networks))
     network_x[order] = slots
     for index, network in enumerate(networks):
-      for task in network.tasks:
+      for task in (t for t in network.tasks if t in tasks):  # helper tasks are never served: no column
         used = served[task] == index
         axes_row.plot([network_x[index], task_x[tasks.index(task)]], [1, 0],
                       color="tab:blue" if used else "0.8", linewidth=2 if used else 1, zorder=1)
       predicted = not network.converged
       axes_row.scatter([network_x[index]], [1], s=260 * network.cost, color="white" if predicted else "tab:blue",
                        edgecolor="black", hatch="///" if predicted else None, zorder=2)
-      if _size_label(network.cost):
-        axes_row.annotate(_size_label(network.cost), (network_x[index], 1), textcoords="offset points",
+      beside = " ".join([_size_label(network.cost)] * bool(_size_label(network.cost))
+                        + [f"+{t}" for t in network.tasks if t not in tasks])
+      if beside:
+        axes_row.annotate(beside, (network_x[index], 1), textcoords="offset points",
                           xytext=(9 + 5 * network.cost, 2), fontsize=7, color="0.3")
     axes_row.scatter(task_x, np.zeros(len(tasks)), s=90, marker="s", color="white", edgecolor="black", zorder=2)
     for x, task in zip(task_x, tasks):

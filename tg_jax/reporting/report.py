@@ -18,6 +18,7 @@ import numpy as np
 from tg_jax import records
 from tg_jax import workdir as workdir_lib
 from tg_jax.reporting import analysis, figures
+from tg_jax.reporting import helper_tasks as helper_lib
 from tg_jax.reporting import regret as regret_lib
 from tg_jax.reporting import transfer as transfer_lib
 from tg_jax.selection import hoa, study, tables
@@ -505,6 +506,60 @@ def _stand_in_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.
           "", answer, "", f"![Methods against grouping]({_FILES.figures}/methods_against_grouping.png)", ""]
 
 
+def _helper_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison,
+                  figure_dir: str) -> tuple[list[str], Optional[helper_lib.HelperGains]]:
+  """The "Helper tasks" section and its numbers, when the run has helper tasks."""
+  helpers = study_tables.helper_tasks
+  if not helpers:
+    return [], None
+  lines = ["## Helper tasks", "",
+           f"{', '.join(helpers)} {'is a helper' if len(helpers) == 1 else 'are helpers'} "
+           "(`config.selection.helper_tasks`): trained as extra outputs of some networks, with equal weights like "
+           "any task, never served; their losses enter no total above. A network with a helper is a candidate for "
+           "its other tasks.", ""]
+  measured = None
+  if study_tables.val is not None and study_tables.test is not None:
+    measured = helper_lib.gains(study_tables.val, study_tables.test,
+                                None if study_tables.replicas is None else study_tables.replicas[1])
+  if measured is None:
+    lines += ["No served task has both a full-size single-task network and a full-size network with a helper "
+              "(experiments/helper_tasks.py trains every served task with each helper).", ""]
+  else:
+    figures.helper_gains(measured, os.path.join(figure_dir, "helper_tasks.png"))
+    intervals = measured.pair_intervals is not None
+
+    def cell(value: float, bounds: Optional[tuple[np.ndarray, np.ndarray]], index) -> str:
+      if not np.isfinite(value):
+        return "-"
+      if bounds is None:
+        return f"{100 * value:+.1f}%"
+      low, high = bounds[0][index], bounds[1][index]
+      mark = "*" if low > 0 or high < 0 else ""
+      return f"{100 * value:+.1f}%{mark} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+    rows = [[task, _format(float(measured.single_loss[i]))]
+            + [cell(measured.pair_gain[i, h], measured.pair_intervals, (i, h)) for h in range(len(measured.helpers))]
+            + [measured.best[i], cell(measured.best_gain[i], measured.best_intervals, i)]
+            for i, task in enumerate(measured.tasks)]
+    lines += ["Per served task: its test loss in its 1-SNT single-task network, and how much lower it is in the "
+              "1-SNT network shared with each helper and in its best network with a helper (lowest on validation), "
+              f"from `{_FILES.table('test')}`"
+              + (f"; mean over {measured.replicates} seeds with its 95% interval, * where it excludes zero." if intervals
+                 else "."), ""]
+    lines += _markdown_table(["task", "single-task loss"] + [f"+ {h}" for h in measured.helpers]
+                             + ["best with a helper", "its gain"], rows)
+    lines += ["", f"![Helper tasks]({_FILES.figures}/helper_tasks.png)", ""]
+  chosen = helper_lib.chosen_with_helpers(comparison.runs, helpers)
+  if chosen:
+    lines += ["Networks with a helper that a selection chose:", ""]
+    lines += [f"- {method}: " + "; ".join(f"{budget:g} SNT: {label}" for budget, label in entries)
+              for method, entries in chosen.items()]
+  else:
+    lines += [f"No selection ({', '.join(comparison.runs) or 'none ran'}) chose a network with a helper at any "
+              "budget."]
+  return lines + [""], measured
+
+
 def _tag_lines(tag: dict) -> list[str]:
   names = tag["tasks"]
   rows = [[source] + [f"{tag['affinity'][i][j]:+.4f}" for j in range(len(names))] for i, source in enumerate(names)]
@@ -602,8 +657,9 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   os.makedirs(figure_dir, exist_ok=True)
   if comparison is None:
     comparison = analysis.compare_methods(study_tables, budgets, random_samples=random_samples, seed=seed)
+  helped = f" Helper tasks (trained, never served): {', '.join(study_tables.helper_tasks)}." if study_tables.helper_tasks else ""
   lines = ["# Task grouping study", "",
-           f"Tasks: {', '.join(study_tables.task_names)}. Losses: lower is better; totals sum over tasks. "
+           f"Tasks: {', '.join(study_tables.task_names)}.{helped} Losses: lower is better; totals sum over tasks. "
            f"Regenerate with `python -m tg_jax.report --workdir={workdir}`.", ""]
   lines += _sources(study_tables)
   lines += _regime_lines(paths, study_tables)
@@ -677,6 +733,8 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
   lines += _regret_lines(measured_regret, figure_dir)
   lines += _approximation_lines(study_tables)
   lines += _stand_in_lines(study_tables, comparison, figure_dir)
+  helper_section, helper_gains = _helper_lines(study_tables, comparison, figure_dir)
+  lines += helper_section
   if study_tables.tag is not None:
     lines += _tag_lines(study_tables.tag)
   if study_tables.ensemble is not None:
@@ -690,7 +748,8 @@ def write_report(workdir: str, budgets: Optional[Sequence[float]] = None, random
                                        "probability_optimal": comparison.probability_optimal,
                                        "refinement": None if comparison.refinement is None
                                        else comparison.refinement.to_json(),
-                                       "regret": None if measured_regret is None else measured_regret.to_json()})
+                                       "regret": None if measured_regret is None else measured_regret.to_json(),
+                                       "helper_tasks": None if helper_gains is None else helper_gains.to_json()})
   path = paths.report
   temporary = f"{path}.tmp-{os.getpid()}"
   with open(temporary, "w", encoding="utf-8") as f:
