@@ -14,7 +14,7 @@ from tg_jax.training import networks
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 SETTINGS = ("setting2_larger_network", "setting3_less_data", "setting4_alternative_tasks")
-EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods", "transfer", "data_size") + SETTINGS
+EXPERIMENTS = ("pairs", "all_subsets", "esa", "study", "methods", "transfer", "data_size", "helper_tasks") + SETTINGS
 
 
 def _load(name, variant):
@@ -32,13 +32,15 @@ def _load(name, variant):
     ("transfer", "", 2 * (5 + 10 + 5), "hoa"), ("transfer", "full", 40, "hoa"),
     *[(name, variant, 2 * (31 + 5), "none") for name in SETTINGS for variant in ("", "full")],
     ("data_size", "", 3 * (5 + 10 + 1), "none"), ("data_size", "full", 3 * (5 + 10 + 1), "none"),
+    # What HOA needs for the five served tasks, and each of them with each of the two helpers.
+    ("helper_tasks", "", 2 * (5 + 10 + 5 + 5 * 2), "hoa"), ("helper_tasks", "full", 60, "hoa"),
 ])
 def test_configs_validate_and_list_their_networks(name, variant, count, predict):
   config = _load(name, variant)
   config_lib.validate(config)
   assert len(networks.from_config(config)) == count  # every seed replica is a network
   assert config.selection.predict == predict
-  assert len(config.tasks) == 5
+  assert len(config_lib.served_tasks(config)) == 5
   if name == "esa":
     assert config.stop_fraction == config.esa_fraction < 1
   # The transfer phase (after the main run) needs every task's full-size single-task network.
@@ -192,3 +194,26 @@ def test_data_size_trains_as_many_steps_at_every_training_set_size(variant):
   assert len({(s.steps_per_epoch, s.total_steps) for s in schedules}) == 1
   base = config_lib.base_config(variant)
   assert schedules[2].total_steps == records.Schedule.from_config(base, 4000).total_steps  # the preset's at 2000 scenes
+
+
+def test_helper_tasks_train_with_the_served_ones_and_never_alone():
+  config = _load("helper_tasks", "")
+  helpers = set(config.selection.helper_tasks)
+  assert helpers and helpers <= set(config.tasks)
+  listed = networks.from_config(config)
+  assert all(set(n.tasks) - helpers for n in listed)  # every network serves a task
+  with_helper = [n for n in listed if set(n.tasks) & helpers]
+  assert all(len(n.tasks) == 2 and n.size == 1.0 for n in with_helper)
+
+
+@pytest.mark.parametrize("helpers, message", [
+    (("edges3dd",), r"selection.helper_tasks names \['edges3dd'\], not in config.tasks"),
+    (("edges3d", "edges3d"), "names a task twice"),
+    (("segment_semantic", "depth", "normals", "keypoints2d", "edges2d", "edges3d", "curvature"),
+     "names every task of config.tasks; leave at least one task to serve"),
+])
+def test_helper_task_errors_name_the_fix(helpers, message):
+  config = _load("helper_tasks", "")
+  config.selection.helper_tasks = helpers
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)

@@ -248,9 +248,6 @@ def served_tasks(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def _validate_helper_tasks(tasks: tuple[str, ...], helpers) -> None:
   """``selection.helper_tasks`` names distinct tasks of ``config.tasks`` and leaves one to serve."""
-  if isinstance(helpers, str):
-    raise ValueError(f"invalid config: selection.helper_tasks must be a tuple of task names, got the string "
-                     f"{helpers!r}; write ({helpers!r},)")
   helpers = tuple(helpers)
   unknown = [h for h in helpers if h not in tasks]
   if unknown:
