@@ -130,3 +130,33 @@ def test_wider_all_task_networks_train_and_are_the_all_task_baselines_beyond_one
   assert written["methods"]["mgda (all tasks)"][at_two] == pytest.approx(sum(wider_mgda.values()), rel=1e-12)
   assert [entry["k"] for entry in written["figure2"]] == [2]  # the pairs against half-size singles
   assert "## Figure 2" in open(workdir.report).read()
+
+
+def test_a_helper_task_is_trained_and_measured_but_never_served(tmp_path):
+  config = train_fakes.tiny_config()
+  config.num_epochs = 2
+  config.selection.predict = "none"
+  config.selection.helper_tasks = ("toy_segment",)
+  config.networks.subsets = ""
+  config.networks.half_size_singles = False
+  config.networks.extra = ("toy_depth", "toy_normals", "toy_depth+toy_normals", "toy_depth@0.5", "toy_normals@0.5",
+                           "toy_depth+toy_segment", "toy_normals+toy_segment")
+  workdir = workdir_lib.Workdir(str(tmp_path / "helper"))
+  trainer.train_and_evaluate(config, workdir.path)
+  # The results files measure the helper like any task.
+  written = workdir.read_table("test").table
+  assert "toy_segment" in written.task_names
+  helped = written.network_tasks.index(("toy_depth", "toy_segment"))
+  assert np.isfinite(written.losses[helped, written.task_names.index("toy_segment")])
+  finish.finish(config, workdir.path, random_samples=20)
+  with open(workdir.selection) as f:
+    selection = json.load(f)
+  assert selection["tasks"] == ["toy_depth", "toy_normals"]
+  assert all(set(s["assignment"]) == {"toy_depth", "toy_normals"} for s in selection["solutions"])
+  study_tables = workdir_lib.load_study(workdir)
+  assert study_tables.helper_tasks == ("toy_segment",)
+  # Networks with the helper are candidates for the served task they have.
+  assert study_tables.val.network_key(study_tables.val.helped_rows()[0]) == written.network_key(helped)
+  report = open(workdir.report).read()
+  assert "## Helper tasks" in report and "| toy_depth | " in report
+  assert os.path.exists(os.path.join(workdir.figures, "helper_tasks.png"))

@@ -118,9 +118,11 @@ def _adaptive_runs(study_tables: StudyTables, budgets: Sequence[float], shares: 
   of ``shares`` of exhaustive training: its selection among the networks it trained, and its compute."""
   val, test, esa = study_tables.val, study_tables.test, study_tables.esa
   candidates, early = analysis.selection_candidates(val), analysis.selection_candidates(esa)
-  # The main run's candidates: networks with early losses too (not those of a retraining phase).
+  # The main run's candidates: networks with early losses too (not those of a retraining phase); the
+  # adaptive loop grows groups of served tasks, so networks with a helper task are none of its.
   with_early = {early.network_key(r) for r in range(early.num_networks)}
-  keys = [k for k in (candidates.network_key(r) for r in range(candidates.num_networks)) if k in with_early]
+  keys = [k for k in (candidates.network_key(r) for r in range(candidates.num_networks))
+          if k in with_early and not k[0] & set(val.helper_tasks)]
   singles = sum(1 for k in keys if len(k[0]) == 1 and has_size(k[1], 1.0))
   oracle = adaptive.TableOracle(candidates, early)
   runs, compute = {}, {}

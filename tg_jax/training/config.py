@@ -218,6 +218,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"selection.refine must be a count of rounds >= 0, got {config.selection.refine!r}")
   _validate_helper_tasks(tuple(config.tasks), config.selection.get("helper_tasks", ()))
   if config.selection.adaptive.trainings:
+    need(not config.selection.get("helper_tasks", ()),
+         "selection.adaptive grows groups of served tasks and takes no helper tasks; set selection.helper_tasks "
+         "= () or selection.adaptive.trainings = 0")
     from tg_jax.selection import adaptive  # pylint: disable=g-import-not-at-top
     try:
       adaptive.Settings(float(config.selection.adaptive.trainings), config.esa_fraction,
