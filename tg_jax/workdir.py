@@ -599,7 +599,7 @@ class StudyTables:
 
   def names_of(self, keys) -> list[str]:
     """Network names of ``(tasks, cost)`` table rows (``records.names_of``)."""
-    return records.names_of(self.runs, keys, self.task_names)
+    return records.names_of(self.runs, keys, self.task_names + self.helper_tasks)
 
 
 def _concat(first: Optional[tables.Replicas], second: Optional[tables.Replicas]) -> Optional[tables.Replicas]:
