@@ -161,7 +161,7 @@ def test_report_has_a_helper_section_with_its_figure(tmp_path):
   # task0's pair with h is its best network: the selection takes it where it fits.
   comparison = analysis.compare_methods(study_tables, [1.0, 2.0, 3.0], random_samples=20, bootstrap=0)
   chosen = helper_lib.chosen_with_helpers(comparison.runs, ("h",))
-  assert any("task0+h @ 1 SNT (serves task0)" in label for _, label in chosen["optimal"])
+  assert any("task0+h @ 1 SNT (serves task0)" in labels for _, labels in chosen["optimal"])
   assert "Networks with a helper that a selection chose:" in text
 
 

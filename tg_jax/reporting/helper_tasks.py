@@ -113,14 +113,17 @@ def gains(val: ResultsTable, test: ResultsTable, test_replicas: Optional[tables.
 
 
 def chosen_with_helpers(runs: Mapping[str, study.Selection], helpers: tuple[str, ...]
-                        ) -> dict[str, list[tuple[float, str]]]:
-  """Per selecting method, ``(budget, "<network> (serves <tasks>)")`` for each chosen network trained
-  with a helper; methods that chose none are left out."""
+                        ) -> dict[str, list[tuple[float, list[str]]]]:
+  """Per selecting method, ``(budget, ["<network> (serves <tasks>)", ...])`` for each budget at which
+  it chose networks trained with a helper; methods that chose none are left out."""
   chosen = {}
   for method, run in runs.items():
-    entries = [(solution.budget, f"{network.label} (serves {', '.join(solution.served_by(i))})")
-               for solution in run.solutions for i, network in enumerate(solution.networks)
-               if set(network.tasks) & set(helpers)]
+    entries = []
+    for solution in run.solutions:
+      labels = [f"{network.label} (serves {', '.join(solution.served_by(i))})"
+                for i, network in enumerate(solution.networks) if set(network.tasks) & set(helpers)]
+      if labels:
+        entries.append((solution.budget, labels))
     if entries:
       chosen[method] = entries
   return chosen

@@ -552,7 +552,7 @@ def _helper_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Co
   chosen = helper_lib.chosen_with_helpers(comparison.runs, helpers)
   if chosen:
     lines += ["Networks with a helper that a selection chose:", ""]
-    lines += [f"- {method}: " + "; ".join(f"{budget:g} SNT: {label}" for budget, label in entries)
+    lines += [f"- {method}: " + "; ".join(f"{budget:g} SNT: {', '.join(labels)}" for budget, labels in entries)
               for method, entries in chosen.items()]
   else:
     lines += [f"No selection ({', '.join(comparison.runs) or 'none ran'}) chose a network with a helper at any "
