@@ -184,3 +184,17 @@ def test_select_command_takes_helpers_from_the_flag_or_the_workdir(tmp_path):
   assert served.returncode == 0 and "Network selection for tasks a, b, h" in served.stdout
   unknown = _cli(*common, "--helper_tasks=edges")
   assert unknown.returncode != 0 and "--helper_tasks names edges, not a task of" in unknown.stderr
+
+
+def test_regret_command_takes_helper_tasks(tmp_path):
+  full = _helper_study(3, np.array([0.3, 0.0, -0.1]))
+  early = tables.ResultsTable(full.task_names, full.network_tasks, full.costs, full.losses * 1.3)
+  for name, table in (("val", full), ("test", full), ("esa", early)):
+    tables.write_csv(table, str(tmp_path / f"{name}.csv"))
+  run = subprocess.run([sys.executable, "-m", "tg_jax.regret", f"--results={tmp_path / 'val.csv'}",
+                        f"--test_results={tmp_path / 'test.csv'}", f"--esa_results={tmp_path / 'esa.csv'}",
+                        "--helper_tasks=h", "--budgets=1,2", f"--out={tmp_path / 'regret'}"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr
+  written = json.loads((tmp_path / "regret" / "regret.json").read_text())
+  assert written["budgets"] == [1.0, 2.0]

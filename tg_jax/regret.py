@@ -8,6 +8,9 @@ r"""Regret against training compute from results tables alone; no training, no J
   python -m tg_jax.regret --results=WORKDIR/results/val.csv --test_results=WORKDIR/results/test.csv \
       --esa_results=WORKDIR/results/esa.csv --affinities=WORKDIR/results/tag.json --out=regret/
 
+``--helper_tasks=edges3d,...``: tasks trained only to help the others, never served
+(``ResultsTable.with_helpers``; ``tg_jax.select`` takes the same flag).
+
 Writes ``regret.md`` (the table), ``regret.json`` and ``regret_vs_compute.png`` under ``--out``.
 The tables must hold every candidate network converged, so that Optimal is known (``tg_jax.reporting.regret``).
 """
@@ -34,13 +37,21 @@ _TASK_NAMES = flags.DEFINE_list("task_names", None, "Column names for --format=s
 _BUDGETS = flags.DEFINE_list("budgets", None, "Inference budgets in SNT (default 1 to #tasks in steps of 0.5).")
 _ESA_FRACTION = flags.DEFINE_float("esa_fraction", analysis.PAPER_ESA_FRACTION,
                                    "The share of a training behind the ESA table (the paper's: 0.2).")
+_HELPER_TASKS = flags.DEFINE_list("helper_tasks", None, "Tasks of the tables trained only to help the others, never "
+                                  "served (their columns dropped; a network with one is a candidate for its others).")
 _OUT = flags.DEFINE_string("out", None, "Directory for regret.md, regret.json and regret_vs_compute.png.")
 
 
 def _read(path: str) -> tables.ResultsTable:
   if _FORMAT.value == "csv" and _TASK_NAMES.value:
     raise console.UsageError("task names come from the CSV header; --task_names is only for --format=standley")
-  return tables.read(path, _FORMAT.value, _TASK_NAMES.value)
+  table = tables.read(path, _FORMAT.value, _TASK_NAMES.value)
+  helpers = _HELPER_TASKS.value or ()
+  unknown = [h for h in helpers if h not in table.task_names]
+  if unknown:
+    raise console.UsageError(f"--helper_tasks names {', '.join(unknown)}, not a task of {path} (its tasks: "
+                             f"{', '.join(table.task_names)})")
+  return table.with_helpers(helpers) if helpers else table
 
 
 def run_command() -> str:
