@@ -146,8 +146,9 @@ def test_gains_against_single_task_networks_with_intervals():
 
 def test_report_has_a_helper_section_with_its_figure(tmp_path):
   full = _helper_study(7, np.array([0.25, 0.1, -0.05]))
-  for split in ("val", "test"):
-    tables.write_csv(full, str(tmp_path / "results" / f"{split}.csv"))
+  early = tables.ResultsTable(full.task_names, full.network_tasks, full.costs, full.losses * 1.2)
+  for split, table in (("val", full), ("test", full), ("esa", early)):
+    tables.write_csv(table, str(tmp_path / "results" / f"{split}.csv"))
   workdir_lib.write_json(str(tmp_path / "config.json"), {"selection": {"helper_tasks": ["h"]}})
   study_tables = workdir_lib.load_study(workdir_lib.Workdir(str(tmp_path)))
   assert study_tables.helper_tasks == ("h",) and study_tables.task_names == ("task0", "task1", "task2")
@@ -162,6 +163,8 @@ def test_report_has_a_helper_section_with_its_figure(tmp_path):
   comparison = analysis.compare_methods(study_tables, [1.0, 2.0, 3.0], random_samples=20, bootstrap=0)
   chosen = helper_lib.chosen_with_helpers(comparison.runs, ("h",))
   assert any("task0+h @ 1 SNT (serves task0)" in labels for _, labels in chosen["optimal"])
+  # ESA selects on early losses among the same candidates, helper networks included.
+  assert chosen["esa"] == chosen["optimal"]
   assert "Networks with a helper that a selection chose:" in text
 
 
