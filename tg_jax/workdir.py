@@ -611,18 +611,21 @@ def _concat(first: Optional[tables.Replicas], second: Optional[tables.Replicas])
 def load_study(workdir: Workdir) -> StudyTables:
   """The main run's tables and records, the retraining phase's (once finished), methods, TAG, ensembles,
   the transfer phase's losses (once finished)."""
-  helpers = helper_tasks(workdir)
-
-  def read(source: Workdir, split: str) -> Optional[tables.Replicas]:
-    table = source.read_table(split)
-    return table.with_helpers(helpers) if table is not None and helpers else table
-
-  val, test, esa = (read(workdir, split) for split in SPLITS)
+  val, test, esa = (workdir.read_table(split) for split in SPLITS)
   if val is None or test is None:
     missing = [workdir.relative(workdir.table(s)) for s, t in (("val", val), ("test", test)) if t is None]
     raise tables.TableError(f"{workdir.path!r} has no {' or '.join(missing)}; point --workdir at a workdir of "
                             f"python -m tg_jax.main (training writes them as it goes)")
   main_run = workdir.read_run()
+  helpers = helper_tasks(workdir)
+
+  def read(source: Workdir, split: str) -> Optional[tables.Replicas]:
+    return served(source.read_table(split))
+
+  def served(table: Optional[tables.Replicas]) -> Optional[tables.Replicas]:
+    return table.with_helpers(helpers) if table is not None and helpers else table
+
+  val, test, esa = served(val), served(test), served(esa)
   # Tables written by other code come without networks.json: they are taken as trained to convergence.
   main_converged = main_run is None or main_run.schedule.converged
   retrained_run = workdir.retrain.read_run()
