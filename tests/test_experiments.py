@@ -217,3 +217,10 @@ def test_helper_task_errors_name_the_fix(helpers, message):
   config.selection.helper_tasks = helpers
   with pytest.raises(ValueError, match=message):
     config_lib.validate(config)
+
+
+def test_helper_tasks_refuse_the_trained_adaptive_loop():
+  config = _load("helper_tasks", "")
+  config.selection.adaptive.trainings = 10.0
+  with pytest.raises(ValueError, match="selection.adaptive grows groups of served tasks and takes no helper tasks"):
+    config_lib.validate(config)
