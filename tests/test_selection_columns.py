@@ -50,6 +50,70 @@ def test_matches_brute_force_on_four_tasks():
     assert best - TOLERANCE <= solution.objective <= best / (1 - solution.gap) + TOLERANCE
 
 
+def _all_group_gains(scores, prices):
+  groups = [g for size in range(scores.min_size, scores.max_size + 1)
+            for g in itertools.combinations(range(scores.num_tasks), size)]
+  return {frozenset(g): float(np.sum(np.maximum(prices[list(g)] - scores.scores(g)[list(g)], 0.0))) for g in groups}
+
+
+@pytest.mark.parametrize("seed,max_group_size", [(0, None), (1, 5)])
+def test_exact_pricing_finds_the_best_group_of_every_listed_one(seed, max_group_size):
+  measured = synthetic.random_table(9, seed=seed, max_order=2)
+  scores = columns.pair_scores(measured, selector.Objective(caps={"task2": 0.3}), max_group_size)
+  rng = np.random.default_rng(seed)
+  prices = scores.pair.sum(axis=1) / 8 * rng.uniform(0.9, 1.2, 9)        # about each task's mean score
+  gains = _all_group_gains(scores, prices)
+  best = max(gains.values())
+  above, found = scores.best_gain(prices, 0.5 * best)
+  assert above == pytest.approx(best, rel=1e-12)
+  assert found and all(gains[g] == pytest.approx(gain, rel=1e-12) and gain > 0.5 * best for g, gain in found.items())
+  # Nothing above the threshold: the threshold is the bound, and nothing is found.
+  assert scores.best_gain(prices, 1.01 * best) == (1.01 * best, {})
+  assert scores.best_gain(prices, 0.5 * best, node_limit=3) is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_lagrangian_bound_is_below_the_optimum_at_any_prices(seed):
+  measured = synthetic.random_table(7, seed=seed, max_order=2)
+  scores = columns.pair_scores(measured)
+  pool = columns._Pool(selector.Objective().scores(measured), measured.costs, scores)
+  gains_at = lambda prices: max(_all_group_gains(scores, prices).values())
+  rng = np.random.default_rng(seed)
+  budgets = [1.0, 2.0, 2.5, 4.0]
+  for budget, optimum in zip(budgets, selector.select_many(hoa.predict(measured), budgets)):
+    for _ in range(5):
+      prices = rng.uniform(0.0, 2.0, 7) * measured.losses[np.isfinite(measured.losses)].max()
+      assert pool.lagrangian_bound(budget, prices, gains_at(prices)) <= optimum.objective + TOLERANCE
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_exact_pricing_proves_integer_budgets_within_the_bound_tolerance(seed):
+  # Under HOA the relaxation over every group is integral at these budgets, so the stated gap is the
+  # Lagrangian bound's tolerance; it still never claims more than the truth.
+  measured = synthetic.random_table(10, seed=seed, max_order=2)
+  budgets = [1.0, 2.0, 3.0, 4.0, 5.0]
+  exact = selector.select_many(hoa.predict(measured), budgets)
+  _, found = columns.select_many(measured, budgets)
+  for solution, optimum in zip(found, exact):
+    _check_against_optimum(solution, optimum)
+    assert solution.objective == pytest.approx(optimum.objective, rel=TOLERANCE)
+    assert solution.gap <= columns.BOUND_TOLERANCE + TOLERANCE
+
+
+def test_past_the_node_limit_the_bound_falls_back_to_the_relaxed_columns(monkeypatch):
+  measured = synthetic.random_table(8, seed=1, max_order=2)
+  budgets = [2.0, 3.0]
+  exact = selector.select_many(hoa.predict(measured), budgets)
+  _, priced = columns.select_many(measured, budgets)
+  monkeypatch.setattr(columns, "PRICING_NODE_LIMIT", 1)
+  messages = []
+  _, relaxed = columns.select_many(measured, budgets, progress=messages.append)
+  assert all("bound from relaxed columns" in message for message in messages), messages
+  for fallback, solution, optimum in zip(relaxed, priced, exact):
+    _check_against_optimum(fallback, optimum)
+    assert fallback.gap > solution.gap
+
+
 def test_groups_stay_within_the_largest_size_and_budgets_below_any_cover_are_explained():
   measured = synthetic.random_table(8, seed=2, max_order=2)
   exact = selector.select_many(hoa.predict(measured, max_order=4), [2.0, 3.0], infeasible="explain")

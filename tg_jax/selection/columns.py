@@ -42,6 +42,13 @@ COLUMNS_PER_ROUND = 60
 # A group must price above this to enter the pool (prices are in objective units).
 PRICE_TOLERANCE = 1e-9
 COLUMN_GENERATION = selector.COLUMN_GENERATION
+# The exact pricing's branch-and-bound gives up after this many nodes (then the bound falls back to
+# the relaxed columns); 20 tasks need a few thousand per round, 40 tasks far more.
+PRICING_NODE_LIMIT = 10_000
+# Exact pricing stops once the Lagrangian bound is within this (relative) of the relaxation over the
+# pool: the stated gap then exceeds the relaxation's own by at most this much.
+BOUND_TOLERANCE = 1e-3
+PRICING_ROUNDS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +83,92 @@ class PairScores:
     ranked = np.sort(np.where(np.eye(self.num_tasks, dtype=bool), np.inf, self.pair), axis=1)
     result = ranked[:, :size - 1].mean(axis=1)
     return np.where(result <= self.caps, result, np.inf)
+
+  def best_gain(self, prices: np.ndarray, threshold: float,
+                node_limit: Optional[int] = None) -> Optional[tuple[float, dict]]:
+    """The highest ``sum_t max(0, prices_t - score(t))`` over *every* group, by branch-and-bound over
+    task sets: ``(bound, groups)``, where no group's sum exceeds ``bound`` (at least ``threshold``)
+    and ``groups`` maps those found above ``threshold`` to their sums; None past ``node_limit`` nodes
+    (default ``PRICING_NODE_LIMIT``).
+
+    Tasks are decided in a fixed order (include, then exclude). With a group's size k fixed, a task's
+    score is the mean of ``pair`` over its k - 1 partners, so a node (S included, the rest C open)
+    bounds each size separately: a member t in S gains ``max(0, a_t + x_t) / (k - 1)``, where
+    ``a_t = sum_{u in S} (prices_t - pair[t, u])`` and ``x_t`` sums ``prices_t - pair[t, u]`` over
+    the r = k - |S| tasks still to add; that convex function lies below its chord over x_t's range
+    (r worst to r best candidates), which is linear in the added tasks. Each candidate u then adds
+    its chord terms plus its own best gain (its r - 1 best partners among the candidates); the r best
+    candidates bound the node. Caps are ignored in the bound (they only lower gains) and applied to
+    every group evaluated.
+    """
+    n = self.num_tasks
+    pair = self.pair
+    node_limit = PRICING_NODE_LIMIT if node_limit is None else node_limit
+    gains = prices[:, None] - pair                                   # [t, u]: t's gain per partner u
+    np.fill_diagonal(gains, 0.0)
+    off_diagonal = np.where(np.eye(n, dtype=bool), np.inf, pair)
+    order = np.argsort(-(prices - off_diagonal.min(axis=1)), kind="stable")
+    # smallest[i, t, r] / largest[i, t, r]: sum of t's r lowest / highest pair scores over the
+    # candidates order[i:] other than t (inf / -inf where there are fewer than r).
+    smallest = np.full((n + 1, n, n + 1), np.inf)
+    largest = np.full((n + 1, n, n + 1), -np.inf)
+    smallest[:, :, 0] = largest[:, :, 0] = 0.0
+    for i in range(n + 1):
+      candidates = order[i:]
+      own = np.zeros((n, candidates.size), dtype=bool)
+      own[candidates, np.arange(candidates.size)] = True
+      values = pair[:, candidates]
+      smallest[i, :, 1:candidates.size + 1] = np.cumsum(np.sort(np.where(own, np.inf, values), axis=1), axis=1)
+      largest[i, :, 1:candidates.size + 1] = np.cumsum(-np.sort(np.where(own, np.inf, -values), axis=1), axis=1)
+    sizes = np.arange(self.min_size, self.max_size + 1)
+    state = {"best": threshold, "nodes": 0}
+    found = {}
+
+    def group_gain(members):
+      scores = self.scores(members)[members]
+      return float(np.sum(np.maximum(prices[members] - scores, 0.0)))
+
+    def search(members, sums, i, open_sizes):
+      state["nodes"] += 1
+      if state["nodes"] > node_limit:
+        raise _NodeLimit
+      s = len(members)
+      k = open_sizes[(open_sizes > s) & (open_sizes <= s + n - i)]
+      if k.size == 0:
+        return
+      r = k - s
+      candidates = order[i:]
+      own = np.maximum(sums[candidates][None, :] + (r - 1)[:, None] * prices[candidates][None, :]
+                       - smallest[i][candidates[None, :], (r - 1)[:, None]], 0.0)          # [sizes, candidates]
+      constant = np.zeros(k.size)
+      if s:
+        inside = np.array(members)
+        best = r[:, None] * prices[inside][None, :] - smallest[i][inside[None, :], r[:, None]]
+        worst = r[:, None] * prices[inside][None, :] - largest[i][inside[None, :], r[:, None]]
+        high, low = sums[inside] + best, sums[inside] + worst                               # [sizes, members]
+        slope = np.where(high <= 0, 0.0, np.where(low >= 0, 1.0, high / np.maximum(best - worst, 1e-300)))
+        constant = (np.maximum(low, 0.0) - slope * worst).sum(axis=1)
+        own = own + slope @ gains[np.ix_(inside, candidates)]
+      ranked = np.cumsum(-np.sort(-own, axis=1), axis=1)
+      bounds = (constant + ranked[np.arange(k.size), r - 1]) / (k - 1)
+      open_sizes = k[bounds > state["best"]]
+      if open_sizes.size == 0:
+        return
+      task = int(order[i])
+      grown = members + [task]
+      if len(grown) in open_sizes:
+        gain = group_gain(grown)
+        if gain > threshold:
+          found[frozenset(grown)] = gain
+        state["best"] = max(state["best"], gain)
+      search(grown, sums + gains[:, task], i + 1, open_sizes)
+      search(members, sums, i + 1, open_sizes)
+
+    try:
+      search([], np.zeros(n), 0, sizes)
+    except _NodeLimit:
+      return None
+    return state["best"], found
 
   def improve(self, start: Sequence[int], prices: np.ndarray) -> tuple[frozenset, float]:
     """Local search from ``start`` for the group with the highest ``sum_t max(0, prices_t - score(t))``:
@@ -125,6 +218,10 @@ class PairScores:
         return frozenset(members), current
       members |= move[0]
       members -= move[1]
+
+
+class _NodeLimit(Exception):
+  """The exact pricing's branch-and-bound ran out of nodes."""
 
 
 def _positive_gain(difference: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -208,7 +305,7 @@ class _Pool:
         return rounds
       self.add(sorted(found, key=lambda g: (-found[g], sorted(g)))[:COLUMNS_PER_ROUND])
 
-  def lower_bound(self, budget: float) -> Optional[float]:
+  def relaxed_bound(self, budget: float) -> Optional[float]:
     """The relaxation over the measured networks, the pool and one relaxed column per group size:
     at most the optimum over every group (None: nothing within ``budget`` serves every task)."""
     sizes = np.arange(self.scores.min_size, self.scores.max_size + 1)
@@ -221,6 +318,51 @@ class _Pool:
                                         capacities, copies)
     answer = programme.relaxation(budget)
     return None if answer is None else answer[0]
+
+  def lagrangian_bound(self, budget: float, prices: np.ndarray, group_gain: float) -> float:
+    """``sum_t prices_t - max { sum_i gain_i x_i : sum_i cost_i x_i <= budget, 0 <= x <= 1 }``, a lower
+    bound on the optimum over every group for *any* ``prices`` (each task's cover constraint moved
+    into the objective), where ``gain_i = sum_t max(0, prices_t - score[i, t])``. The measured
+    networks enter with their own gains; every group with ``group_gain`` (no group gains more), as
+    one item of up to ``budget / PAIR_COST`` units at cost ``PAIR_COST`` each. The maximum is a
+    fractional knapsack: items by gain per cost, best first."""
+    measured = np.sum(np.where(np.isfinite(self.measured_scores),
+                               np.maximum(prices[None, :] - self.measured_scores, 0.0), 0.0), axis=1)
+    gains = np.concatenate([measured, [group_gain * budget / hoa.PAIR_COST]])
+    costs = np.concatenate([self.measured_costs, [budget]])
+    taken, room = 0.0, budget
+    for i in np.argsort(-gains / costs, kind="stable"):
+      if room <= 0 or gains[i] <= 0:
+        break
+      share = min(1.0, room / costs[i])
+      taken += share * gains[i]
+      room -= share * costs[i]
+    return float(np.sum(prices) - taken)
+
+  def price_exactly(self, budget: float) -> tuple[Optional[float], int]:
+    """Exact pricing: each round adds every group the branch-and-bound finds above the relaxation's
+    budget price and computes the Lagrangian bound at the relaxation's task prices, until that bound
+    is within ``BOUND_TOLERANCE`` of the relaxation or no group prices above it. Returns the best
+    bound (None: the search ran out of nodes first, or nothing fits) and the rounds."""
+    bound = None
+    for rounds in range(1, PRICING_ROUNDS + 1):
+      relaxed = self.programme().relaxation(budget)
+      if relaxed is None:
+        return None, rounds
+      value, prices, budget_price, _ = relaxed
+      # Searching only above the budget price plus a margin costs the bound at most half its tolerance.
+      margin = 0.5 * BOUND_TOLERANCE * abs(value) * hoa.PAIR_COST / max(budget, hoa.PAIR_COST)
+      searched = self.scores.best_gain(prices, budget_price * hoa.PAIR_COST + margin)
+      if searched is None:
+        return None, rounds
+      group_gain, found = searched
+      # The search's own sums round; a relative 1e-12 above its best covers them.
+      bound = max(bound if bound is not None else -np.inf,
+                  self.lagrangian_bound(budget, prices, group_gain * (1 + 1e-12) + 1e-15))
+      if not found or value - bound <= BOUND_TOLERANCE * abs(value):
+        return bound, rounds
+      self.add(sorted(found, key=lambda g: (-found[g], sorted(g)))[:COLUMNS_PER_ROUND])
+    return bound, PRICING_ROUNDS
 
 
 def select_many(measured: ResultsTable, budgets: Sequence[float], objective: Optional[selector.Objective] = None,
@@ -246,14 +388,18 @@ def select_many(measured: ResultsTable, budgets: Sequence[float], objective: Opt
   for index, budget in enumerate(float(b) for b in budgets):
     start = time.perf_counter()
     rounds = pool.generate(budget)
+    bound, pricing_rounds = pool.price_exactly(budget)
     answer = pool.programme().solve(budget, integer.EXACT_GAP, time_limit)
-    bound = pool.lower_bound(budget)
+    bounded_by = f"exact pricing: {pricing_rounds} rounds"
+    relaxed = pool.relaxed_bound(budget)
+    if bound is None or (relaxed is not None and relaxed > bound):
+      bound, bounded_by = relaxed, "bound from relaxed columns"
     answers.append(None if answer is None or bound is None else (answer, bound))
     if progress is not None:
       how = "infeasible" if answers[-1] is None else (
           f"gap {100 * integer.relative_gap(answer.objective, min(bound, answer.objective)):.2f}%")
       progress(f"selected budget {budget:g} SNT ({index + 1} of {len(budgets)}; {COLUMN_GENERATION}: {rounds} rounds, "
-               f"{len(pool.groups)} groups generated, {how}, {time.perf_counter() - start:.1f} s)")
+               f"{len(pool.groups)} groups generated, {bounded_by}, {how}, {time.perf_counter() - start:.1f} s)")
   pair = hoa.pair_losses(measured)
   table = measured.concat(ResultsTable(
       measured.task_names, tuple(tuple(measured.task_names[t] for t in sorted(g)) for g in pool.groups),
