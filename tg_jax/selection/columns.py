@@ -10,14 +10,23 @@ over the measured networks and a growing *pool* of predicted groups instead:
    from the relaxation's groups and from each task's best triple finds them and adds them to the
    pool, until it finds none or the relaxation stops improving.
 2. The integer programme over the measured networks and the pool (HiGHS): the answer.
-3. A proven lower bound on the optimum over *all* groups: the same relaxation with one relaxed
-   column per group size k, a network of cost 1 that may be chosen several times and serves up to k
-   tasks per copy, each at the mean of that task's k - 1 best pair losses (no real group of k tasks
-   does better on any of its tasks, so the relaxation bounds every real choice).
+3. A proven lower bound on the optimum over *all* groups, the better of two:
+   - Lagrangian (exact pricing): for any task prices pi, ``sum_t pi_t`` minus the most that networks
+     within the budget can gain at those prices (a fractional knapsack over the measured networks'
+     gains and the best group's gain, up to ``budget`` groups) bounds every choice from below. A
+     branch-and-bound over task sets (``PairScores.best_gain``) finds the best group's gain at the
+     relaxation's prices exactly, adding the groups it finds above the budget price to the pool until
+     the bound is within ``BOUND_TOLERANCE`` of the relaxation. Under HOA the relaxation over every
+     group is nearly integral, so at whole budgets the gap then states the answer's real distance
+     (about 0.1% and less on up to 20-odd tasks). The search grows about threefold per group size
+     it must rule out; past ``PRICING_NODE_LIMIT`` nodes (40 tasks) it gives up and
+   - relaxed columns: the same relaxation with one relaxed column per group size k, a network of
+     cost 1 that may be chosen several times and serves up to k tasks per copy, each at the mean of
+     that task's k - 1 best pair losses (no real group of k tasks does better on any of its tasks).
+     Each task of a relaxed column chooses its own best partners, so this bound is loose: 7-10%
+     below the answers on 40 tasks (``benchmarks/selection.py``, case h).
 
-Every answer states its gap, (objective - bound) / objective. Under HOA the relaxation over real
-groups is nearly integral, so the answer is usually optimal; the gap is the bound's looseness, where
-each task of a relaxed column chooses its own best partners.
+Every answer states its gap, (objective - bound) / objective.
 
 numpy/scipy only.
 """
@@ -42,9 +51,11 @@ COLUMNS_PER_ROUND = 60
 # A group must price above this to enter the pool (prices are in objective units).
 PRICE_TOLERANCE = 1e-9
 COLUMN_GENERATION = selector.COLUMN_GENERATION
-# The exact pricing's branch-and-bound gives up after this many nodes (then the bound falls back to
-# the relaxed columns); 20 tasks need a few thousand per round, 40 tasks far more.
-PRICING_NODE_LIMIT = 10_000
+# The exact pricing's branch-and-bound gives up after this many nodes in one round (~70 us each on
+# one core); the bound then falls back to the relaxed columns, and later budgets of the same call
+# skip the search. 20 tasks need up to ~100,000 per round; 40 tasks more than 64,000 for groups of 7
+# alone, about three times as many per size above.
+PRICING_NODE_LIMIT = 200_000
 # Exact pricing stops once the Lagrangian bound is within this (relative) of the relaxation over the
 # pool: the stated gap then exceeds the relaxation's own by at most this much.
 BOUND_TOLERANCE = 1e-3
@@ -385,15 +396,21 @@ def select_many(measured: ResultsTable, budgets: Sequence[float], objective: Opt
   pool = _Pool(objective.scores(measured), measured.costs, scores)
   pool.add(_first_pool(scores))
   answers = []
+  pricing = True
   for index, budget in enumerate(float(b) for b in budgets):
     start = time.perf_counter()
     rounds = pool.generate(budget)
-    bound, pricing_rounds = pool.price_exactly(budget)
+    priced, pricing_rounds = pool.price_exactly(budget) if pricing else (None, 0)
     answer = pool.programme().solve(budget, integer.EXACT_GAP, time_limit)
-    bounded_by = f"exact pricing: {pricing_rounds} rounds"
     relaxed = pool.relaxed_bound(budget)
-    if bound is None or (relaxed is not None and relaxed > bound):
-      bound, bounded_by = relaxed, "bound from relaxed columns"
+    bound = max((b for b in (priced, relaxed) if b is not None), default=None)
+    if priced is not None and priced == bound:
+      bounded_by = f"exact pricing: {pricing_rounds} rounds"
+    elif priced is None and pricing and answer is not None:
+      # Past the node limit: the search would likely run as long at the other budgets.
+      bounded_by, pricing = "bound from relaxed columns (exact pricing past its node limit)", False
+    else:
+      bounded_by = "bound from relaxed columns"
     answers.append(None if answer is None or bound is None else (answer, bound))
     if progress is not None:
       how = "infeasible" if answers[-1] is None else (
