@@ -13,8 +13,9 @@ all 4,950 pairs as measured networks (no predictions), budgets 50-100: the integ
 each answer with its gap; (h) 40 tasks, singles, half-size singles and all 780 pairs with HOA's
 predictions for every group of 3+ tasks (2^40 of them, generated on demand: column generation,
 ``tg_jax.selection.columns``), budgets 1-10, each answer with its proven gap (goal: at most 1% in
-under 60 s in all). Times are the best of --repeats runs, in seconds, selection only (tables read
-and predicted beforehand); (g) and (h) run once. ``--cases=g,h`` runs only those.
+under 60 s in all); (i) as (h) on 20 tasks (190 pairs), budgets 1-8, where the exact pricing's
+search fits its node limit. Times are the best of --repeats runs, in seconds, selection only (tables
+read and predicted beforehand); (g), (h) and (i) run once. ``--cases=g,h`` runs only those.
 """
 
 import argparse
@@ -64,10 +65,10 @@ def many_tasks_case(num_tasks, budgets):
           "networks_chosen": [len(s.networks) for s in solutions]}
 
 
-def generated_groups_case(num_tasks, budgets):
+def generated_groups_case(letter, num_tasks, budgets):
   table = synthetic.random_table(num_tasks, seed=0, max_order=2)
   seconds, (generated, solutions) = best_time(lambda: columns.select_many(table, budgets), 1)
-  return {"case": f"h_{num_tasks}_tasks_hoa_generated_groups", "tasks": num_tasks,
+  return {"case": f"{letter}_{num_tasks}_tasks_hoa_generated_groups", "tasks": num_tasks,
           "measured_networks": table.num_networks, "groups_generated": generated.num_networks - table.num_networks,
           "budgets": budgets, "seconds": round(seconds, 2), "goal_seconds": 60.0, "goal_gap": 0.01,
           "method": solutions[0].method, "gaps": [round(s.gap, 5) for s in solutions],
@@ -94,7 +95,7 @@ def main():
   parser.add_argument("--reference", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                                                           "reference", "standley2020"))
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--cases", default="a,b,c,d,e,f,g,h", help="Which cases to run, by letter.")
+  parser.add_argument("--cases", default="a,b,c,d,e,f,g,h,i", help="Which cases to run, by letter.")
   args = parser.parse_args()
   cases = set(args.cases.split(","))
   results = []
@@ -116,7 +117,8 @@ def main():
                                   cost_jitter=0.05),
       "f": lambda: uncertainty_case(args.repeats),
       "g": lambda: many_tasks_case(100, [50, 60, 75, 100]),
-      "h": lambda: generated_groups_case(40, list(range(1, 11))),
+      "h": lambda: generated_groups_case("h", 40, list(range(1, 11))),
+      "i": lambda: generated_groups_case("i", 20, list(range(1, 9))),
   }
   results += [run() for letter, run in runs.items() if letter in cases]
   print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",

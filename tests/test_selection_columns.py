@@ -64,12 +64,12 @@ def test_exact_pricing_finds_the_best_group_of_every_listed_one(seed, max_group_
   prices = scores.pair.sum(axis=1) / 8 * rng.uniform(0.9, 1.2, 9)        # about each task's mean score
   gains = _all_group_gains(scores, prices)
   best = max(gains.values())
-  above, found = scores.best_gain(prices, 0.5 * best)
-  assert above == pytest.approx(best, rel=1e-12)
+  above, found, nodes = scores.best_gain(prices, 0.5 * best)
+  assert above == pytest.approx(best, rel=1e-12) and 0 < nodes < 2 ** 9
   assert found and all(gains[g] == pytest.approx(gain, rel=1e-12) and gain > 0.5 * best for g, gain in found.items())
   # Nothing above the threshold: the threshold is the bound, and nothing is found.
-  assert scores.best_gain(prices, 1.01 * best) == (1.01 * best, {})
-  assert scores.best_gain(prices, 0.5 * best, node_limit=3) is None
+  assert scores.best_gain(prices, 1.01 * best)[:2] == (1.01 * best, {})
+  assert scores.best_gain(prices, 0.5 * best, node_limit=3)[0] is None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

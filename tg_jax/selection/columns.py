@@ -19,7 +19,7 @@ over the measured networks and a growing *pool* of predicted groups instead:
      the bound is within ``BOUND_TOLERANCE`` of the relaxation. Under HOA the relaxation over every
      group is nearly integral, so at whole budgets the gap then states the answer's real distance
      (about 0.1% and less on up to 20-odd tasks). The search grows about threefold per group size
-     it must rule out; past ``PRICING_NODE_LIMIT`` nodes (40 tasks) it gives up and
+     it must rule out; past ``PRICING_NODE_LIMIT`` nodes per budget (40 tasks) it gives up and
    - relaxed columns: the same relaxation with one relaxed column per group size k, a network of
      cost 1 that may be chosen several times and serves up to k tasks per copy, each at the mean of
      that task's k - 1 best pair losses (no real group of k tasks does better on any of its tasks).
@@ -51,11 +51,11 @@ COLUMNS_PER_ROUND = 60
 # A group must price above this to enter the pool (prices are in objective units).
 PRICE_TOLERANCE = 1e-9
 COLUMN_GENERATION = selector.COLUMN_GENERATION
-# The exact pricing's branch-and-bound gives up after this many nodes in one round (~70 us each on
-# one core); the bound then falls back to the relaxed columns, and later budgets of the same call
-# skip the search. 20 tasks need up to ~100,000 per round; 40 tasks more than 64,000 for groups of 7
-# alone, about three times as many per size above.
-PRICING_NODE_LIMIT = 200_000
+# The exact pricing's branch-and-bound gives up after this many nodes over one budget's rounds (~70 us
+# each on one core); the bound then falls back to the relaxed columns, and later budgets of the same
+# call skip the search. 20 tasks need under 50,000; 40 tasks more than 64,000 for groups of 7 alone,
+# about three times as many per size above.
+PRICING_NODE_LIMIT = 100_000
 # Exact pricing stops once the Lagrangian bound is within this (relative) of the relaxation over the
 # pool: the stated gap then exceeds the relaxation's own by at most this much.
 BOUND_TOLERANCE = 1e-3
@@ -96,11 +96,11 @@ class PairScores:
     return np.where(result <= self.caps, result, np.inf)
 
   def best_gain(self, prices: np.ndarray, threshold: float,
-                node_limit: Optional[int] = None) -> Optional[tuple[float, dict]]:
+                node_limit: Optional[int] = None) -> tuple[Optional[float], dict, int]:
     """The highest ``sum_t max(0, prices_t - score(t))`` over *every* group, by branch-and-bound over
-    task sets: ``(bound, groups)``, where no group's sum exceeds ``bound`` (at least ``threshold``)
-    and ``groups`` maps those found above ``threshold`` to their sums; None past ``node_limit`` nodes
-    (default ``PRICING_NODE_LIMIT``).
+    task sets: ``(bound, groups, nodes)``, where no group's sum exceeds ``bound`` (at least
+    ``threshold``; None when the search stopped at ``node_limit`` nodes, default ``PRICING_NODE_LIMIT``),
+    ``groups`` maps those found above ``threshold`` to their sums and ``nodes`` counts the search.
 
     Tasks are decided in a fixed order (include, then exclude). With a group's size k fixed, a task's
     score is the mean of ``pair`` over its k - 1 partners, so a node (S included, the rest C open)
@@ -178,8 +178,8 @@ class PairScores:
     try:
       search([], np.zeros(n), 0, sizes)
     except _NodeLimit:
-      return None
-    return state["best"], found
+      return None, found, node_limit
+    return state["best"], found, state["nodes"]
 
   def improve(self, start: Sequence[int], prices: np.ndarray) -> tuple[frozenset, float]:
     """Local search from ``start`` for the group with the highest ``sum_t max(0, prices_t - score(t))``:
@@ -354,8 +354,9 @@ class _Pool:
     """Exact pricing: each round adds every group the branch-and-bound finds above the relaxation's
     budget price and computes the Lagrangian bound at the relaxation's task prices, until that bound
     is within ``BOUND_TOLERANCE`` of the relaxation or no group prices above it. Returns the best
-    bound (None: the search ran out of nodes first, or nothing fits) and the rounds."""
-    bound = None
+    bound (None: the rounds ran past ``PRICING_NODE_LIMIT`` nodes first, or nothing fits) and the
+    rounds."""
+    bound, nodes_left = None, PRICING_NODE_LIMIT
     for rounds in range(1, PRICING_ROUNDS + 1):
       relaxed = self.programme().relaxation(budget)
       if relaxed is None:
@@ -363,10 +364,10 @@ class _Pool:
       value, prices, budget_price, _ = relaxed
       # Searching only above the budget price plus a margin costs the bound at most half its tolerance.
       margin = 0.5 * BOUND_TOLERANCE * abs(value) * hoa.PAIR_COST / max(budget, hoa.PAIR_COST)
-      searched = self.scores.best_gain(prices, budget_price * hoa.PAIR_COST + margin)
-      if searched is None:
+      group_gain, found, nodes = self.scores.best_gain(prices, budget_price * hoa.PAIR_COST + margin, nodes_left)
+      if group_gain is None:
         return None, rounds
-      group_gain, found = searched
+      nodes_left -= nodes
       # The search's own sums round; a relative 1e-12 above its best covers them.
       bound = max(bound if bound is not None else -np.inf,
                   self.lagrangian_bound(budget, prices, group_gain * (1 + 1e-12) + 1e-15))
