@@ -126,11 +126,11 @@ class PairScores:
     smallest[:, :, 0] = largest[:, :, 0] = 0.0
     for i in range(n + 1):
       candidates = order[i:]
-      own = np.zeros((n, candidates.size), dtype=bool)
-      own[candidates, np.arange(candidates.size)] = True
+      itself = np.zeros((n, candidates.size), dtype=bool)
+      itself[candidates, np.arange(candidates.size)] = True
       values = pair[:, candidates]
-      smallest[i, :, 1:candidates.size + 1] = np.cumsum(np.sort(np.where(own, np.inf, values), axis=1), axis=1)
-      largest[i, :, 1:candidates.size + 1] = np.cumsum(-np.sort(np.where(own, np.inf, -values), axis=1), axis=1)
+      smallest[i, :, 1:candidates.size + 1] = np.cumsum(np.sort(np.where(itself, np.inf, values), axis=1), axis=1)
+      largest[i, :, 1:candidates.size + 1] = np.cumsum(-np.sort(np.where(itself, np.inf, -values), axis=1), axis=1)
     sizes = np.arange(self.min_size, self.max_size + 1)
     state = {"best": threshold, "nodes": 0}
     found = {}
@@ -154,11 +154,12 @@ class PairScores:
       constant = np.zeros(k.size)
       if s:
         inside = np.array(members)
-        best = r[:, None] * prices[inside][None, :] - smallest[i][inside[None, :], r[:, None]]
-        worst = r[:, None] * prices[inside][None, :] - largest[i][inside[None, :], r[:, None]]
-        high, low = sums[inside] + best, sums[inside] + worst                               # [sizes, members]
-        slope = np.where(high <= 0, 0.0, np.where(low >= 0, 1.0, high / np.maximum(best - worst, 1e-300)))
-        constant = (np.maximum(low, 0.0) - slope * worst).sum(axis=1)
+        # x_t's range: its r best and r worst candidates; the chord over [lowest, highest].
+        highest = r[:, None] * prices[inside][None, :] - smallest[i][inside[None, :], r[:, None]]
+        lowest = r[:, None] * prices[inside][None, :] - largest[i][inside[None, :], r[:, None]]
+        high, low = sums[inside] + highest, sums[inside] + lowest                           # [sizes, members]
+        slope = np.where(high <= 0, 0.0, np.where(low >= 0, 1.0, high / np.maximum(highest - lowest, 1e-300)))
+        constant = (np.maximum(low, 0.0) - slope * lowest).sum(axis=1)
         own = own + slope @ gains[np.ix_(inside, candidates)]
       ranked = np.cumsum(-np.sort(-own, axis=1), axis=1)
       bounds = (constant + ranked[np.arange(k.size), r - 1]) / (k - 1)
