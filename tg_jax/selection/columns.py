@@ -11,20 +11,22 @@ over the measured networks and a growing *pool* of predicted groups instead:
    pool, until it finds none or the relaxation stops improving.
 2. The integer programme over the measured networks and the pool (HiGHS): the answer.
 3. A proven lower bound on the optimum over *all* groups, the better of two:
-   - Lagrangian (exact pricing): for any task prices pi, ``sum_t pi_t`` minus the most that networks
-     within the budget can gain at those prices (a fractional knapsack over the measured networks'
-     gains and the best group's gain, up to ``budget`` groups) bounds every choice from below. A
-     branch-and-bound over task sets (``PairScores.best_gain``) finds the best group's gain at the
-     relaxation's prices exactly, adding the groups it finds above the budget price to the pool until
-     the bound is within ``BOUND_TOLERANCE`` of the relaxation. Under HOA the relaxation over every
-     group is nearly integral, so at whole budgets the gap then states the answer's real distance
-     (about 0.1% and less on up to 20-odd tasks). The search grows about threefold per group size
-     it must rule out; past ``PRICING_NODE_LIMIT`` nodes per budget (40 tasks) it gives up and
-   - relaxed columns: the same relaxation with one relaxed column per group size k, a network of
-     cost 1 that may be chosen several times and serves up to k tasks per copy, each at the mean of
-     that task's k - 1 best pair losses (no real group of k tasks does better on any of its tasks).
-     Each task of a relaxed column chooses its own best partners, so this bound is loose: 7-10%
-     below the answers on 40 tasks (``benchmarks/selection.py``, case h).
+   - relaxed columns: the relaxation with one relaxed column per group size k, a network of cost 1
+     that may be chosen several times and serves up to k tasks per copy, each at the mean of that
+     task's k - 1 best pair losses (no real group of k tasks does better on any of its tasks). Each
+     task of a relaxed column chooses its own best partners, so this bound is loose: 7-10% below
+     the answers on 40 tasks (``benchmarks/selection.py``, case h).
+   - Lagrangian (exact pricing), where the relaxed columns leave more than ``BOUND_TOLERANCE``: for
+     any task prices pi, ``sum_t pi_t`` minus the most that networks within the budget can gain at
+     those prices (a fractional knapsack over the measured networks' gains and the best group's
+     gain, up to ``budget`` groups) bounds every choice from below. A branch-and-bound over task
+     sets (``PairScores.best_gain``) finds the best group's gain at the relaxation's prices exactly,
+     adding the groups it finds above the budget price to the pool until the bound is within
+     ``BOUND_TOLERANCE`` of the relaxation. Under HOA the relaxation over every group is nearly
+     integral, so at whole budgets the gap then states the answer's real distance (0.15% and less
+     on 20 tasks, case i). The search grows about threefold per group size it must rule out; past
+     ``PRICING_NODE_LIMIT`` nodes for one budget (40 tasks) it gives up, and later budgets keep
+     the relaxed columns.
 
 Every answer states its gap, (objective - bound) / objective.
 
@@ -402,17 +404,21 @@ def select_many(measured: ResultsTable, budgets: Sequence[float], objective: Opt
   for index, budget in enumerate(float(b) for b in budgets):
     start = time.perf_counter()
     rounds = pool.generate(budget)
-    priced, pricing_rounds = pool.price_exactly(budget) if pricing else (None, 0)
     answer = pool.programme().solve(budget, integer.EXACT_GAP, time_limit)
     relaxed = pool.relaxed_bound(budget)
+    priced, bounded_by = None, "bound from relaxed columns"
+    if (pricing and answer is not None and relaxed is not None
+        and integer.relative_gap(answer.objective, relaxed) > BOUND_TOLERANCE):
+      generated = len(pool.groups)
+      priced, pricing_rounds = pool.price_exactly(budget)
+      if priced is None:
+        # Past the node limit: the search would likely run as long at the other budgets.
+        bounded_by, pricing = "bound from relaxed columns (exact pricing past its node limit)", False
+      elif priced > relaxed:
+        bounded_by = f"exact pricing: {pricing_rounds} rounds"
+      if len(pool.groups) > generated:
+        answer = pool.programme().solve(budget, integer.EXACT_GAP, time_limit)
     bound = max((b for b in (priced, relaxed) if b is not None), default=None)
-    if priced is not None and priced == bound:
-      bounded_by = f"exact pricing: {pricing_rounds} rounds"
-    elif priced is None and pricing and answer is not None:
-      # Past the node limit: the search would likely run as long at the other budgets.
-      bounded_by, pricing = "bound from relaxed columns (exact pricing past its node limit)", False
-    else:
-      bounded_by = "bound from relaxed columns"
     answers.append(None if answer is None or bound is None else (answer, bound))
     if progress is not None:
       how = "infeasible" if answers[-1] is None else (
