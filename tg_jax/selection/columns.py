@@ -23,7 +23,7 @@ over the measured networks and a growing *pool* of predicted groups instead:
      sets (``PairScores.best_gain``) finds the best group's gain at the relaxation's prices exactly,
      adding the groups it finds above the budget price to the pool until the bound is within
      ``BOUND_TOLERANCE`` of the relaxation. Under HOA the relaxation over every group is nearly
-     integral, so at whole budgets the gap then states the answer's real distance (0.15% and less
+     integral, so at whole budgets the gap then states the answer's real distance (0.12% and less
      on 20 tasks, case i). The search grows about threefold per group size it must rule out; past
      ``PRICING_NODE_LIMIT`` nodes for one budget (40 tasks) it gives up, and later budgets keep
      the relaxed columns.
