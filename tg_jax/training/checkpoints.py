@@ -7,6 +7,12 @@ position (``data``: ``DataStreams``, grain's iterator states, one file per host 
 handler). Training batches depend only on ``(seed, step)``, so the step alone would do: the saved
 streams are checked against it, and a checkpoint without them (written before they were saved, or
 by another number of hosts) restarts the streams at its step.
+
+The state is saved packed: its arrays concatenated into one flat array per dtype (``state``), with
+their paths, shapes and dtypes (``layout``) to cut them apart. Orbax spends ~1.6 ms per array it
+writes, and a cohort's state has ~1,900 small arrays: packed, the demo's checkpoint (40 networks,
+28 MB) saves in a fraction of a second instead of ~6 s, sixteen times a run. Checkpoints written
+before packing (no ``layout``) are still restored, array by array.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from etils import epath
 import flax
 import grain.checkpoint as grain_checkpoint
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -111,8 +118,61 @@ class DataStreams:
 
 def _item_handlers(state: ocp.CheckpointHandler) -> dict[str, Any]:
   """A checkpoint's items and their handlers (new ones per manager: closing a manager closes them)."""
-  return {"state": state, "progress": ocp.JsonCheckpointHandler(),
+  return {"state": state, "layout": ocp.JsonCheckpointHandler(), "progress": ocp.JsonCheckpointHandler(),
           "data": grain_checkpoint.CheckpointHandler()}
+
+
+def _layout(state_dict: Any) -> tuple[list[list[Any]], list[Any], Any]:
+  """``([[path, shape, dtype], ...], leaves, treedef)`` of a state dict, leaves in flattening order."""
+  with_paths, treedef = jax.tree_util.tree_flatten_with_path(state_dict)
+  layout = [[jax.tree_util.keystr(path), list(np.shape(leaf)), np.dtype(leaf.dtype).name] for path, leaf in with_paths]
+  return layout, [leaf for _, leaf in with_paths], treedef
+
+
+def _host_copy(leaf: Any) -> np.ndarray:
+  """A replicated array's local copy (every host holds all of it), or a host array as is."""
+  if isinstance(leaf, jax.Array):
+    return np.asarray(leaf.addressable_data(0))
+  return np.asarray(leaf)
+
+
+def _packed_sizes(layout: list[list[Any]]) -> dict[str, int]:
+  """The length of each dtype's packed array."""
+  sizes: dict[str, int] = {}
+  for _, shape, dtype in layout:
+    sizes[dtype] = sizes.get(dtype, 0) + int(np.prod(shape, dtype=np.int64))
+  return sizes
+
+
+def _pack(layout: list[list[Any]], leaves: list[Any]) -> dict[str, np.ndarray]:
+  """One flat host array per dtype: the leaves of that dtype raveled and concatenated in order."""
+  by_dtype: dict[str, list[np.ndarray]] = {}
+  for (_, _, dtype), leaf in zip(layout, leaves):
+    by_dtype.setdefault(dtype, []).append(_host_copy(leaf).ravel())
+  return {dtype: np.concatenate(parts) for dtype, parts in by_dtype.items()}
+
+
+def _unpack(layout: list[list[Any]], packed: Mapping[str, np.ndarray], targets: list[Any]) -> list[Any]:
+  """The leaves cut from ``packed``, each placed as its target is (its sharding, else the default device)."""
+  offsets = dict.fromkeys(packed, 0)
+  leaves = []
+  for (_, shape, dtype), target in zip(layout, targets):
+    size = int(np.prod(shape, dtype=np.int64))
+    host = np.asarray(packed[dtype][offsets[dtype]:offsets[dtype] + size]).reshape(shape)
+    offsets[dtype] += size
+    sharding = getattr(target, "sharding", None)
+    if isinstance(sharding, jax.sharding.Sharding):
+      leaves.append(jax.make_array_from_callback(tuple(shape), sharding, lambda index, host=host: host[index]))
+    else:
+      leaves.append(jnp.asarray(host))
+  return leaves
+
+
+def _first_difference(saved: list[list[Any]], wanted: list[list[Any]]) -> str:
+  for (path, shape, dtype), (want_path, want_shape, want_dtype) in zip(saved, wanted):
+    if (path, shape, dtype) != (want_path, want_shape, want_dtype):
+      return f"it holds {path} {dtype}{shape} where this run has {want_path} {want_dtype}{want_shape}"
+  return f"it holds {len(saved)} arrays where this run has {len(wanted)}"
 
 
 class NoIntactCheckpointError(workdir_lib.WorkdirError):
@@ -128,14 +188,26 @@ def _read_whole(directory: str, step: int) -> None:
   try:
     tree = reader.item_metadata(step)["state"].tree
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    restored = reader.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(restore_args=as_numpy), progress=ocp.args.JsonRestore()))
+    items = {"state": ocp.args.PyTreeRestore(restore_args=as_numpy), "progress": ocp.args.JsonRestore()}
+    if _is_packed(directory, step):
+      items["layout"] = ocp.args.JsonRestore()
+    restored = reader.restore(step, args=ocp.args.Composite(**items))
     if not isinstance(restored.progress, Mapping) or "step" not in restored.progress:
       raise ValueError(f"its progress is {restored.progress!r}, not the step and network names")
+    if "layout" in items:
+      sizes = _packed_sizes(restored.layout)
+      held = {dtype: array.size for dtype, array in restored.state.items()}
+      if held != sizes:
+        raise ValueError(f"its packed arrays hold {held} values per dtype where its layout needs {sizes}")
     if _data_file(directory, step).exists():
       reader.restore(step, args=ocp.args.Composite(data=grain_checkpoint.CheckpointRestore(DataStreams())))
   finally:
     reader.close()
+
+
+def _is_packed(directory: str, step: int) -> bool:
+  """Whether checkpoint ``step`` holds its state packed (with a ``layout``), as every one saved now does."""
+  return (epath.Path(directory) / str(step) / "layout").exists()
 
 
 def _data_file(directory: str, step: int) -> epath.Path:
@@ -213,7 +285,8 @@ class Checkpointer:
   def save(self, step: int, state: Any, progress: Mapping[str, Any], data: Optional[DataStreams] = None) -> None:
     """Saves a pytree ``state`` (flax structs and optax states allowed), a JSON-able ``progress`` and
     this host's training streams ``data``."""
-    items = {"state": ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+    layout, leaves, _ = _layout(flax.serialization.to_state_dict(state))
+    items = {"state": ocp.args.StandardSave(_pack(layout, leaves)), "layout": ocp.args.JsonSave(layout),
              "progress": ocp.args.JsonSave(dict(progress))}
     if data is not None:
       items["data"] = grain_checkpoint.CheckpointSave(data)
@@ -231,12 +304,30 @@ class Checkpointer:
     return streams.states
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores step ``step`` into the structure, shapes and shardings of ``target``."""
+    """Restores step ``step`` into the structure, shapes and shardings of ``target`` (arrays or
+    ``jax.ShapeDtypeStruct``s).
+
+    Raises:
+      ConfigMismatchError: the checkpoint holds other arrays than ``target`` has.
+    """
     target_dict = flax.serialization.to_state_dict(target)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
+    if not _is_packed(self._directory, step):  # saved array by array, before packing
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+      return flax.serialization.from_state_dict(target, restored.state), dict(restored.progress)
+    layout, targets, treedef = _layout(target_dict)
+    saved = self._manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore())).layout
+    if saved != layout:
+      raise ConfigMismatchError(
+          f"checkpoint {os.path.join(self._directory, str(step))} does not hold this run's state: "
+          f"{_first_difference(saved, layout)}; resume with the config that wrote it, or pass a new --workdir")
+    abstract = {dtype: np.zeros(size, jnp.dtype(dtype)) for dtype, size in _packed_sizes(layout).items()}
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
-    return flax.serialization.from_state_dict(target, restored.state), dict(restored.progress)
+    leaves = _unpack(layout, restored.state, targets)
+    return flax.serialization.from_state_dict(target, jax.tree_util.tree_unflatten(treedef, leaves)), \
+        dict(restored.progress)
 
   def progress(self, step: int) -> dict[str, Any]:
     """The ``progress`` saved with step ``step`` (the step and the network names), without the state."""
