@@ -13,7 +13,7 @@ workdirs/data_size/1000,workdirs/data_size/2000 --out=workdirs/data_size
 (``:full`` for the paper-scale network at 256 pixels, from 500 scenes: a validation there spans 800
 training examples, and at most the whole set.) Each run trains every single-task network,
 every pair and the all-task network, all of one standard network, with three seeds (48 trainings
-of the preset's 400 steps per size on the CPU preset); the summary
+of the preset's 300 steps per size on the CPU preset); the summary
 (``tg_jax.reporting.data_size``) gives, per training-set size, how much lower each task's test loss
 is in the all-task network and in its pairs than in its own single-task network, with intervals over
 the seeds, and draws them against the number of training examples.
@@ -29,13 +29,12 @@ import ml_collections
 
 from tg_jax.training import config as config_lib
 
-# Training examples between validations at every size: the CPU preset's (10% of 2000 scenes of 2
-# views, 25 steps of 16) and the full preset's (20%: 100 steps of 64 at 2000 scenes of 2 views).
-EXAMPLES_PER_VALIDATION = {config_lib.CPU: 400, config_lib.FULL: 800}
-
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config = config_lib.base_config(arg)
+  # Training examples between validations at every size: the preset's at its training set (CPU: 5%
+  # of 2000 scenes of 2 views, 25 steps of 8; full: 20%, 100 steps of 64).
+  examples_per_validation = config.epoch_fraction * config.data.num_train_scenes * config.data.views_per_scene
   config.networks.half_size_singles = False  # the preset's subsets: every single task and pair
   config.networks.extra = ("+".join(config.tasks),)
   # Three seeds, as the study: Student-t intervals over two (one degree of freedom) are too wide for
@@ -47,6 +46,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # preset's float is replaced, not overridden: a reference cannot take its place).
   examples = config.data.get_ref("num_train_scenes") * config.data.get_ref("views_per_scene")
   del config["epoch_fraction"]
-  config.epoch_fraction = EXAMPLES_PER_VALIDATION[config_lib.parse_variant(arg)] / examples
+  config.epoch_fraction = examples_per_validation / examples
   config.selection.predict = "none"
   return config

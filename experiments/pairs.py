@@ -6,6 +6,8 @@
 The preset (``tg_jax.training.config.base_config``) with two seeds: 20 networks for five tasks (5
 singles, 10 pairs, 5 half-size singles), each trained twice, so that every number of the report
 has a 95% interval over seeds; groups of three or more predicted by HOA.
+
+On 2 CPU cores (the preset's 300 steps of batch 8) it takes about 9 minutes from an empty cache.
 """
 
 import ml_collections

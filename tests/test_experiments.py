@@ -59,9 +59,11 @@ def test_presets():
   assert full.model.to_dict() == models.default_config("paper").to_dict()
   assert cpu.model.cost_image_size == cpu.data.image_size == 32
   assert full.model.cost_image_size == full.data.image_size == 256
-  # 16 epochs of 10% of the 4000 training images at batch 16: 400 steps, an epoch every 25.
-  assert (cpu.batch_size, cpu.eval_batch_size, cpu.num_epochs, cpu.log_every_steps) == (16, 100, 16, 5)
-  assert cpu.epoch_fraction == 0.1 and full.epoch_fraction == 0.2
+  # 12 epochs of 5% of the 4000 training images at batch 8: 300 steps, an epoch every 25.
+  assert (cpu.batch_size, cpu.eval_batch_size, cpu.num_epochs, cpu.log_every_steps) == (8, 100, 12, 5)
+  assert cpu.epoch_fraction == 0.05 and full.epoch_fraction == 0.2
+  train_images = cpu.data.num_train_scenes * cpu.data.views_per_scene
+  assert cpu.epoch_fraction * train_images / cpu.batch_size == 25
   assert (cpu.optimizer.learning_rate, cpu.optimizer.plateau_patience, cpu.half_precision) == (0.1, 1, False)
   # The paper's: batch 64, 50 epochs, learning rate 0.2 halved after 2 epochs without improvement.
   assert (full.batch_size, full.eval_batch_size, full.num_epochs, full.log_every_steps) == (64, 128, 50, 100)
