@@ -21,12 +21,17 @@ def _state():
                         "mask": np.array([[True, False], [False, True], [True, True]])},
            "cohort_b": {"params": {"kernel": rng.normal(size=(2, 7)).astype(np.float32)},
                         "step": np.int32(11)}}
-  return jax.tree.map(lambda leaf: jax.device_put(leaf, replicated), state)
+  state = jax.tree.map(lambda leaf: jax.device_put(leaf, replicated), state)
+  # A balancing method's random state (e.g. random loss weighting's) is an array of typed PRNG keys.
+  state["cohort_b"]["balancer_key"] = jax.device_put(jax.random.split(jax.random.key(1), 3), replicated)
+  return state
 
 
 def _equal(restored, expected):
+  def raw(leaf):
+    return np.asarray(jax.random.key_data(leaf) if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf)
   pairs = zip(jax.tree.leaves(restored), jax.tree.leaves(expected))
-  return all(a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+  return all(a.dtype == b.dtype and np.array_equal(raw(a), raw(b)) for a, b in pairs)
 
 
 def test_a_packed_checkpoint_restores_every_array_exactly_into_arrays_or_abstract_targets(tmp_path):
@@ -36,7 +41,7 @@ def test_a_packed_checkpoint_restores_every_array_exactly_into_arrays_or_abstrac
   assert checkpointer.latest_intact_step() == 7
   # One array per dtype, not one per leaf.
   saved = ocp.StandardCheckpointer().restore(tmp_path / "7" / "state")
-  assert sorted(saved) == ["bool", "float32", "int32"]
+  assert sorted(saved) == ["bool", "float32", "int32", "uint32"]
 
   restored, progress = checkpointer.restore(7, state)
   assert progress == {"step": 7, "networks": ["a", "b"]}

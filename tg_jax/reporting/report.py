@@ -11,7 +11,7 @@ traced back to them.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 
@@ -92,18 +92,21 @@ def _improvement_section(study_tables: workdir_lib.StudyTables) -> list[str]:
           + ["", improvement_summary(networks), ""])
 
 
+def _network_label(tasks: Sequence[str], served: Collection[str], cost: float) -> str:
+  """``a+b @0.5``: the tasks a chosen network serves (``(+c unused)`` for decoders it does not), its size
+  when not one SNT."""
+  used = [t for t in tasks if t in served]
+  unused = [t for t in tasks if t not in served]
+  name = ("+".join(used) or "serves nothing") + (f" (+{'+'.join(unused)} unused)" if unused else "")
+  return name + ("" if tables.has_size(cost, 1.0) else f" @{cost:.2g}")
+
+
 def _groups_text(solution: study.Solution) -> str:
-  """``a+b, c@0.5`` for a solution's networks (only the tasks each serves: decoders unused are dropped)."""
+  """``a+b; c@0.5`` for a solution's networks (``_network_label`` each)."""
   if solution.infeasible:
     return "infeasible"
-  parts = []
-  for index, network in enumerate(solution.networks):
-    served = solution.served_by(index)
-    tasks = [t for t in network.tasks if t in served]
-    unused = [t for t in network.tasks if t not in served]
-    name = ("+".join(tasks) or "serves nothing") + (f" (+{'+'.join(unused)} unused)" if unused else "")
-    parts.append(name + ("" if tables.has_size(network.cost, 1.0) else f" @{network.cost:.2g}"))
-  return "; ".join(parts)
+  return "; ".join(_network_label(network.tasks, solution.served_by(index), network.cost)
+                   for index, network in enumerate(solution.networks))
 
 
 def _sources(study_tables: workdir_lib.StudyTables) -> list[str]:
@@ -421,12 +424,9 @@ def _json_groups_text(solution: dict) -> str:
   """``_groups_text`` of a solution as ``Solution.to_json`` writes it."""
   if solution.get("infeasible"):
     return "infeasible"
-  parts = []
-  for index, network in enumerate(solution["networks"]):
-    served = [t for t in network["tasks"] if solution["assignment"].get(t) == index]
-    parts.append(("+".join(served) or "serves nothing")
-                 + ("" if tables.has_size(network["cost"], 1.0) else f" @{network['cost']:.2g}"))
-  return "; ".join(parts)
+  return "; ".join(_network_label(network["tasks"], {t for t, i in solution["assignment"].items() if i == index},
+                                  network["cost"])
+                   for index, network in enumerate(solution["networks"]))
 
 
 def _adaptive_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.Comparison) -> list[str]:

@@ -17,6 +17,7 @@ before packing (no ``layout``) are still restored, array by array.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Mapping, Optional
@@ -122,33 +123,59 @@ def _item_handlers(state: ocp.CheckpointHandler) -> dict[str, Any]:
           "data": grain_checkpoint.CheckpointHandler()}
 
 
+# PRNG key implementations a key array in a state may have (``jax.random.key(seed, impl=...)``).
+_KEY_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def _is_key(dtype: Any) -> bool:
+  return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+@functools.lru_cache(maxsize=None)
+def _key_impl(dtype: Any) -> str:
+  """The implementation name of a PRNG key dtype (``key<fry>`` -> ``threefry2x32``)."""
+  for name in _KEY_IMPLS:
+    if jax.random.key(0, impl=name).dtype == dtype:
+      return name
+  raise ValueError(f"a checkpoint cannot hold PRNG keys of type {dtype}; known implementations: {', '.join(_KEY_IMPLS)}")
+
+
 def _layout(state_dict: Any) -> tuple[list[list[Any]], list[Any], Any]:
-  """``([[path, shape, dtype], ...], leaves, treedef)`` of a state dict, leaves in flattening order."""
+  """``([[path, stored shape, stored dtype, dtype], ...], leaves, treedef)`` of a state dict, leaves in
+  flattening order. A leaf is stored as itself, a PRNG key array as its raw data (``uint32``)."""
   with_paths, treedef = jax.tree_util.tree_flatten_with_path(state_dict)
-  layout = [[jax.tree_util.keystr(path), list(np.shape(leaf)), np.dtype(leaf.dtype).name] for path, leaf in with_paths]
+  layout = []
+  for path, leaf in with_paths:
+    stored = leaf
+    if _is_key(leaf.dtype):
+      stored = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype))
+    layout.append([jax.tree_util.keystr(path), list(np.shape(stored)), np.dtype(stored.dtype).name, str(leaf.dtype)])
   return layout, [leaf for _, leaf in with_paths], treedef
 
 
 def _host_copy(leaf: Any) -> np.ndarray:
-  """A replicated array's local copy (every host holds all of it), or a host array as is."""
+  """What a leaf is stored as, on the host: a replicated array's local copy (every host holds all of it),
+  a key array's raw data, a host array as is."""
   if isinstance(leaf, jax.Array):
+    if _is_key(leaf.dtype):
+      leaf = jax.random.key_data(leaf)
     return np.asarray(leaf.addressable_data(0))
   return np.asarray(leaf)
 
 
 def _packed_sizes(layout: list[list[Any]]) -> dict[str, int]:
-  """The length of each dtype's packed array."""
+  """The length of each stored dtype's packed array."""
   sizes: dict[str, int] = {}
-  for _, shape, dtype in layout:
-    sizes[dtype] = sizes.get(dtype, 0) + int(np.prod(shape, dtype=np.int64))
+  for _, shape, stored_dtype, _ in layout:
+    sizes[stored_dtype] = sizes.get(stored_dtype, 0) + int(np.prod(shape, dtype=np.int64))
   return sizes
 
 
 def _pack(layout: list[list[Any]], leaves: list[Any]) -> dict[str, np.ndarray]:
-  """One flat host array per dtype: the leaves of that dtype raveled and concatenated in order."""
+  """One flat host array per stored dtype: the leaves stored as it, raveled and concatenated in order."""
   by_dtype: dict[str, list[np.ndarray]] = {}
-  for (_, _, dtype), leaf in zip(layout, leaves):
-    by_dtype.setdefault(dtype, []).append(_host_copy(leaf).ravel())
+  for (_, _, stored_dtype, _), leaf in zip(layout, leaves):
+    by_dtype.setdefault(stored_dtype, []).append(_host_copy(leaf).ravel())
   return {dtype: np.concatenate(parts) for dtype, parts in by_dtype.items()}
 
 
@@ -156,12 +183,17 @@ def _unpack(layout: list[list[Any]], packed: Mapping[str, np.ndarray], targets: 
   """The leaves cut from ``packed``, each placed as its target is (its sharding, else the default device)."""
   offsets = dict.fromkeys(packed, 0)
   leaves = []
-  for (_, shape, dtype), target in zip(layout, targets):
+  for (_, shape, stored_dtype, _), target in zip(layout, targets):
     size = int(np.prod(shape, dtype=np.int64))
-    host = np.asarray(packed[dtype][offsets[dtype]:offsets[dtype] + size]).reshape(shape)
-    offsets[dtype] += size
+    host = np.asarray(packed[stored_dtype][offsets[stored_dtype]:offsets[stored_dtype] + size]).reshape(shape)
+    offsets[stored_dtype] += size
     sharding = getattr(target, "sharding", None)
-    if isinstance(sharding, jax.sharding.Sharding):
+    if not isinstance(sharding, jax.sharding.Sharding):
+      sharding = None
+    if _is_key(target.dtype):
+      keys = jax.random.wrap_key_data(host, impl=_key_impl(target.dtype))
+      leaves.append(keys if sharding is None else jax.device_put(keys, sharding))
+    elif sharding is not None:
       leaves.append(jax.make_array_from_callback(tuple(shape), sharding, lambda index, host=host: host[index]))
     else:
       leaves.append(jnp.asarray(host))
@@ -169,14 +201,11 @@ def _unpack(layout: list[list[Any]], packed: Mapping[str, np.ndarray], targets: 
 
 
 def _first_difference(saved: list[list[Any]], wanted: list[list[Any]]) -> str:
-  for (path, shape, dtype), (want_path, want_shape, want_dtype) in zip(saved, wanted):
-    if (path, shape, dtype) != (want_path, want_shape, want_dtype):
+  for saved_entry, wanted_entry in zip(saved, wanted):
+    if saved_entry != wanted_entry:
+      (path, shape, _, dtype), (want_path, want_shape, _, want_dtype) = saved_entry, wanted_entry
       return f"it holds {path} {dtype}{shape} where this run has {want_path} {want_dtype}{want_shape}"
   return f"it holds {len(saved)} arrays where this run has {len(wanted)}"
-
-
-class NoIntactCheckpointError(workdir_lib.WorkdirError):
-  """Every checkpoint of a workdir is damaged."""
 
 
 def _read_whole(directory: str, step: int) -> None:
