@@ -24,6 +24,7 @@ from tg_jax.training import checkpoints
 from tg_jax.training import cohort
 from tg_jax.training import cohorts
 from tg_jax.training import networks
+from tg_jax.training import planning
 from tg_jax.training import retrain
 from tg_jax.training import trainer
 
@@ -538,3 +539,21 @@ def test_a_workdir_from_before_seed_replicas_resumes_as_one_seed(tmp_path):
   config.networks.seeds = 2
   with pytest.raises(checkpoints.ConfigMismatchError, match="networks.seeds: 1 in the workdir, 2 now"):
     checkpoints.check_or_write_config(config, str(tmp_path))
+
+
+def test_a_run_whose_programs_would_pass_the_mapping_limit_stops_before_compiling_the_rest(tmp_path, monkeypatch):
+  """XLA:CPU maps ~3 memory regions per compiled kernel; past vm.max_map_count it segfaults. The
+  planner projects the regions from the first cohort's step and stops with the fix instead."""
+  config = train_fakes.tiny_config()
+  config.networks.half_size_singles = True  # two cohorts: full- and half-size networks
+  monkeypatch.setattr(planning, "mapping_limit", lambda: planning.mapped_regions() + 100)
+  with pytest.raises(planning.MappingLimitError, match=r"2 cohorts would map .*\(vm\.max_map_count\).*sysctl -w vm\.max_map_count="):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints" / "1")
+
+
+def test_the_mapping_projection_counts_distinct_programs():
+  planning.check_mappings(before=1000, now=3000, limit=65530, planned=1, total=10)  # 33,000: fits
+  with pytest.raises(planning.MappingLimitError, match="20 cohorts would map about 65,000"):
+    planning.check_mappings(before=1000, now=3000, limit=65530, planned=1, total=20)
+  planning.check_mappings(before=None, now=3000, limit=65530, planned=1, total=20)  # no /proc: no check

@@ -35,6 +35,7 @@ from tg_jax import workdir as workdir_lib
 from tg_jax.selection.tables import TableError
 from tg_jax.training import checkpoints
 from tg_jax.training import config as config_lib
+from tg_jax.training import planning
 from tg_jax.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/pairs.py "
@@ -57,7 +58,7 @@ def default_workdir(config_argument: str) -> str:
 
 # Errors that are the user's to fix (workdir, tables): one line, no traceback. Config errors come from
 # ``config.validate``, before any work.
-USER_ERRORS = (checkpoints.ConfigMismatchError, workdir_lib.WorkdirError, TableError)
+USER_ERRORS = (checkpoints.ConfigMismatchError, workdir_lib.WorkdirError, TableError, planning.MappingLimitError)
 
 
 def unknown_override(argv: list[str], config: ml_collections.ConfigDict) -> Optional[str]:
