@@ -1,11 +1,11 @@
 """The paper's whole study: every task subset, the baselines' networks, and the report.
 
   python -m tg_jax.main --config=experiments/study.py --workdir=/tmp/study        # 2-core CPU, hours (231 networks)
+  python -m tg_jax.main --config=experiments/study.py:full --workdir=/scratch/study   # GPUs, paper scale
 
 On CPU its ~20 distinct cohort programs map more memory regions than Linux's default per-process limit
 (XLA's CPU compiler maps ~3 per compiled kernel; the default vm.max_map_count is 65,530): the planner
 stops with the command that raises it (``sudo sysctl -w vm.max_map_count=262144``) instead of crashing.
-  python -m tg_jax.main --config=experiments/study.py:full --workdir=/scratch/study   # GPUs, paper scale
 
 Networks (for 5 tasks, 77 per seed):
 - all 2^k - 1 task subsets at full size and one half-size network per task: the candidates of the
