@@ -208,6 +208,10 @@ def _first_difference(saved: list[list[Any]], wanted: list[list[Any]]) -> str:
   return f"it holds {len(saved)} arrays where this run has {len(wanted)}"
 
 
+class NoIntactCheckpointError(workdir_lib.WorkdirError):
+  """Every checkpoint of a workdir is damaged."""
+
+
 def _read_whole(directory: str, step: int) -> None:
   """Reads checkpoint ``step`` of ``directory`` back entirely (metadata, every array, the progress) into
   host memory and drops it; raises whatever the damage makes orbax raise."""
