@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import app
 from absl import logging as absl_logging
@@ -45,6 +45,14 @@ def fail(message: str) -> None:
 
 class UsageError(ValueError):
   """A flag value that cannot be used; the message says how to fix it."""
+
+
+def check_helper_tasks(helper_tasks: Sequence[str], task_names: Sequence[str], path: str) -> None:
+  """Refuses ``--helper_tasks`` naming a task the table at ``path`` has no column for."""
+  unknown = [h for h in helper_tasks if h not in task_names]
+  if unknown:
+    raise UsageError(f"--helper_tasks names {', '.join(unknown)}, not a task of {path} (its tasks: "
+                     f"{', '.join(task_names)}); name helpers among them, or --helper_tasks= for none")
 
 
 def table_command_main(run_command: Callable[[], str]) -> Callable[[list[str]], None]:

@@ -47,10 +47,7 @@ def _read(path: str) -> tables.ResultsTable:
     raise console.UsageError("task names come from the CSV header; --task_names is only for --format=standley")
   table = tables.read(path, _FORMAT.value, _TASK_NAMES.value)
   helpers = _HELPER_TASKS.value or ()
-  unknown = [h for h in helpers if h not in table.task_names]
-  if unknown:
-    raise console.UsageError(f"--helper_tasks names {', '.join(unknown)}, not a task of {path} (its tasks: "
-                             f"{', '.join(table.task_names)})")
+  console.check_helper_tasks(helpers, table.task_names, path)
   return table.with_helpers(helpers) if helpers else table
 
 

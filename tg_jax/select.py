@@ -125,10 +125,7 @@ def _helper_tasks(table: tables.ResultsTable) -> tuple[str, ...]:
     is_workdir_table = any(os.path.abspath(_RESULTS.value) == os.path.abspath(workdir.table(split))
                            for split in workdir_lib.SPLITS)
     helpers = workdir_lib.helper_tasks(workdir) if is_workdir_table else ()
-  unknown = [h for h in helpers if h not in table.task_names]
-  if unknown:
-    raise console.UsageError(f"--helper_tasks names {', '.join(unknown)}, not a task of {_RESULTS.value} (its tasks: "
-                             f"{', '.join(table.task_names)}); name helpers among them, or --helper_tasks= for none")
+  console.check_helper_tasks(helpers, table.task_names, _RESULTS.value)
   return tuple(helpers)
 
 

@@ -138,10 +138,15 @@ class CohortRunner:
     self._compiled: dict[int, Any] = {}
     self._abstract_states: dict[int, cohort_lib.CohortState] = {}
 
+  @staticmethod
+  def program_key_of(spec: networks_lib.Cohort, how: str) -> tuple[Any, ...]:
+    """What the compiled programs of a runner for ``spec`` run ``how`` depend on: runners with equal keys
+    can share them (``with_spec``)."""
+    return (spec.size, spec.method, spec.tasks, how)
+
   @property
   def program_key(self) -> tuple[Any, ...]:
-    """What its compiled programs depend on: runners with equal keys can share them (``with_spec``)."""
-    return (self.spec.size, self.spec.method, self.spec.tasks, self.how)
+    return self.program_key_of(self.spec, self.how)
 
   def with_spec(self, spec: networks_lib.Cohort) -> "CohortRunner":
     """This runner for another cohort of the same model (size, method and tasks; another seed's
@@ -190,7 +195,7 @@ def make_runners(specs: Sequence[networks_lib.Cohort], config: ml_collections.Co
   runners: list[CohortRunner] = []
   for spec in specs:
     how = parallelism(config, spec, platform)
-    twin = next((r for r in runners if r.program_key == (spec.size, spec.method, spec.tasks, how)), None)
+    twin = next((r for r in runners if r.program_key == CohortRunner.program_key_of(spec, how)), None)
     runners.append(twin.with_spec(spec) if twin else CohortRunner(
         spec, config, steps_per_epoch, image_shape, optimizer, dtype, how, replicated, batch_sharding))
   return runners

@@ -75,8 +75,9 @@ def predict(config: ml_collections.ConfigDict, sources: Sequence[tuple[ml_collec
       continue
     variables = ensemble.best_variables(source_config, directory, here, dataset.image_shape)
     for name, (model, parameters) in variables.items():
-      apply = forward.setdefault(id(model), jax.jit(functools.partial(model.apply, train=False)))
-      outputs[name] = apply(parameters, jnp.asarray(batch["image"]))
+      if id(model) not in forward:
+        forward[id(model)] = jax.jit(functools.partial(model.apply, train=False))
+      outputs[name] = forward[id(model)](parameters, jnp.asarray(batch["image"]))
   missing = [name for name in wanted if name not in outputs]
   if missing:
     raise ValueError(f"no checkpoint of {', '.join(d for _, d in sources)} holds network(s) {', '.join(missing)}; "
