@@ -40,6 +40,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import resource
 import select
 import statistics
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from absl import app
 from absl import flags
@@ -517,49 +518,66 @@ def _strategy_timeout(strategy: str, num_networks: int) -> float:
 def _measure_in_subprocess(num_networks: int, dtype_name: str, batch_size: int, strategies: list[str],
                            env: dict[str, str]) -> list[dict[str, Any]]:
   """Rows of worker subprocesses that print one JSON row a line (``run_workers``)."""
-  def start(to_run: list[str]) -> subprocess.Popen:
+  def start(to_run: list[str], stderr: IO[str]) -> subprocess.Popen:
     command = [sys.executable, os.path.abspath(__file__), f"--networks={num_networks}",
                f"--strategies={','.join(to_run)}", f"--dtypes={dtype_name}", f"--scale={_SCALE.value}",
                f"--model={_MODEL.value}", f"--image_size={_IMAGE_SIZE.value}", f"--batch_size={batch_size}",
                f"--steps={_STEPS.value}", f"--max_step_seconds={_MAX_STEP_SECONDS.value}",
                f"--peak_tflops={_PEAK_TFLOPS.value}", f"--tasks={','.join(_TASKS.value)}",
                f"--networks_per_step={_NETWORKS_PER_STEP.value}", "--worker"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
 
   return run_workers(strategies, start, lambda strategy: _strategy_timeout(strategy, num_networks),
                      lambda strategy, reason: _skipped(strategy, num_networks, dtype_name, batch_size, reason))
 
 
-def run_workers(strategies: list[str], start: Callable[[list[str]], subprocess.Popen],
+def run_workers(strategies: list[str], start: Callable[[list[str], IO[str]], subprocess.Popen],
                 timeout_of: Callable[[str], float],
                 skipped: Callable[[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-  """One row per strategy, in order, from workers ``start(strategies)`` that print one JSON row a line.
+  """One row per strategy, in order, from workers ``start(strategies, stderr)`` that print one JSON row a
+  line and write their diagnostics to the file ``stderr``.
 
   A strategy without a row within ``timeout_of(strategy)`` of the previous row (the first: of the
   worker's start), or whose worker exits first, gets ``skipped(strategy, reason)``; its worker is
   stopped and a fresh one measures the strategies after it, so one slow strategy costs only its own row.
+  A worker that dies gives its last error line as the reason (an XLA compiler's failed check, say), since
+  its diagnostics are otherwise lost with it.
   """
   rows: list[dict[str, Any]] = []
   while len(rows) < len(strategies):
     remaining = strategies[len(rows):]
-    worker = start(remaining)
-    try:
-      for strategy in remaining:
-        timeout = timeout_of(strategy)
-        ready, _, _ = select.select([worker.stdout], [], [], timeout)
-        line = worker.stdout.readline() if ready else ""
-        if not line:
-          reason = (f"too slow: no result within {timeout:g} s (--timeout; compiling and the first step)"
-                    if not ready else f"worker exited with {worker.wait()} before measuring it")
-          rows.append(skipped(strategy, reason))
-          break
-        rows.append(json.loads(line))
-        print(_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    finally:
-      if worker.poll() is None:
-        worker.kill()
-      worker.wait()
+    with tempfile.TemporaryFile("w+") as stderr:
+      worker = start(remaining, stderr)
+      try:
+        for strategy in remaining:
+          timeout = timeout_of(strategy)
+          ready, _, _ = select.select([worker.stdout], [], [], timeout)
+          line = worker.stdout.readline() if ready else ""
+          if not line:
+            reason = (f"too slow: no result within {timeout:g} s (--timeout; compiling and the first step)"
+                      if not ready else f"worker exited with {worker.wait()} before measuring it"
+                      + _last_error(stderr))
+            rows.append(skipped(strategy, reason))
+            break
+          rows.append(json.loads(line))
+          print(_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+      finally:
+        if worker.poll() is None:
+          worker.kill()
+        worker.wait()
   return rows
+
+
+def _last_error(stderr: IO[str]) -> str:
+  """``": <line>"`` for the last line of a worker's diagnostics that reports a failure, else ``""``.
+
+  Fatal absl/glog lines start with ``F`` and a date (``F1130 23:02:11.17 ... Check failed: ...``);
+  Python's end with the exception (``ValueError: ...``).
+  """
+  stderr.seek(0)
+  failures = [line.strip() for line in stderr
+              if re.match(r"F\d{4} |[\w.]*(Error|Exception): ", line) or "Check failed" in line]
+  return f": {failures[-1][:300]}" if failures else ""
 
 
 def _table(results: list[dict[str, Any]]) -> str:

@@ -139,9 +139,10 @@ def test_a_strategy_that_times_out_costs_only_its_own_row():
              "  print(json.dumps({'strategy': strategy, 'dtype': 'float32', 'networks': 2}), flush=True)\n")
   started = []
 
-  def start(strategies):
+  def start(strategies, stderr):
     started.append(list(strategies))
-    return subprocess.Popen([sys.executable, "-c", program, ",".join(strategies)], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", program, ",".join(strategies)], stdout=subprocess.PIPE,
+                            stderr=stderr, text=True)
 
   rows = train_step.run_workers(["fast", "slow", "loop", "vmap"], start, lambda strategy: 2.0,
                                 lambda strategy, reason: {"strategy": strategy, "skipped": reason})
@@ -149,3 +150,20 @@ def test_a_strategy_that_times_out_costs_only_its_own_row():
   assert [r["strategy"] for r in rows] == ["fast", "slow", "loop", "vmap"]
   assert rows[1]["skipped"].startswith("too slow") and all("skipped" not in rows[i] for i in (0, 2, 3))
   assert started == [["fast", "slow", "loop", "vmap"], ["loop", "vmap"]]
+
+
+def test_a_worker_that_dies_names_its_last_error():
+  # As XLA's GPU compiler did on a failed check: glog's fatal line, then an abort.
+  program = ("import os, sys\n"
+             "print('W1130 23:01:02.41 dispatch.py:204] Finished tracing', file=sys.stderr)\n"
+             "print('F1130 23:02:11.17 3001 tiling.cc:703] Check failed: a == b (4096 vs. 128)', file=sys.stderr)\n"
+             "sys.stderr.flush()\n"
+             "os.abort()\n")
+
+  def start(strategies, stderr):
+    return subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+  rows = train_step.run_workers(["vmap"], start, lambda strategy: 30.0,
+                                lambda strategy, reason: {"strategy": strategy, "skipped": reason})
+  assert rows[0]["skipped"].startswith("worker exited with -6 before measuring it: F1130")
+  assert rows[0]["skipped"].endswith("Check failed: a == b (4096 vs. 128)")
