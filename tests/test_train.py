@@ -25,6 +25,7 @@ from tg_jax.training import cohort
 from tg_jax.training import cohorts
 from tg_jax.training import networks
 from tg_jax.training import planning
+from tg_jax.training import results
 from tg_jax.training import retrain
 from tg_jax.training import trainer
 
@@ -557,3 +558,18 @@ def test_the_mapping_projection_counts_distinct_programs():
   with pytest.raises(planning.MappingLimitError, match="20 cohorts would map about 65,000"):
     planning.check_mappings(before=1000, now=3000, limit=65530, planned=1, total=20)
   planning.check_mappings(before=None, now=3000, limit=65530, planned=1, total=20)  # no /proc: no check
+
+
+def test_progress_rate_forgets_a_slow_start(monkeypatch):
+  # A resumed run's first validation compiles for minutes; the steps/s and ETA must recover once
+  # that interval leaves the window, instead of averaging it into the rest of the run.
+  clock = [0.0]
+  monkeypatch.setattr(results.time, "time", lambda: clock[0])
+  progress = results.Progress(stop_step=300)
+  progress.start_timing(26)
+  clock[0] += 600.0  # steps 26-30 and a compiling validation
+  assert "0.01 steps/s" in progress.line(30)
+  for step in range(35, 35 + 5 * results.Progress.RATE_WINDOW, 5):
+    clock[0] += 10.0  # 0.5 steps/s from here on
+    line = progress.line(step)
+  assert "0.50 steps/s" in line and line.endswith("ETA 7m20s"), line

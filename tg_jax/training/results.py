@@ -5,6 +5,7 @@ Where each file lives is ``tg_jax.workdir``'s business.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -144,22 +145,30 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-  """Steps per second and time left, measured from the steps this process has run."""
+  """Steps per second and time left, measured over this process's last ``RATE_WINDOW`` progress lines.
 
-  def __init__(self, start_step: int, stop_step: int):
-    self._start_step, self._stop_step = start_step, stop_step
-    self._start_time: Optional[float] = None
-    self._timed_from_step = start_step
+  A window, not the whole run: one-off costs (the first validation's compile, a resume's restore)
+  would otherwise hold the rate down for the rest of the run; a window of several validation intervals
+  still counts the validations' share of the time.
+  """
+
+  RATE_WINDOW = 10
+
+  def __init__(self, stop_step: int):
+    self._stop_step = stop_step
+    self._marks: collections.deque = collections.deque(maxlen=self.RATE_WINDOW + 1)  # (step, time)
 
   def start_timing(self, step: int) -> None:
     """Starts the clock after the first (compiling) step, so the rate measures training."""
-    self._start_time, self._timed_from_step = time.time(), step
+    self._marks.clear()
+    self._marks.append((step, time.time()))
 
   def line(self, step: int, extra: str = "") -> str:
     done = step / max(self._stop_step, 1)
     text = f"step {step}/{self._stop_step} ({100 * done:.0f}%)"
-    if self._start_time is not None and step > self._timed_from_step:
-      elapsed = time.time() - self._start_time
-      rate = (step - self._timed_from_step) / elapsed
+    if self._marks and step > self._marks[-1][0]:
+      self._marks.append((step, time.time()))
+      (first_step, first_time), (last_step, last_time) = self._marks[0], self._marks[-1]
+      rate = (last_step - first_step) / max(last_time - first_time, 1e-9)
       text += f" | {rate:.2f} steps/s | ETA {format_duration((self._stop_step - step) / rate)}"
     return f"{text} | {extra}" if extra else text

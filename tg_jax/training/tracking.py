@@ -64,7 +64,7 @@ class Reporter:
     self._is_writer = is_writer
     self._run_log = results.RunLog(paths.log, start_step if start_step else None) if is_writer else None
     self._scalars = results.Scalars(paths.tensorboard) if is_writer else None
-    self.progress = results.Progress(start_step, schedule.stop_step)
+    self.progress = results.Progress(schedule.stop_step)
     self._reported_diverged: set[str] = set()
     self._loss_sums: list[Any] = [None] * len(cohorts.chunks)  # per chunk, [nets] summed since the last log line
     self._loss_count = 0
