@@ -22,12 +22,14 @@ from tg_jax.affinity import meter
 from tg_jax.training import baseline
 from tg_jax.training import checkpoints
 from tg_jax.training import cohort
+from tg_jax.training import config as config_lib
 from tg_jax.training import cohorts
 from tg_jax.training import networks
 from tg_jax.training import planning
 from tg_jax.training import results
 from tg_jax.training import retrain
 from tg_jax.training import trainer
+from tg_jax.training import transfer
 
 TASKS = train_fakes.TOY_TASKS
 
@@ -358,6 +360,12 @@ def test_seed_replicas_are_named_listed_grouped_and_initialised_apart():
   derived = retrain.derived_config(config, ["toy_depth#3", "toy_depth", "toy_normals+toy_segment#5"])
   assert tuple(derived.networks.extra) == ("toy_depth", "toy_normals+toy_segment")
   assert tuple(derived.networks.seeds) == (3, 5) and len(networks.from_config(derived)) == 4
+  # A study widens its all-task network; the retraining and transfer phases train only their lists.
+  config.networks.all_task_sizes = (2.0,)
+  assert any(n.size == 2.0 for n in networks.from_config(config))
+  for derived in (retrain.derived_config(config, ["toy_depth"]), transfer.derived_config(config)):
+    config_lib.validate(derived)
+    assert all(n.size == 1.0 for n in networks.from_config(derived))
 
 
 def test_network_records_without_a_seed_read_as_seed_0_and_rows_are_named_by_their_lowest_seed():

@@ -30,6 +30,9 @@ def derived_config(config: ml_collections.ConfigDict, names: list[str]) -> ml_co
   derived.networks.subsets = ""
   derived.networks.half_size_singles = False
   derived.networks.extra = tuple(dict.fromkeys(records.split_seed(name)[0] for name in names))
+  # Exactly the listed networks: the main run's wider all-task networks are not retrained here (and
+  # the widening would find no all-task network in the list to widen).
+  derived.networks.all_task_sizes = ()
   derived.stop_fraction = 1.0
   derived.selection.predict = "none"
   if "tag" in derived:

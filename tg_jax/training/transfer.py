@@ -35,6 +35,9 @@ def derived_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   derived.networks.subsets = ""
   derived.networks.half_size_singles = False
   derived.networks.extra = network_names(config.tasks)
+  # Exactly the listed networks: the main run's wider all-task networks are not retrained here (and
+  # the widening would find no all-task network in the list to widen).
+  derived.networks.all_task_sizes = ()
   derived.stop_fraction = 1.0
   derived.selection.predict = "none"
   derived.selection.refine = 0
