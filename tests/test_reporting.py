@@ -184,3 +184,15 @@ def test_size_matched_takes_the_single_task_network_nearest_one_over_k():
   (quads,) = analysis.size_matched(table)
   assert quads.k == 4 and quads.single_costs == (0.263,) * 4
   np.testing.assert_allclose(quads.relative, [(0.5 + 0.5 + 0.0 + 0.5) / 4], atol=1e-12)
+
+
+def test_a_bar_figure_keeps_its_bars_readable_beside_one_enormous_interval():
+  # Two seeds' Student-t interval can be a hundred times its bar (the helper-task run's keypoints2d:
+  # +1.6% [-128, +130]); the axis follows the bars and the moderate intervals, and says what it cut.
+  report_figures = pytest.importorskip("tg_jax.reporting.figures")
+  values = np.array([-3.6, -2.2, 1.6])
+  lows, highs = np.array([-5.8, -3.7, -128.3]), np.array([-1.5, -0.6, 130.3])
+  low, high = report_figures._readable_span(values, lows, highs)
+  assert low < -5.8 and -20 < low and 1.6 < high < 20
+  assert report_figures._readable_span(values, values - 1, values + 1)[1] > 1.6 + 1 - 1e-12
+  assert report_figures._readable_span(-values, -highs, -lows) == pytest.approx((-high, -low))

@@ -136,6 +136,25 @@ def size_matched(per_k: Sequence[analysis.SizeMatched], path: str) -> None:
   plt.close(figure)
 
 
+def _readable_span(values: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> tuple[float, float]:
+  """Y-limits (in the values' units) that show every bar and every interval end within three times the
+  largest bar (at least 5): with two seeds one interval can be a hundred times its bar and flatten
+  all the others."""
+  reach = max(5.0, 3 * float(np.max(np.abs(values))))
+  low = min(float(np.min(values)), max(float(np.min(lows)), -reach), 0.0)
+  high = max(float(np.max(values)), min(float(np.max(highs)), reach), 0.0)
+  pad = 0.08 * (high - low)
+  return low - pad, high + pad
+
+
+def _mark_clipped(axes, x: np.ndarray, lows: np.ndarray, highs: np.ndarray, span: tuple[float, float]) -> bool:
+  """Arrows at the axis edge for interval ends beyond ``span``; whether there were any."""
+  below, above = lows < span[0], highs > span[1]
+  axes.plot(x[below], np.full(below.sum(), span[0]), linestyle="none", marker=7, color="black", markersize=6)
+  axes.plot(x[above], np.full(above.sum(), span[1]), linestyle="none", marker=6, color="black", markersize=6)
+  return bool(below.any() or above.any())
+
+
 def helper_gains(gains, path: str) -> None:
   """Helper tasks (``reporting.helper_tasks.HelperGains``): per served task, its test-loss gain over its
   single-task network in its pair with each helper and in its best network with a helper (bars; error
@@ -146,20 +165,29 @@ def helper_gains(gains, path: str) -> None:
   width = 0.8 / len(series)
   figure, axes = plt.subplots(figsize=(1.8 + 1.4 * len(gains.tasks), 4.0), dpi=110)
   positions = np.arange(len(gains.tasks))
-  for index, (label, values, intervals) in enumerate(series):
-    x = positions - 0.4 + width * (index + 0.5)
-    axes.bar(x, 100 * values, width=width * 0.9, label=label, edgecolor="black", linewidth=0.5,
+  bars = [(positions - 0.4 + width * (index + 0.5), 100 * values, intervals)
+          for index, (_, values, intervals) in enumerate(series)]
+  with_intervals = [(x, values, 100 * intervals[0], 100 * intervals[1]) for x, values, intervals in bars
+                    if intervals is not None]
+  span = None
+  if with_intervals:
+    span = _readable_span(*(np.concatenate(parts) for parts in list(zip(*with_intervals))[1:]))
+  clipped = False
+  for index, ((label, _, _), (x, values, intervals)) in enumerate(zip(series, bars)):
+    axes.bar(x, values, width=width * 0.9, label=label, edgecolor="black", linewidth=0.5,
              color="0.6" if index == len(series) - 1 else None)
     if intervals is not None:
       low, high = 100 * intervals[0], 100 * intervals[1]
-      axes.errorbar(x, 100 * values, yerr=[100 * values - low, high - 100 * values], fmt="none", ecolor="black",
-                    capsize=3, linewidth=1)
+      axes.errorbar(x, values, yerr=[values - low, high - values], fmt="none", ecolor="black", capsize=3, linewidth=1)
+      clipped |= _mark_clipped(axes, x, low, high, span)
+  if span is not None:
+    axes.set_ylim(*span)
   axes.axhline(0, color="black", linewidth=0.8)
   axes.set_xticks(positions, gains.tasks, fontsize=8, rotation=15)
   axes.set_ylabel("% lower test loss than the\nsingle-task network (1 SNT each)")
   axes.set_title("Each served task trained with a helper task"
-                 + (f"\n95% intervals over {gains.replicates} seeds" if gains.pair_intervals is not None else ""),
-                 fontsize=9)
+                 + (f"\n95% intervals over {gains.replicates} seeds" if gains.pair_intervals is not None else "")
+                 + ("; arrows: interval goes beyond the axis" if clipped else ""), fontsize=9)
   axes.legend(fontsize=7)
   axes.grid(axis="y", alpha=0.3)
   figure.tight_layout()
