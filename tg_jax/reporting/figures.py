@@ -165,19 +165,18 @@ def helper_gains(gains, path: str) -> None:
   width = 0.8 / len(series)
   figure, axes = plt.subplots(figsize=(1.8 + 1.4 * len(gains.tasks), 4.0), dpi=110)
   positions = np.arange(len(gains.tasks))
-  bars = [(positions - 0.4 + width * (index + 0.5), 100 * values, intervals)
-          for index, (_, values, intervals) in enumerate(series)]
-  with_intervals = [(x, values, 100 * intervals[0], 100 * intervals[1]) for x, values, intervals in bars
-                    if intervals is not None]
-  span = None
-  if with_intervals:
-    span = _readable_span(*(np.concatenate(parts) for parts in list(zip(*with_intervals))[1:]))
+  # In percent; intervals None where there is one seed.
+  bars = [(label, positions - 0.4 + width * (index + 0.5), 100 * values,
+           None if intervals is None else (100 * intervals[0], 100 * intervals[1]))
+          for index, (label, values, intervals) in enumerate(series)]
+  measured = [(values, *intervals) for _, _, values, intervals in bars if intervals is not None]
+  span = _readable_span(*map(np.concatenate, zip(*measured))) if measured else None
   clipped = False
-  for index, ((label, _, _), (x, values, intervals)) in enumerate(zip(series, bars)):
+  for index, (label, x, values, intervals) in enumerate(bars):
     axes.bar(x, values, width=width * 0.9, label=label, edgecolor="black", linewidth=0.5,
              color="0.6" if index == len(series) - 1 else None)
     if intervals is not None:
-      low, high = 100 * intervals[0], 100 * intervals[1]
+      low, high = intervals
       axes.errorbar(x, values, yerr=[values - low, high - values], fmt="none", ecolor="black", capsize=3, linewidth=1)
       clipped |= _mark_clipped(axes, x, low, high, span)
   if span is not None:
