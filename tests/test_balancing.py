@@ -492,18 +492,33 @@ def test_nash_mtl_solves_the_bargaining_condition():
   # Orthogonal gradients of norms n_i: G' = diag(n^2) / ||n^2||, so alpha_i = sqrt(||n^2||) / n_i.
   norms = np.array([0.5, 1.0, 4.0])
   _, _, info = _run(balancing.get("nash_mtl"), np.ones(3), np.eye(3, 6) * norms[:, None])
-  np.testing.assert_allclose(info["weights"], np.sqrt(np.linalg.norm(norms ** 2)) / norms, rtol=1e-5)
+  np.testing.assert_allclose(info["alpha"], np.sqrt(np.linalg.norm(norms ** 2)) / norms, rtol=1e-5)
+  # The weights are alpha at equal weighting's scale: proportional, summing to the number of tasks.
+  np.testing.assert_allclose(info["weights"], 3 * (1 / norms) / np.sum(1 / norms), rtol=1e-5)
   rng = np.random.default_rng(14)
   for num_tasks in (2, 3, 4):
     grads = rng.normal(size=(num_tasks, 6)) + 1.5 * rng.normal(size=6)  # a direction that helps every task
     grads *= rng.uniform(0.3, 3.0, size=(num_tasks, 1))
-    _, _, info = _run(balancing.get("nash_mtl"), np.ones(num_tasks), grads)
-    alpha = np.asarray(info["weights"], np.float64)
+    combined, _, info = _run(balancing.get("nash_mtl"), np.ones(num_tasks), grads)
+    alpha = np.asarray(info["alpha"], np.float64)
     gram = grads @ grads.T
     normalised = gram / np.linalg.norm(gram)
     assert np.all(alpha > 0)
     # Newton converges quadratically; float32 leaves the condition met to ~1e-6 relative.
     np.testing.assert_allclose(normalised @ alpha, 1 / alpha, rtol=1e-4)
+    # Every task's share of the update is the same.
+    shares = alpha * (grads @ np.asarray(combined, np.float64))
+    np.testing.assert_allclose(shares, np.full(num_tasks, shares.mean()), rtol=1e-3)
+
+
+def test_nash_mtl_weights_stay_bounded_when_the_gradients_nearly_cancel():
+  # Two gradients 0.01 from opposite: alpha is about 200 times equal weighting's, and it multiplied the
+  # task-specific gradients (a network diverged within 25 steps of SGD at the paper's learning rate).
+  grads = np.array([[1.0, 0.0, 0.0, 0.0], [-1.0, 0.01, 0.0, 0.0]])
+  _, _, info = _run(balancing.get("nash_mtl"), np.ones(2), grads)
+  assert np.min(info["alpha"]) > 100
+  np.testing.assert_allclose(np.sum(info["weights"]), 2.0, rtol=1e-6)
+  np.testing.assert_allclose(info["weights"], [1.0, 1.0], rtol=1e-3)  # symmetric: equal shares
 
 
 def test_aligned_mtl_equalises_the_principal_components():

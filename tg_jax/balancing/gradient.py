@@ -362,16 +362,25 @@ def nash_weights(gram: jax.Array, iterations: int = 30) -> jax.Array:
 def nash_mtl(iterations: int = 30) -> Balancer:
   """Nash-MTL (Navon et al., ICML 2022): the direction ``sum_i alpha_i g_i`` with ``alpha`` the Nash
   bargaining solution, ``G' alpha = 1 / alpha`` (``nash_weights``): every task's share of the update,
-  ``alpha_i g_i . d``, is 1. The authors' code also clips the shared gradient's norm to 1; here the
-  trainer's optimiser owns clipping."""
+  ``alpha_i g_i . d``, is the same.
+
+  The weights are ``alpha`` rescaled to sum to the number of tasks (``info["alpha"]`` keeps the
+  solution): Nash's direction at equal weighting's scale. The scale is not the method's choice to
+  make under SGD: ``alpha`` grows without bound as a positive combination of the gradients nears
+  zero (200 times equal weighting's when two gradients are 0.01 from opposite), the task-specific
+  parameters' gradients are multiplied by it, and at the paper's learning rate such a network
+  diverged within 25 steps. The authors bound only the shared update (its norm clipped to 1,
+  under Adam, where a gradient's scale matters little).
+  """
 
   def init(num_tasks: int, shared_params=None):
     del num_tasks, shared_params
     return ()
 
   def update(task_losses, task_grads, state):
-    del task_losses
-    return finish(nash_weights(gram_matrix(jax.lax.stop_gradient(task_grads)), iterations), task_grads, state)
+    alpha = nash_weights(gram_matrix(jax.lax.stop_gradient(task_grads)), iterations)
+    weights = num_tasks_of(task_losses) * alpha / jnp.sum(alpha)
+    return finish(weights, task_grads, state, alpha=alpha)
 
   return Balancer(init, update)
 
