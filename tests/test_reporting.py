@@ -196,3 +196,15 @@ def test_a_bar_figure_keeps_its_bars_readable_beside_one_enormous_interval():
   assert low < -5.8 and -20 < low and 1.6 < high < 20
   assert report_figures._readable_span(values, values - 1, values + 1)[1] > 1.6 + 1 - 1e-12
   assert report_figures._readable_span(-values, -highs, -lows) == pytest.approx((-high, -low))
+
+
+def test_the_methods_figure_keeps_its_rows_readable_beside_one_network_that_blew_up():
+  # The methods study's GradVac: two seeds, one blown up, total 29.5 [-308, +367] among totals of 2.8-3.1.
+  report_figures = pytest.importorskip("tg_jax.reporting.figures")
+  totals = np.array([2.79, 2.83, 2.95, 3.05, 29.47])
+  lows, highs = np.array([2.66, 2.77, 2.86, 2.98, -308.4]), np.array([2.91, 2.90, 3.03, 3.12, 367.4])
+  low, high = report_figures._readable_range(totals, lows, highs)
+  assert low < 2.66 and high > 3.12 and high - low < 2
+  # Without an outlier every total and interval end is shown.
+  low, high = report_figures._readable_range(totals[:4], lows[:4], highs[:4])
+  assert low < 2.66 and high > 3.12

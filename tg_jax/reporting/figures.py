@@ -72,28 +72,59 @@ def loss_against_budget(comparison: analysis.Comparison, path: str, title: str =
   plt.close(figure)
 
 
+def _readable_range(totals: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> tuple[float, float]:
+  """X-limits that show every total and interval end within three interquartile ranges of the totals
+  (at least 5% of their median): one network that blew up on one seed has an interval a hundred times
+  the others' and would flatten them all."""
+  first, median, third = np.percentile(totals, [25, 50, 75])
+  reach = 3 * max(third - first, 0.05 * abs(median))
+  low = max(min(float(np.min(lows)), float(np.min(totals))), first - reach)
+  high = min(max(float(np.max(highs)), float(np.max(totals))), third + reach)
+  pad = 0.05 * (high - low)
+  return low - pad, high + pad
+
+
 def methods_against_grouping(stand_ins: Sequence[analysis.StandIn], path: str) -> None:
   """Can a method stand in for choosing groups? Per all-task method network (one row each, best
   first): its test total with its 95% interval over seeds, and the optimal grouping's at the same
-  cost (grey); the dashed line is the equal-weight all-task network at 1 SNT."""
+  cost (grey); the dashed line is the equal-weight all-task network at 1 SNT. Totals and interval
+  ends beyond the readable range sit at its edge with an arrow (a total's value is written there)."""
   figure, axes = plt.subplots(figsize=(7.6, 0.8 + 0.32 * max(1, len(stand_ins))), dpi=110)
   rows = np.arange(len(stand_ins))[::-1]
-  for row, entry in zip(rows, stand_ins):
+  bounds = [s.interval or (s.total, s.total) for s in stand_ins]
+  grouping = [s for s in stand_ins if s.optimal is not None]
+  totals = np.array([s.total for s in stand_ins] + [s.optimal for s in grouping])
+  lows = np.array([b[0] for b in bounds] + [(s.optimal_interval or (s.optimal,) * 2)[0] for s in grouping])
+  highs = np.array([b[1] for b in bounds] + [(s.optimal_interval or (s.optimal,) * 2)[1] for s in grouping])
+  span = _readable_range(totals, lows, highs)
+  inside = lambda value: min(max(value, span[0]), span[1])
+  clipped = False
+  for row, entry, (low, high) in zip(rows, stand_ins, bounds):
     if entry.optimal is not None:
-      low, high = entry.optimal_interval or (entry.optimal, entry.optimal)
-      axes.plot([low, high], [row, row], color="0.6", linewidth=5, alpha=0.5, solid_capstyle="butt")
+      optimal_low, optimal_high = entry.optimal_interval or (entry.optimal, entry.optimal)
+      axes.plot([inside(optimal_low), inside(optimal_high)], [row, row], color="0.6", linewidth=5, alpha=0.5,
+                solid_capstyle="butt")
       axes.plot([entry.optimal], [row], marker="D", color="0.35", markersize=5, linestyle="none")
-    low, high = entry.interval or (entry.total, entry.total)
     color = {"better": "tab:green", "worse": "tab:red"}.get(entry.verdict, "tab:blue")
-    axes.errorbar([entry.total], [row], xerr=[[entry.total - low], [high - entry.total]], color=color,
-                  marker="o", capsize=3, linestyle="none")
+    total = inside(entry.total)
+    axes.plot([inside(low), inside(high)], [row, row], color=color, linewidth=1.5)
+    axes.plot([total], [row], marker="o", color=color, linestyle="none")
+    for end, marker in ((low, 4), (high, 5)):  # caret left / right where an end is beyond the axis
+      if end != inside(end):
+        axes.plot([inside(end)], [row], marker=marker, color="black", markersize=7, linestyle="none")
+        clipped = True
+    if total != entry.total:
+      axes.annotate(f"{entry.total:.3g}", (total, row), textcoords="offset points", xytext=(-4, 5), ha="right",
+                    fontsize=7)
   equal = next((s.equal for s in stand_ins if s.equal is not None and s.budget == 1.0), None)
   if equal is not None:
     axes.axvline(equal, color="black", linestyle="--", linewidth=1)
+  axes.set_xlim(*span)
   axes.set_yticks(rows, [f"{s.name.removesuffix(' (all tasks)')} ({s.cost:.2g} SNT)" for s in stand_ins],
                   fontsize=8)
   axes.set_xlabel("total test loss (sum over tasks), 95% interval over seeds\n"
-                  "grey: optimal grouping at the same cost; dashed: equal weights, all tasks")
+                  "grey: optimal grouping at the same cost; dashed: equal weights, all tasks"
+                  + ("\narrows: beyond the axis (a total's value is written above it)" if clipped else ""))
   axes.set_title("Can a method stand in for choosing groups? (green: better, red: worse)", fontsize=10)
   axes.grid(axis="x", alpha=0.3)
   figure.tight_layout()
