@@ -208,3 +208,41 @@ def test_the_methods_figure_keeps_its_rows_readable_beside_one_network_that_blew
   # Without an outlier every total and interval end is shown.
   low, high = report_figures._readable_range(totals[:4], lows[:4], highs[:4])
   assert low < 2.66 and high > 3.12
+
+
+def test_figure_4_leaves_many_method_networks_to_their_own_figure_and_cuts_a_blown_up_band(tmp_path, monkeypatch):
+  # The methods study: twenty all-task method networks (flat lines) would bury the selections, and one
+  # blown-up seed's band (GradVac: [-308, +367]) would flatten the axis.
+  report_figures = pytest.importorskip("tg_jax.reporting.figures")
+  analysis = pytest.importorskip("tg_jax.reporting.analysis")
+  budgets = [1.0, 2.0, 3.0]
+  methods = {"optimal": [2.95, 2.82, 2.79], "all_task": [2.95, 2.95, 2.95]}
+  intervals = {"optimal": [(2.86, 3.03), (2.80, 2.93), (2.78, 2.91)]}
+  for index in range(20):
+    name = f"method{index} (all tasks)"
+    methods[name] = [2.9 + 0.01 * index] * 3
+    intervals[name] = [(2.8, 3.0)] * 3
+  methods["gradvac (all tasks)"] = [29.5] * 3
+  intervals["gradvac (all tasks)"] = [(-308.4, 367.4)] * 3
+  drawn = {}
+  save = report_figures.plt.Figure.savefig
+
+  def capture(figure, path, *args, **kwargs):
+    axes = figure.axes[0]
+    drawn["labels"] = [line.get_label() for line in axes.get_lines()]
+    drawn["ylim"] = axes.get_ylim()
+    drawn["title"] = axes.get_title()
+    return save(figure, path, *args, **kwargs)
+
+  monkeypatch.setattr(report_figures.plt.Figure, "savefig", capture)
+  comparison = analysis.Comparison(budgets, methods, {}, intervals=intervals)
+  report_figures.loss_against_budget(comparison, str(tmp_path / "figure4.png"))
+  assert drawn["labels"] == ["optimal", "all_task"]
+  assert "21 method networks" in drawn["title"]
+  low, high = drawn["ylim"]
+  assert low < 2.78 and high > 3.03 and high - low < 2
+  # A few method networks keep their lines, and the axis still shows every one.
+  few = {name: values for name, values in list(methods.items())[:5]}
+  report_figures.loss_against_budget(analysis.Comparison(budgets, few, {}, intervals=intervals),
+                                     str(tmp_path / "figure4_few.png"))
+  assert len(drawn["labels"]) == 5 and drawn["ylim"][0] < 2.78

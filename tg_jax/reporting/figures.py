@@ -45,26 +45,45 @@ def _style(name: str, extra_index: int) -> dict:
 
 
 def loss_against_budget(comparison: analysis.Comparison, path: str, title: str = "Total test loss against inference budget") -> None:
-  """Figure 4: one line per method; budgets where a method has no answer are gaps."""
+  """Figure 4: one line per method; budgets where a method has no answer are gaps. Networks trained
+  with a balancing method or an architecture get a line each when there are few of them (the methods
+  study's twenty have a figure of their own, "Methods against grouping"). The y-axis keeps every line
+  readable: a band that one blown-up seed widens past it is cut at the edge."""
   figure, axes = plt.subplots(figsize=(7.6, 4.2), dpi=110)
   budgets = comparison.budgets
+  rows = [(name, np.array([np.nan if v is None else v for v in losses], dtype=float))
+          for name, losses in comparison.methods.items()]
+  rows = [(name, values) for name, values in rows if not np.all(np.isnan(values))]
+  extra_rows = [name for name, _ in rows if name not in METHOD_STYLES]
+  if len(extra_rows) > len(EXTRA_COLORS):
+    rows = [(name, values) for name, values in rows if name in METHOD_STYLES]
+    title += f"\n({len(extra_rows)} method networks: see the figure 'Methods against grouping')"
+  drawn, lows, highs = [], [], []
   extra = 0
-  for name, losses in comparison.methods.items():
-    values = np.array([np.nan if v is None else v for v in losses], dtype=float)
-    if np.all(np.isnan(values)):
-      continue
+  for name, values in rows:
     style = _style(name, extra)
     axes.plot(budgets, values, label=name, **style)
+    drawn.append(values)
     intervals = comparison.intervals.get(name)
     if intervals:
       low = np.array([np.nan if v is None else v[0] for v in intervals], dtype=float)
       high = np.array([np.nan if v is None else v[1] for v in intervals], dtype=float)
       axes.fill_between(budgets, low, high, color=style["color"], alpha=0.12, linewidth=0)
+      lows.append(low)
+      highs.append(high)
     extra += name not in METHOD_STYLES
+  values = np.concatenate(drawn)
+  values = values[np.isfinite(values)]
+  ends = [np.concatenate(bounds) for bounds in (lows, highs)] if lows else [values, values]
+  span = _readable_range(values, *(np.where(np.isfinite(end), end, np.median(values)) for end in ends))
+  axes.set_ylim(*span)
+  cut = bool(np.any(np.nan_to_num(ends[0], nan=span[0]) < span[0]) or np.any(np.nan_to_num(ends[1], nan=span[1]) > span[1])
+             or np.any(values < span[0]) or np.any(values > span[1]))
   axes.set_xlabel("inference budget (standard networks)")
   axes.set_ylabel("total test loss (sum over tasks)"
-                  + ("\nshaded: 95% interval over seeds" if comparison.intervals else ""))
-  axes.set_title(title)
+                  + ("\nshaded: 95% interval over seeds" if comparison.intervals else "")
+                  + (" (cut at the axis)" if cut else ""))
+  axes.set_title(title, fontsize=10)
   axes.grid(alpha=0.3)
   axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   figure.tight_layout()
