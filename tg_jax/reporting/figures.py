@@ -72,13 +72,14 @@ def loss_against_budget(comparison: analysis.Comparison, path: str, title: str =
       lows.append(low)
       highs.append(high)
     extra += name not in METHOD_STYLES
-  values = np.concatenate(drawn)
-  values = values[np.isfinite(values)]
-  ends = [np.concatenate(bounds) for bounds in (lows, highs)] if lows else [values, values]
-  span = _readable_range(values, *(np.where(np.isfinite(end), end, np.median(values)) for end in ends))
+  totals = np.concatenate(drawn)
+  totals = totals[np.isfinite(totals)]
+  ends = np.concatenate(lows + highs) if lows else totals
+  ends = ends[np.isfinite(ends)]
+  span = _readable_range(totals, ends, ends)
   axes.set_ylim(*span)
-  cut = bool(np.any(np.nan_to_num(ends[0], nan=span[0]) < span[0]) or np.any(np.nan_to_num(ends[1], nan=span[1]) > span[1])
-             or np.any(values < span[0]) or np.any(values > span[1]))
+  shown = np.concatenate([totals, ends])
+  cut = bool(np.any(shown < span[0]) or np.any(shown > span[1]))
   axes.set_xlabel("inference budget (standard networks)")
   axes.set_ylabel("total test loss (sum over tasks)"
                   + ("\nshaded: 95% interval over seeds" if comparison.intervals else "")
@@ -111,16 +112,16 @@ def methods_against_grouping(stand_ins: Sequence[analysis.StandIn], path: str) -
   figure, axes = plt.subplots(figsize=(7.6, 0.8 + 0.32 * max(1, len(stand_ins))), dpi=110)
   rows = np.arange(len(stand_ins))[::-1]
   bounds = [s.interval or (s.total, s.total) for s in stand_ins]
-  grouping = [s for s in stand_ins if s.optimal is not None]
-  totals = np.array([s.total for s in stand_ins] + [s.optimal for s in grouping])
-  lows = np.array([b[0] for b in bounds] + [(s.optimal_interval or (s.optimal,) * 2)[0] for s in grouping])
-  highs = np.array([b[1] for b in bounds] + [(s.optimal_interval or (s.optimal,) * 2)[1] for s in grouping])
+  optimal_bounds = [s.optimal_interval or (s.optimal, s.optimal) for s in stand_ins]
+  grouping = [(s.optimal, b) for s, b in zip(stand_ins, optimal_bounds) if s.optimal is not None]
+  totals = np.array([s.total for s in stand_ins] + [total for total, _ in grouping])
+  lows = np.array([b[0] for b in bounds] + [b[0] for _, b in grouping])
+  highs = np.array([b[1] for b in bounds] + [b[1] for _, b in grouping])
   span = _readable_range(totals, lows, highs)
   inside = lambda value: min(max(value, span[0]), span[1])
   clipped = False
-  for row, entry, (low, high) in zip(rows, stand_ins, bounds):
+  for row, entry, (low, high), (optimal_low, optimal_high) in zip(rows, stand_ins, bounds, optimal_bounds):
     if entry.optimal is not None:
-      optimal_low, optimal_high = entry.optimal_interval or (entry.optimal, entry.optimal)
       axes.plot([inside(optimal_low), inside(optimal_high)], [row, row], color="0.6", linewidth=5, alpha=0.5,
                 solid_capstyle="butt")
       axes.plot([entry.optimal], [row], marker="D", color="0.35", markersize=5, linestyle="none")
