@@ -557,6 +557,38 @@ def test_gradvac_starts_as_pcgrad_then_reaches_its_targets_exactly():
     assert achieved == pytest.approx(0.5 * cosine, rel=1e-4)
 
 
+def test_gradvac_targets_average_the_task_gradients_cosines_whether_or_not_a_step_is_taken():
+  """Three tasks, targets above some cosines and below others: every off-diagonal target moves
+  towards the cosine of the task gradients as computed (not of the vaccinated ones), the diagonal stays."""
+  rng = np.random.default_rng(23)
+  grads = rng.normal(size=(3, 8))
+  beta = 0.2
+  balancer = balancing.get("gradvac", beta=beta)
+  state = balancer.init(3)
+  targets = np.array([[0.0, 0.9, -0.9], [0.9, 0.0, 0.5], [-0.9, 0.5, 0.0]])
+  state = state._replace(targets=jnp.asarray(targets, jnp.float32))
+  _, new_state, info = _run(balancer, np.ones(3), grads, state)
+  unit = grads / np.linalg.norm(grads, axis=1, keepdims=True)
+  expected = (1 - beta) * targets + beta * (unit @ unit.T)
+  np.fill_diagonal(expected, 0.0)
+  np.testing.assert_allclose(new_state.targets, expected, atol=1e-5)
+  # Steps were taken (towards the 0.9 targets), so the vaccinated cosines differ from the raw ones.
+  assert not np.allclose(np.asarray(info["vaccinated_coefficients"]), np.eye(3), atol=1e-3)
+
+
+def test_reseeded_gives_each_network_key_its_own_random_choices():
+  balancer = balancing.get("rlw")
+  state = balancer.init(4)
+  first, second = (balancing.reseeded(state, jax.random.PRNGKey(k)) for k in (1, 2))
+  weights = [np.asarray(balancer.update(jnp.ones(4), {"w": jnp.ones((4, 3))}, s)[2]["weights"]) for s in (first, second)]
+  assert not np.allclose(weights[0], weights[1])
+  again = balancing.reseeded(state, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(jax.random.key_data(again.key), jax.random.key_data(first.key))
+  # Leaves that are not keys are left as they are.
+  gradvac_state = balancing.get("gradvac").init(3)
+  np.testing.assert_array_equal(balancing.reseeded(gradvac_state, jax.random.PRNGKey(1)).targets, gradvac_state.targets)
+
+
 def test_graddrop_keeps_each_sign_with_its_purity():
   """Per element, task gradients (+1, -3): purity P = (1 + (-2) / 4) / 2 = 1/4, so the sum is +1 with
   probability 1/4 and -3 otherwise; agreeing signs are always kept; leak 1 is the plain sum."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from tg_jax.balancing.base import Balancer, combine, gram_matrix
+from tg_jax.balancing.base import Balancer, combine, gram_matrix, reseeded
 from tg_jax.balancing.gradient import (aligned_mtl, cagrad, gradvac, imtl, imtl_g, mgda, min_norm_weights, nash_mtl,
                                        pcgrad)
 from tg_jax.balancing.surgery import db_mtl, graddrop
@@ -92,4 +92,4 @@ def get(name: str, **options) -> Balancer:
 
 
 __all__ = ["Balancer", "combine", "combines_linearly", "get", "gram_matrix", "min_norm_weights", "names",
-           "needs_task_gradients"]
+           "needs_task_gradients", "reseeded"]

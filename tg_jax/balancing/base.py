@@ -142,6 +142,22 @@ def finish(weights: jax.Array, task_grads: PyTree, state: PyTree, **extra_info) 
   return combine(weights, task_grads), state, {"weights": weights, **extra_info}
 
 
+def reseeded(state: PyTree, key: jax.Array) -> PyTree:
+  """``state`` with every PRNG key in it folded with bits drawn from ``key`` (a raw or typed key).
+
+  A trainer builds one balancer for many networks (seed replicas among them); folding each network's
+  own key into its state gives each its own random choices (PCGrad's and GradVac's orders, GradDrop's
+  masks, RLW's weights) instead of one sequence shared by all.
+  """
+  salt = jax.random.bits(key, dtype=jnp.uint32)
+
+  def fold(leaf):
+    is_key = hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    return jax.random.fold_in(leaf, salt) if is_key else leaf
+
+  return jax.tree_util.tree_map(fold, state)
+
+
 def num_tasks_of(task_losses: jax.Array) -> int:
   if task_losses.ndim != 1:
     raise ValueError(f"task_losses must be a [tasks] vector, got shape {task_losses.shape}")

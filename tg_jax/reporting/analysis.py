@@ -325,6 +325,13 @@ def _method_network_totals(methods: dict, task_names: Sequence[str]) -> dict[str
   return totals
 
 
+def _method_network_sizes(methods: dict, task_names: Sequence[str]) -> dict[tuple[str, float], float]:
+  """``{("<method> (all tasks)", cost): the size it was built to}`` for ``_method_network_totals``'s
+  networks (a soft-sharing network's size is per task, below its cost)."""
+  return {(f"{entry['method']} (all tasks)", round(float(entry["cost"]), 9)): float(entry["size"])
+          for entry in methods.values() if set(entry["tasks"]) == set(task_names)}
+
+
 def _largest_fitting(by_cost: dict[float, list[float]], budget: float) -> Optional[list[float]]:
   """The replicas' totals of the costliest network that fits ``budget``, like the all-task baseline."""
   fitting = [cost for cost in by_cost if cost <= budget + COST_TOLERANCE]
@@ -512,13 +519,16 @@ def _table4_intervals(comparison: Comparison, study_tables: StudyTables, random_
 @dataclasses.dataclass(frozen=True)
 class StandIn:
   """An all-task network trained with a method (balancing, soft sharing or an architecture) against
-  choosing groups: its test total and the optimal grouping's at the largest budget within its cost.
+  choosing groups: its test total and the optimal grouping's at the largest budget within its cost,
+  or within the size it was built to where whole widths left it just below (MTAN sized to 1 SNT
+  measures 0.99).
 
   Attributes:
     name: Table 4's row, ``"<method> (all tasks)"``.
     cost: the network's measured cost (SNT).
     total: its test total, the mean over seed replicas; ``interval`` its 95% Student-t interval.
-    budget: the largest budget of the comparison within ``cost`` (None: none is).
+    budget: the largest budget of the comparison within ``cost``, or within the network's nominal
+      size when that is larger (None: none is).
     optimal: Optimal's test total at ``budget``, with its interval (``optimal_interval``).
     equal: the equal-weight all-task network's test total at ``budget`` (Table 4's ``all_task``).
     match_budget: the smallest budget at which Optimal's total is no higher than ``total`` (None: none).
@@ -556,10 +566,12 @@ def stand_ins(comparison: Comparison, study_tables: StudyTables) -> list[StandIn
   equal = comparison.methods.get("all_task", [None] * len(budgets))
   result = []
   method_networks = _method_network_totals(study_tables.methods, study_tables.task_names)
+  nominal_sizes = _method_network_sizes(study_tables.methods, study_tables.task_names)
   for name, cost, replicas in [(n, c, r) for n, by_cost in method_networks.items() for c, r in by_cost.items()]:
     total = float(np.mean(replicas))
     interval = uncertainty.t_intervals(np.asarray(replicas)[:, None])
-    within = [i for i, b in enumerate(budgets) if b <= cost + COST_TOLERANCE]
+    reach = max(cost, nominal_sizes[name, cost])
+    within = [i for i, b in enumerate(budgets) if b <= reach + COST_TOLERANCE]
     at = within[-1] if within else None
     match = next((b for b, o in zip(budgets, optimal) if o is not None and o <= total), None)
     result.append(StandIn(

@@ -497,7 +497,8 @@ def _stand_in_lines(study_tables: workdir_lib.StudyTables, comparison: analysis.
   return ["## Methods against grouping", "",
           "Can a balancing method or an architecture stand in for choosing groups? Each all-task network "
           f"trained with a method (`{_FILES.methods}`) against the optimal grouping of equal-weight networks at "
-          "the largest budget within its cost. Totals are means over seeds with 95% intervals (Optimal's "
+          "the largest budget within its cost (or the size it was built to, where whole widths left it just "
+          "below). Totals are means over seeds with 95% intervals (Optimal's "
           "shifted for its winner's curse); 'vs equal' is the difference from the equal-weight all-task "
           "network at that budget; 'grouping matches at' is the smallest budget at which Optimal's total is "
           "no higher than the method's.", "",

@@ -117,10 +117,15 @@ def learning_rate_scale(opt_state: Any) -> jax.Array:
   return opt_state[1].scale
 
 
+# Folded into a network's key for its balancer's random choices, apart from its initialisation's.
+_BALANCER_STREAM = 0x6261
+
+
 def init(model: nn.Module, optimizer: optax.GradientTransformation, rngs: jax.Array,
          image_shape: Sequence[int], num_tasks: int,
          balancer: Optional[balancing.Balancer] = None) -> CohortState:
-  """Initial state of ``len(rngs)`` networks; network ``i`` is initialised from ``rngs[i]``.
+  """Initial state of ``len(rngs)`` networks; network ``i`` is initialised from ``rngs[i]``, and its
+  balancer's random choices follow a key derived from it (``balancing.reseeded``).
 
   Flax derives each submodule's initialiser from the rng and the submodule's name, so a network's
   encoder and decoders are the same whichever other decoders the cohort's model carries.
@@ -145,8 +150,9 @@ def init(model: nn.Module, optimizer: optax.GradientTransformation, rngs: jax.Ar
       task_peak_step=jnp.full((num_networks, num_tasks), NOT_YET, jnp.int32),
       esa_loss=jnp.full((num_networks, num_tasks), jnp.inf, jnp.float32),
       diverged_step=jnp.full((num_networks,), NOT_YET, jnp.int32),
-      balancer_state=(jax.vmap(lambda _: balancer.init(num_tasks, _shared_like(model, image_shape, params)))(rngs)
-                      if balancer is not None else ()),
+      balancer_state=(jax.vmap(lambda rng: balancing.reseeded(
+          balancer.init(num_tasks, _shared_like(model, image_shape, params)),
+          jax.random.fold_in(rng, _BALANCER_STREAM)))(rngs) if balancer is not None else ()),
   )
 
 
