@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from tg_jax import tasks as tasks_lib
 from tg_jax.models import xception
 
-# The encoder halves the image side this many times in all (xception.DOWNSAMPLING_FACTOR = 2 ** 4).
-_DOWNSAMPLING_FACTOR = xception.DOWNSAMPLING_FACTOR
+# The paper's encoder halves the image side this many times in all (2 ** 4; the reference models the paper network).
+_DOWNSAMPLING_FACTOR = xception.PAPER_DOWNSAMPLING
 _DECODER_KERNEL_SIZES = xception._DECODER_KERNEL_SIZES  # pylint: disable=protected-access
 
 
@@ -151,6 +151,9 @@ class XceptionNet(nn.Module):
 
 def like(net: xception.XceptionNet) -> XceptionNet:
   """The PyTorch network with ``net``'s tasks and widths (``net`` from ``tg_jax.models.build``)."""
+  if net.downsampling != _DOWNSAMPLING_FACTOR:
+    raise ValueError(f"the PyTorch reference is the paper's network (model.downsampling {_DOWNSAMPLING_FACTOR}); "
+                     f"got {net.downsampling}")
   return XceptionNet(net.tasks, net.encoder_widths, net.middle_blocks, net.middle_block_reps,
                      net.representation_width, net.decoder_widths, net.decoder_skip_width)
 

@@ -288,7 +288,12 @@ def test_errors_name_the_problem(config):
   bad.decoder_widths = (32, 16)
   with pytest.raises(ValueError, match="decoder_widths needs 4 widths"):
     models.build(bad, (DEPTH,))
+  bad = models.default_config()
+  bad.downsampling = 8
+  with pytest.raises(ValueError, match="decoder_widths needs 3 widths .* undoing the encoder's 8x"):
+    models.build(bad, (DEPTH,))
   for key, value, message in (("output_layer", "fft", "unknown model.output_layer 'fft'; known: separable, dense"),
+                              ("downsampling", 4, "unknown model.downsampling 4; known: 8, 16"),
                               ("output_kernel_size", 0, "output_kernel_size must be >= 1"),
                               ("convolution", "fft", "unknown model.convolution 'fft'; known: xla, patches")):
     bad = models.default_config()
@@ -315,3 +320,27 @@ def test_a_model_config_without_the_output_layer_builds_the_authors_one(config):
   del legacy["output_layer"], legacy["output_kernel_size"], legacy["convolution"]
   net = models.build(legacy, (DEPTH,))
   assert (net.output_layer, net.output_kernel_size, net.convolution) == ("separable", 5, "xla")
+
+
+@pytest.mark.parametrize("family", ["xception", "mtan", "cross_stitch", "mmoe"])
+def test_downsampling_8_keeps_a_4x4_representation_of_32x32_images(family):
+  """``model.downsampling`` 8: the last encoder block keeps stride 1 and three upsamplings undo the
+  rest, in every family built on the xception encoder; images must be multiples of 8."""
+  config = models.default_config(name=family)
+  config.downsampling, config.decoder_widths = 8, (16, 8, 8)
+  net = models.build(config, (DEPTH, SEGMENT), 1.0)
+  images = jnp.zeros((2, *IMAGE_SHAPE))
+  variables = net.init(jax.random.PRNGKey(0), images, train=False)
+  outputs = net.apply(variables, images, train=False)
+  assert outputs[DEPTH].shape == (2, 32, 32, 1) and outputs[SEGMENT].shape == (2, 32, 32, 5)
+  if family == "xception":
+    representation = net.apply(variables, images, train=False, method=net.encode)
+    assert representation.shape == (2, 4, 4, config.representation_width)
+    # The paper's 16x: a 2x2 representation.
+    paper = models.default_config()
+    paper.decoder_widths = (16, 16, 8, 8)
+    paper_net = models.build(paper, (DEPTH, SEGMENT), 1.0)
+    paper_variables = paper_net.init(jax.random.PRNGKey(0), images, train=False)
+    assert paper_net.apply(paper_variables, images, train=False, method=paper_net.encode).shape[1:3] == (2, 2)
+  with pytest.raises(ValueError, match="multiples of 8"):
+    net.init(jax.random.PRNGKey(0), jnp.zeros((1, 36, 36, 3)), train=False)

@@ -50,6 +50,7 @@ class Encoder(NamedTuple):
   representation_width: int
   depthwise: str
   convolution: str = xception.XLA_CONVOLUTION
+  downsampling: int = xception.PAPER_DOWNSAMPLING
 
 
 def encoder(config: ml_collections.ConfigDict, width_multiplier: float) -> Encoder:
@@ -67,7 +68,8 @@ def encoder(config: ml_collections.ConfigDict, width_multiplier: float) -> Encod
     raise ValueError(f"unknown model.convolution {convolution!r}; known: "
                      f"{', '.join(xception.CONVOLUTION_IMPLEMENTATIONS)}")
   return Encoder(tuple(max(1, round(width_multiplier * w)) for w in config.encoder_widths), config.middle_blocks,
-                 config.middle_block_reps, config.representation_width, config.depthwise, convolution)
+                 config.middle_block_reps, config.representation_width, config.depthwise, convolution,
+                 xception.checked_downsampling(config))
 
 
 def batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
@@ -84,8 +86,8 @@ class XceptionStage(nn.Module):
   """Stage ``index`` (0 to 4) of ``xception.XceptionEncoder``: ``[b, h, w, c] -> [b, h', w', c']``.
 
   0: the stride-2 entry convolution and the second convolution (``h/2``); 1, 2: a downsampling
-  Xception block (``h/4``, ``h/8``); 3: the last downsampling block and the middle blocks (``h/16``);
-  4: the separable convolution to the representation (``h/16``, ``representation_width``).
+  Xception block (``h/4``, ``h/8``); 3: the last block and the middle blocks (``h/16``; ``h/8`` with
+  ``downsampling`` 8); 4: the separable convolution to the representation (``representation_width``).
   """
 
   index: int
@@ -95,6 +97,7 @@ class XceptionStage(nn.Module):
   representation_width: int
   depthwise: str = "conv"
   convolution: str = xception.XLA_CONVOLUTION
+  downsampling: int = xception.PAPER_DOWNSAMPLING
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -104,17 +107,15 @@ class XceptionStage(nn.Module):
         features, reps=reps, downsample=downsample, start_with_relu=start_with_relu, depthwise=self.depthwise,
         convolution=self.convolution, dtype=self.dtype)
     if self.index == 0:
-      height, width = x.shape[-3:-1]
-      if height % xception.DOWNSAMPLING_FACTOR or width % xception.DOWNSAMPLING_FACTOR:
-        raise ValueError(f"image height and width must be multiples of {xception.DOWNSAMPLING_FACTOR} (the "
-                         f"encoder halves them four times); got {height}x{width}; resize or crop the images")
+      xception.check_image_size(*x.shape[-3:-1], self.downsampling)
       # Named as xception's encoder names them, so a stage's parameters are the encoder's.
       conv = lambda features, strides, name: xception.conv(self.convolution, features, (3, 3), strides=strides,
                                                            use_bias=False, dtype=self.dtype, name=name)
       x = nn.relu(batch_norm(train, self.dtype)(conv(entry_width, 2, "Conv_0")(x.astype(self.dtype))))
       return nn.relu(batch_norm(train, self.dtype)(conv(second_width, 1, "Conv_1")(x)))
     if self.index in (1, 2, 3):
-      x = block(block_widths[self.index - 1], 2, True, start_with_relu=self.index > 1)(x, train)
+      x = block(block_widths[self.index - 1], 2, xception.block_downsamples(self.index - 1, self.downsampling),
+                start_with_relu=self.index > 1)(x, train)
       if self.index == 3:
         for _ in range(self.middle_blocks):
           x = block(block_widths[-1], self.middle_block_reps, False)(x, train)
@@ -128,7 +129,8 @@ class XceptionStage(nn.Module):
 def stages(spec: Encoder, dtype: Any) -> list[XceptionStage]:
   """The encoder's five stages, for a module's ``setup``."""
   return [XceptionStage(index, spec.widths, spec.middle_blocks, spec.middle_block_reps, spec.representation_width,
-                        depthwise=spec.depthwise, convolution=spec.convolution, dtype=dtype)
+                        depthwise=spec.depthwise, convolution=spec.convolution, downsampling=spec.downsampling,
+                        dtype=dtype)
           for index in range(NUM_STAGES)]
 
 

@@ -93,7 +93,7 @@ class CrossStitchNet(nn.Module):
                             for i, task in enumerate(self.tasks)}
 
   def encode(self, images: jax.Array, train: bool) -> jax.Array:
-    """Images ``[b, h, w, c]`` -> every column's last output ``[tasks, b, h/16, w/16, representation_width]``."""
+    """Images ``[b, h, w, c]`` -> every column's last output ``[tasks, b, h/d, w/d, representation_width]``."""
     columns = [images] * len(self.tasks)
     for stage in range(backbone.NUM_STAGES):
       columns = [column[stage](x, train) for column, x in zip(self.columns, columns)]
@@ -104,7 +104,7 @@ class CrossStitchNet(nn.Module):
     return jnp.stack(columns)
 
   def task_features(self, task: str, columns: jax.Array, train: bool) -> jax.Array:
-    """Task ``task``'s head input ``[b, h/16, w/16, representation_width]``: its stitch of the columns."""
+    """Task ``task``'s head input ``[b, h/d, w/d, representation_width]``: its stitch of the columns."""
     del train  # the output stitch has no batch statistics
     return self.output_stitches[task](columns)
 

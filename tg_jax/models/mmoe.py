@@ -52,18 +52,19 @@ class MMoENet(nn.Module):
   def setup(self):
     spec = self.encoder
     self.experts = [xception.XceptionEncoder(spec.widths, spec.middle_blocks, spec.middle_block_reps,
-                                             spec.representation_width, spec.depthwise, spec.convolution, self.dtype)
+                                             spec.representation_width, spec.depthwise, spec.convolution,
+                                             spec.downsampling, self.dtype)
                     for _ in range(self.num_experts)]
     self.gates = {task: nn.Dense(self.num_experts, dtype=self.dtype, name=f"gate_{task}") for task in self.tasks}
 
   def encode(self, images: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    """Images ``[b, h, w, c]`` -> (the experts' representations ``[experts, b, h/16, w/16, c']``, the
+    """Images ``[b, h, w, c]`` -> (the experts' representations ``[experts, b, h/d, w/d, c']``, the
     flattened images ``[b, h * w * c]`` the gates read)."""
     experts = jnp.stack([expert(images, train) for expert in self.experts])
     return experts, images.reshape(images.shape[0], -1)
 
   def task_features(self, task: str, shared: tuple[jax.Array, jax.Array], train: bool) -> jax.Array:
-    """Task ``task``'s head input ``[b, h/16, w/16, c']``: its gate's mix of the experts."""
+    """Task ``task``'s head input ``[b, h/d, w/d, c']``: its gate's mix of the experts."""
     del train  # the gates have no batch statistics
     experts, flat_images = shared
     gate = jax.nn.softmax(self.gates[task](flat_images).astype(jnp.float32), axis=-1)  # [b, experts]

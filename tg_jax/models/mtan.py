@@ -91,7 +91,8 @@ class MTANNet(nn.Module):
                                            self.dtype, name=f"attention_{task}") for task in self.tasks}
 
   def encode(self, images: jax.Array, train: bool) -> tuple[jax.Array, ...]:
-    """Images ``[b, h, w, c]`` -> the shared stages' outputs ``p_1 .. p_4`` (``h/4`` to ``h/16``)."""
+    """Images ``[b, h, w, c]`` -> the shared stages' outputs ``p_1 .. p_4`` (``h/4`` to ``h/d``, ``d`` =
+    ``model.downsampling``)."""
     x, outputs = images, []
     for index, stage in enumerate(self.stages):
       x = stage(x, train)
@@ -100,7 +101,7 @@ class MTANNet(nn.Module):
     return tuple(outputs)
 
   def task_features(self, task: str, shared: tuple[jax.Array, ...], train: bool) -> jax.Array:
-    """Task ``task``'s head input ``[b, h/16, w/16, representation_width]``: its attention over ``shared``."""
+    """Task ``task``'s head input ``[b, h/d, w/d, representation_width]``: its attention over ``shared``."""
     return self.attention[task](shared, train)
 
   def decode(self, task: str, shared: tuple[jax.Array, ...], train: bool) -> jax.Array:

@@ -7,10 +7,11 @@ has about 4M parameters:
   ``middle_blocks`` blocks at constant width, then a separable convolution to the representation.
   Blocks are residual stacks of separable convolutions (depthwise 3x3 then pointwise 1x1); they
   downsample with a 2x2 stride-2 convolution instead of max pooling. Images ``[b, h, w, c]`` become
-  a representation ``[b, h/16, w/16, representation_width]``.
-- Dense decoder (depth, normals, segmentation, ...): four 2x2 stride-2 transposed convolutions
-  interleaved with separable convolutions back to ``[b, h, w, channels]``, plus a bilinear skip from
-  the representation concatenated before the last layer.
+  a representation ``[b, h/16, w/16, representation_width]`` (``model.downsampling`` 8: the last
+  block keeps its input's size, ``[b, h/8, w/8, ...]``).
+- Dense decoder (depth, normals, segmentation, ...): four (three) 2x2 stride-2 transposed
+  convolutions interleaved with separable convolutions back to ``[b, h, w, channels]``, plus a
+  bilinear skip from the representation concatenated before the last layer.
 - Classification decoder (CelebA attributes): global average pooling and one dense layer,
   ``[b, channels]``.
 
@@ -34,11 +35,13 @@ from tg_jax import tasks as tasks_lib
 # The authors initialise every convolution with N(0, 2 / (k * k * out_channels)).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-# Stride-2 stages in the encoder (one convolution, three blocks); dense decoders undo them all with
-# one 2x transposed convolution per entry of ``decoder_widths``.
-DOWNSAMPLING_FACTOR = 16
-_ENCODER_STAGES = 5  # entry convolution, second convolution, three downsampling blocks
-_DECODER_STAGES = 4
+# How many times the encoder shrinks the image side (``model.downsampling``): the paper's 16 halves
+# it with the entry convolution and all three blocks; 8 leaves the last block at stride 1, a 4x4
+# representation of 32x32 images instead of 2x2. Dense decoders undo it with one 2x transposed
+# convolution per entry of ``decoder_widths`` (log2 of it).
+PAPER_DOWNSAMPLING = 16
+DOWNSAMPLINGS = (8, PAPER_DOWNSAMPLING)
+_ENCODER_STAGES = 5  # entry convolution, second convolution, three blocks
 # Kernel sizes of the separable convolutions after the first three upsamplings, as the authors'.
 _DECODER_KERNEL_SIZES = (3, 5, 5)
 # The authors' output layer: a 5x5 separable convolution (``model.output_layer``).
@@ -70,6 +73,7 @@ def default_config(scale: str = "cpu") -> ml_collections.ConfigDict:
     # costs half the encoder's FLOPs (the paper's: a seventh), ~6k parameters.
     config.decoder_widths = (16, 16, 8, 8)
     config.decoder_skip_width = 4
+    config.downsampling = PAPER_DOWNSAMPLING
     # The output layer, at full resolution, is where a CPU step spends most of its time with the
     # authors' 5x5 separable convolution (its depthwise part as 25 shifted copies): a dense 3x3
     # convolution (12 channels in, at most 5 out) makes a single-task step ~5x faster.
@@ -91,6 +95,7 @@ def default_config(scale: str = "cpu") -> ml_collections.ConfigDict:
     config.representation_width = 256
     config.decoder_widths = (96, 64, 32, 32)
     config.decoder_skip_width = 16
+    config.downsampling = PAPER_DOWNSAMPLING
     config.output_layer = SEPARABLE_OUTPUT
     config.output_kernel_size = 5
     config.cost_image_size = 256
@@ -266,8 +271,28 @@ class XceptionBlock(nn.Module):
     return x + residual
 
 
+def check_image_size(height: int, width: int, downsampling: int) -> None:
+  """Raises unless the encoder can shrink ``height x width`` images ``downsampling`` times."""
+  if height % downsampling or width % downsampling:
+    raise ValueError(f"image height and width must be multiples of {downsampling} (the encoder halves them "
+                     f"{decoder_stages(downsampling)} times, model.downsampling); got {height}x{width}; resize "
+                     f"or crop the images")
+
+
+def decoder_stages(downsampling: int) -> int:
+  """How many 2x upsamplings undo the encoder's ``downsampling`` (one per ``decoder_widths`` entry)."""
+  return downsampling.bit_length() - 1
+
+
+def block_downsamples(block: int, downsampling: int) -> bool:
+  """Whether encoder block ``block`` (0 to 2) has stride 2: the entry convolution halves the image
+  once, the first ``log2(downsampling) - 1`` blocks the rest."""
+  return block < decoder_stages(downsampling) - 1
+
+
 class XceptionEncoder(nn.Module):
-  """Images ``[b, h, w, c]`` -> representation ``[b, h/16, w/16, representation_width]``."""
+  """Images ``[b, h, w, c]`` -> representation ``[b, h/d, w/d, representation_width]``, ``d`` =
+  ``downsampling``."""
 
   widths: tuple[int, ...]
   middle_blocks: int
@@ -275,14 +300,12 @@ class XceptionEncoder(nn.Module):
   representation_width: int
   depthwise: str = "conv"
   convolution: str = XLA_CONVOLUTION
+  downsampling: int = PAPER_DOWNSAMPLING
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    height, width = images.shape[-3:-1]
-    if height % DOWNSAMPLING_FACTOR or width % DOWNSAMPLING_FACTOR:
-      raise ValueError(f"image height and width must be multiples of {DOWNSAMPLING_FACTOR} (the encoder "
-                       f"halves them four times); got {height}x{width}; resize or crop the images")
+    check_image_size(*images.shape[-3:-1], self.downsampling)
     entry_width, second_width, *block_widths = self.widths
     x = images.astype(self.dtype)
     # Named as nn.Conv names itself, so both implementations have the same parameter tree.
@@ -291,8 +314,9 @@ class XceptionEncoder(nn.Module):
     x = conv(self.convolution, second_width, (3, 3), use_bias=False, dtype=self.dtype, name="Conv_1")(x)
     x = nn.relu(_batch_norm(train, self.dtype)(x))
     for index, features in enumerate(block_widths):
-      x = XceptionBlock(features, reps=2, downsample=True, start_with_relu=index > 0, depthwise=self.depthwise,
-                        convolution=self.convolution, dtype=self.dtype)(x, train)
+      x = XceptionBlock(features, reps=2, downsample=block_downsamples(index, self.downsampling),
+                        start_with_relu=index > 0, depthwise=self.depthwise, convolution=self.convolution,
+                        dtype=self.dtype)(x, train)
     for _ in range(self.middle_blocks):
       x = XceptionBlock(block_widths[-1], reps=self.middle_block_reps, downsample=False, depthwise=self.depthwise,
                         convolution=self.convolution, dtype=self.dtype)(x, train)
@@ -301,7 +325,8 @@ class XceptionEncoder(nn.Module):
 
 
 class DenseDecoder(nn.Module):
-  """Representation ``[b, h/16, w/16, c]`` -> per-pixel output ``[b, h, w, channels]`` (float32)."""
+  """Representation ``[b, h/d, w/d, c]`` -> per-pixel output ``[b, h, w, channels]`` (float32), where
+  ``d = 2 ** len(widths)``: one 2x upsampling per width."""
 
   channels: int
   widths: tuple[int, ...]
@@ -315,7 +340,7 @@ class DenseDecoder(nn.Module):
   @nn.compact
   def __call__(self, representation: jax.Array, train: bool) -> jax.Array:
     batch, height, width, _ = representation.shape
-    out_height, out_width = height * DOWNSAMPLING_FACTOR, width * DOWNSAMPLING_FACTOR
+    out_height, out_width = height * 2 ** len(self.widths), width * 2 ** len(self.widths)
     # A cheap path straight from the representation to full resolution, joined before the last layer.
     separable = functools.partial(SeparableConv, depthwise=self.depthwise, dtype=self.dtype)
     skip = separable(self.skip_width, name="skip")(representation)
@@ -360,7 +385,7 @@ class XceptionNet(nn.Module):
     tasks: task names (``tg_jax.tasks``); each gets its own decoder ``decoder_<task>``.
     encoder_widths: the encoder's widths for this network's size (see ``default_config``).
     middle_blocks, middle_block_reps, representation_width, decoder_widths, decoder_skip_width,
-      output_layer, output_kernel_size, depthwise: as in ``default_config``.
+      output_layer, output_kernel_size, depthwise, convolution, downsampling: as in ``default_config``.
     dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters and outputs stay float32.
   """
 
@@ -375,12 +400,13 @@ class XceptionNet(nn.Module):
   output_kernel_size: int = 5
   depthwise: str = "conv"
   convolution: str = XLA_CONVOLUTION
+  downsampling: int = PAPER_DOWNSAMPLING
   dtype: Any = jnp.float32
 
   def setup(self):
     self.encoder = XceptionEncoder(self.encoder_widths, self.middle_blocks, self.middle_block_reps,
                                    self.representation_width, depthwise=self.depthwise,
-                                   convolution=self.convolution, dtype=self.dtype)
+                                   convolution=self.convolution, downsampling=self.downsampling, dtype=self.dtype)
     decoders = {}
     for name in self.tasks:
       task = tasks_lib.get(name)
@@ -394,7 +420,7 @@ class XceptionNet(nn.Module):
     self.decoders = decoders
 
   def encode(self, images: jax.Array, train: bool) -> jax.Array:
-    """Images ``[b, h, w, c]`` -> shared representation ``[b, h/16, w/16, representation_width]``."""
+    """Images ``[b, h, w, c]`` -> shared representation ``[b, h/d, w/d, representation_width]``."""
     return self.encoder(images, train)
 
   def decode(self, task: str, representation: jax.Array, train: bool) -> jax.Array:
@@ -405,6 +431,15 @@ class XceptionNet(nn.Module):
     """Images ``[b, h, w, c]`` -> ``{task: [b, h, w, channels]}`` (dense) or ``[b, channels]``."""
     representation = self.encode(images, train)
     return {name: self.decode(name, representation, train) for name in self.tasks}
+
+
+def checked_downsampling(config: ml_collections.ConfigDict) -> int:
+  """``config.downsampling`` (the paper's 16 for configs written before it existed), checked."""
+  downsampling = config.get("downsampling", PAPER_DOWNSAMPLING)
+  if downsampling not in DOWNSAMPLINGS:
+    raise ValueError(f"unknown model.downsampling {downsampling!r}; known: {', '.join(map(str, DOWNSAMPLINGS))} "
+                     f"(with one model.decoder_widths entry per halving: 3 for 8, 4 for 16)")
+  return downsampling
 
 
 def make(config: ml_collections.ConfigDict, tasks: Sequence[str], width_multiplier: float,
@@ -419,9 +454,11 @@ def make(config: ml_collections.ConfigDict, tasks: Sequence[str], width_multipli
                      f"convolution, three downsampling blocks); got {tuple(config.encoder_widths)}")
   if config.depthwise not in DEPTHWISE_IMPLEMENTATIONS:
     raise ValueError(f"unknown model.depthwise {config.depthwise!r}; known: {', '.join(DEPTHWISE_IMPLEMENTATIONS)}")
-  if len(config.decoder_widths) != _DECODER_STAGES:
-    raise ValueError(f"model.decoder_widths needs {_DECODER_STAGES} widths (one per 2x upsampling, "
-                     f"undoing the encoder's {DOWNSAMPLING_FACTOR}x); got {tuple(config.decoder_widths)}")
+  downsampling = checked_downsampling(config)
+  if len(config.decoder_widths) != decoder_stages(downsampling):
+    raise ValueError(f"model.decoder_widths needs {decoder_stages(downsampling)} widths (one per 2x upsampling, "
+                     f"undoing the encoder's {downsampling}x, model.downsampling); got "
+                     f"{tuple(config.decoder_widths)}")
   # Model configs written before the output layer was configurable (e.g. in an older workdir's
   # config.json) had the authors' 5x5 separable one.
   output_layer = config.get("output_layer", SEPARABLE_OUTPUT)
@@ -446,5 +483,6 @@ def make(config: ml_collections.ConfigDict, tasks: Sequence[str], width_multipli
       output_kernel_size=output_kernel_size,
       depthwise=config.depthwise,
       convolution=convolution,
+      downsampling=downsampling,
       dtype=dtype,
   )

@@ -42,10 +42,10 @@ RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.workers", "data.p
                      "log_every_steps", "num_devices", "max_networks_per_chunk", "memory_fraction",
                      # What finish does after training (the transfer phase has a workdir of its own).
                      "transfer.enabled", "transfer.affinity_csv")
-# Keys added since workdirs were first written, with the value that trains what a workdir without the
-# key trained: such a workdir resumes under a config that sets that value.
+# Keys added since workdirs were first written, with the value that trains what a config without the
+# key trains (an older workdir's, or a model family's that lacks it): such configs compare as setting it.
 ADDED_KEYS = {"networks.seeds": 1, "transfer.encoders": "", "networks.all_task_sizes": [],
-              "selection.helper_tasks": []}
+              "selection.helper_tasks": [], "model.downsampling": 16}
 
 
 class ConfigMismatchError(ValueError):
@@ -82,7 +82,7 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
       workdir_lib.write_atomic(path, config_to_json(config))
     return False
   previous = {**ADDED_KEYS, **_flatten(written)}
-  current = _flatten(json.loads(config_to_json(config)))
+  current = {**ADDED_KEYS, **_flatten(json.loads(config_to_json(config)))}
   differing = sorted(k for k in set(previous) | set(current)
                      if previous.get(k, "<absent>") != current.get(k, "<absent>")
                      and not any(k == free or k.startswith(free + ".") for free in RESUMABLE_CHANGES))
