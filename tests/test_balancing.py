@@ -60,11 +60,13 @@ def test_registry_errors_name_the_fix():
     balancing.get("gradnorm", alhpa=1.0)
 
 
-def test_equal_is_the_mean_task_gradient():
+def test_equal_is_the_sum_of_the_task_gradients():
+  """LibMTL's convention (weights on the sum of the losses); the trainer's division by the number of
+  tasks makes it the paper's mean (tests/test_methods_training.py)."""
   grads = np.arange(18.0).reshape(3, 6)
   combined, _, info = _run(balancing.get("equal"), [3.0, 4.0, 5.0], grads)
-  np.testing.assert_allclose(combined, grads.mean(0), rtol=1e-6)
-  np.testing.assert_allclose(info["weights"], [1 / 3, 1 / 3, 1 / 3])
+  np.testing.assert_allclose(combined, grads.sum(0), rtol=1e-6)
+  np.testing.assert_allclose(info["weights"], [1.0, 1.0, 1.0])
 
 
 def test_mgda_two_tasks_is_the_closed_form_min_norm_point():

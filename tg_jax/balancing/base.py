@@ -12,6 +12,12 @@ A balancer is a pair of pure functions, in the manner of optax's ``GradientTrans
   gradient and is what the optimiser should apply to the shared parameters; task-specific
   parameters keep their own task's gradient.
 
+Weights are on the *sum* of the task losses, LibMTL's convention, in which each method's paper and
+LibMTL's code set their scale: ``equal`` is all ones, MGDA-UB's weights sum to 1, GradNorm's to the
+number of tasks. A trainer that wants equal weighting to be the mean loss (the paper's step, as
+``tg_jax.training.cohort`` does) divides every method's update by the number of tasks, so the methods
+keep their scales relative to equal weighting at one learning rate.
+
 ``info["weights"]`` (``[tasks]``, no gradient) is what each task's own (task-specific) parameters'
 gradient is multiplied by. All but two methods combine the task gradients linearly, so that
 ``combined_grads == sum_i weights[i] * task_grads[i]``; GradDrop (element-wise sign masks) and DB-MTL

@@ -17,8 +17,8 @@ from tg_jax.balancing.base import Balancer, EPSILON, finish, gram_matrix, num_ta
 
 
 def equal() -> Balancer:
-  """The paper's default, unweighted tasks: the mean of the task losses (every weight 1 / tasks), as
-  the trainer's ``cohort.network_loss`` computes it."""
+  """Unweighted tasks: every weight 1, the sum of the task losses (LibMTL's EW; the trainer divides
+  every method's update by the number of tasks, which makes this the paper's mean loss)."""
 
   def init(num_tasks: int, shared_params=None):
     del num_tasks, shared_params
@@ -26,7 +26,7 @@ def equal() -> Balancer:
 
   def update(task_losses, task_grads, state):
     num_tasks = num_tasks_of(task_losses)
-    return finish(jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32), task_grads, state)
+    return finish(jnp.ones((num_tasks,), jnp.float32), task_grads, state)
 
   return Balancer(init, update)
 
@@ -168,7 +168,7 @@ class RLWState(NamedTuple):
 
 def rlw(seed: int = 0) -> Balancer:
   """Random Loss Weighting (Lin, Ye, Xu, Shi & Zhang, TMLR 2022): every step fresh weights
-  ``w = softmax(z)``, ``z ~ N(0, I)`` (summing to 1, as equal weighting's ``1 / tasks`` do). The key
+  ``w = softmax(z)``, ``z ~ N(0, I)`` (summing to 1, LibMTL's scale: equal weighting's sum to the number of tasks). The key
   lives in the state, so the same ``seed`` gives the same weights and a resumed run continues them."""
 
   def init(num_tasks: int, shared_params=None):

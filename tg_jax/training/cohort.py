@@ -315,8 +315,11 @@ def balanced_gradients(*, model: nn.Module, task_names: Sequence[str], balancer:
   times that task's weight; for every method that combines linearly (all but GradDrop and DB-MTL,
   ``balancing.combines_linearly``) that is ``sum_t w_t g_t`` over *all* parameters, the gradient of
   ``sum_t w_t L_t`` with the weights held fixed, as back-propagating MGDA-UB's or Kendall et al.'s
-  weighted loss does; the balancer ``equal`` reproduces ``equal_weight_gradients`` exactly. Methods
-  whose weights ignore the gradients (``needs_task_gradients=False``) take one backward pass.
+  weighted loss does. Balancers weigh the sum of the task losses (``tg_jax.balancing.base``); the
+  update is divided by the number of tasks, so ``equal`` reproduces ``equal_weight_gradients`` (the
+  paper's mean loss) exactly and every method keeps its scale relative to it at the configured learning
+  rate (without it, methods whose weights sum to the number of tasks stepped that many times further).
+  Methods whose weights ignore the gradients (``needs_task_gradients=False``) take one backward pass.
 
   The task mask is not read: a balancer weighs every task it sees (``networks.cohorts`` gives such
   networks a model of exactly their tasks).
@@ -332,14 +335,15 @@ def balanced_gradients(*, model: nn.Module, task_names: Sequence[str], balancer:
       (task_grads,) = jax.vmap(vjp_fn)(jnp.eye(num_tasks, dtype=per_task.dtype))
       shared, new_balancer_state, info = balancer.update(per_task, {k: task_grads[k] for k in shared_names},
                                                          balancer_state)
-      weights = info["weights"]
+      weights = info["weights"] / num_tasks
       # Decoders: each task's gradient times its weight. Shared parameters: the balancer's update, which is
       # the same weighted sum for every method but GradDrop and DB-MTL (balancing.combines_linearly).
+      shared = jax.tree_util.tree_map(lambda g: g / num_tasks, shared)
       grads = {**balancing.combine(weights, {k: v for k, v in task_grads.items() if k not in shared}), **shared}
     else:
       placeholder = jnp.zeros((num_tasks, 1), jnp.float32)  # read by nothing but the final combine
       _, new_balancer_state, info = balancer.update(per_task, placeholder, balancer_state)
-      weights = info["weights"]
+      weights = info["weights"] / num_tasks
       (grads,) = vjp_fn(weights.astype(per_task.dtype))
     return Gradients(grads, jnp.mean(per_task), per_task, new_batch_stats, new_balancer_state, weights)
 
