@@ -2,6 +2,7 @@
 
 import csv
 import functools
+import itertools
 import json
 import os
 import signal
@@ -552,10 +553,16 @@ def test_a_workdir_from_before_seed_replicas_resumes_as_one_seed(tmp_path):
 
 def test_a_run_whose_programs_would_pass_the_mapping_limit_stops_before_compiling_the_rest(tmp_path, monkeypatch):
   """XLA:CPU maps ~3 memory regions per compiled kernel; past vm.max_map_count it segfaults. The
-  planner projects the regions from the first cohort's step and stops with the fix instead."""
+  planner projects the regions from the first cohort's step and stops with the fix instead.
+
+  The process's real region count depends on what earlier tests left mapped and what the garbage
+  collector frees meanwhile, so a counter stands in for it: 500 more regions at every reading, 2,000
+  allowed (the projection's arithmetic: test_the_mapping_projection_counts_distinct_programs)."""
   config = train_fakes.tiny_config()
   config.networks.half_size_singles = True  # two cohorts: full- and half-size networks
-  monkeypatch.setattr(planning, "mapping_limit", lambda: planning.mapped_regions() + 100)
+  readings = itertools.count(1000, 500)
+  monkeypatch.setattr(planning, "mapped_regions", lambda: next(readings))
+  monkeypatch.setattr(planning, "mapping_limit", lambda: 2000)
   with pytest.raises(planning.MappingLimitError, match=r"2 cohorts would map .*\(vm\.max_map_count\).*sysctl -w vm\.max_map_count="):
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints" / "1")
