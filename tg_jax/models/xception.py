@@ -275,19 +275,20 @@ def check_image_size(height: int, width: int, downsampling: int) -> None:
   """Raises unless the encoder can shrink ``height x width`` images ``downsampling`` times."""
   if height % downsampling or width % downsampling:
     raise ValueError(f"image height and width must be multiples of {downsampling} (the encoder halves them "
-                     f"{decoder_stages(downsampling)} times, model.downsampling); got {height}x{width}; resize "
+                     f"{halvings(downsampling)} times, model.downsampling); got {height}x{width}; resize "
                      f"or crop the images")
 
 
-def decoder_stages(downsampling: int) -> int:
-  """How many 2x upsamplings undo the encoder's ``downsampling`` (one per ``decoder_widths`` entry)."""
+def halvings(downsampling: int) -> int:
+  """How many times the encoder halves the image side for ``downsampling``: log2 of it, and so the
+  number of 2x upsamplings (``decoder_widths`` entries) that undo it."""
   return downsampling.bit_length() - 1
 
 
 def block_downsamples(block: int, downsampling: int) -> bool:
   """Whether encoder block ``block`` (0 to 2) has stride 2: the entry convolution halves the image
-  once, the first ``log2(downsampling) - 1`` blocks the rest."""
-  return block < decoder_stages(downsampling) - 1
+  once, the first ``halvings(downsampling) - 1`` blocks the rest."""
+  return block < halvings(downsampling) - 1
 
 
 class XceptionEncoder(nn.Module):
@@ -455,8 +456,8 @@ def make(config: ml_collections.ConfigDict, tasks: Sequence[str], width_multipli
   if config.depthwise not in DEPTHWISE_IMPLEMENTATIONS:
     raise ValueError(f"unknown model.depthwise {config.depthwise!r}; known: {', '.join(DEPTHWISE_IMPLEMENTATIONS)}")
   downsampling = checked_downsampling(config)
-  if len(config.decoder_widths) != decoder_stages(downsampling):
-    raise ValueError(f"model.decoder_widths needs {decoder_stages(downsampling)} widths (one per 2x upsampling, "
+  if len(config.decoder_widths) != halvings(downsampling):
+    raise ValueError(f"model.decoder_widths needs {halvings(downsampling)} widths (one per 2x upsampling, "
                      f"undoing the encoder's {downsampling}x, model.downsampling); got "
                      f"{tuple(config.decoder_widths)}")
   # Model configs written before the output layer was configurable (e.g. in an older workdir's

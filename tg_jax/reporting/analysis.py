@@ -314,22 +314,27 @@ def _has_all_groups(table: ResultsTable) -> bool:
   return len(full_groups) >= 2 ** table.num_tasks - 1
 
 
+def _all_task_method_networks(methods: dict, task_names: Sequence[str]):
+  """``(Table 4's row "<method> (all tasks)", cost, entry)`` of every ``methods.json`` network that
+  serves every task."""
+  for entry in methods.values():
+    if set(entry["tasks"]) == set(task_names):
+      yield f"{entry['method']} (all tasks)", round(float(entry["cost"]), 9), entry
+
+
 def _method_network_totals(methods: dict, task_names: Sequence[str]) -> dict[str, dict[float, list[float]]]:
   """``{"<method> (all tasks)": {cost: [test total of each seed replica]}}`` of ``methods.json``'s
   networks that serve every task, one cost per size (``config.networks.all_task_sizes``)."""
   totals: dict[str, dict[float, list[float]]] = {}
-  for entry in methods.values():
-    if set(entry["tasks"]) == set(task_names):
-      by_cost = totals.setdefault(f"{entry['method']} (all tasks)", {})
-      by_cost.setdefault(round(float(entry["cost"]), 9), []).append(float(sum(entry["test"][t] for t in task_names)))
+  for row, cost, entry in _all_task_method_networks(methods, task_names):
+    totals.setdefault(row, {}).setdefault(cost, []).append(float(sum(entry["test"][t] for t in task_names)))
   return totals
 
 
 def _method_network_sizes(methods: dict, task_names: Sequence[str]) -> dict[tuple[str, float], float]:
   """``{("<method> (all tasks)", cost): the size it was built to}`` for ``_method_network_totals``'s
   networks (a soft-sharing network's size is per task, below its cost)."""
-  return {(f"{entry['method']} (all tasks)", round(float(entry["cost"]), 9)): float(entry["size"])
-          for entry in methods.values() if set(entry["tasks"]) == set(task_names)}
+  return {(row, cost): float(entry["size"]) for row, cost, entry in _all_task_method_networks(methods, task_names)}
 
 
 def _largest_fitting(by_cost: dict[float, list[float]], budget: float) -> Optional[list[float]]:

@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tg_jax import workdir as workdir_lib
+from tg_jax.models import xception
 
 CONFIG_FILE = "config.json"
 # Keys that may change between a run and its resumption: where the data lives, how often to log, how
@@ -45,7 +46,7 @@ RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.workers", "data.p
 # Keys added since workdirs were first written, with the value that trains what a config without the
 # key trains (an older workdir's, or a model family's that lacks it): such configs compare as setting it.
 ADDED_KEYS = {"networks.seeds": 1, "transfer.encoders": "", "networks.all_task_sizes": [],
-              "selection.helper_tasks": [], "model.downsampling": 16}
+              "selection.helper_tasks": [], "model.downsampling": xception.PAPER_DOWNSAMPLING}
 
 
 class ConfigMismatchError(ValueError):
