@@ -3,6 +3,8 @@
 - ``XceptionStage``: the paper's encoder (``xception.XceptionEncoder``) cut into its five stages, so
   an architecture can act between them (MTAN's attention, cross-stitch's mixing). Run in order, the
   stages are exactly the encoder's layers.
+- ``TaskFeatureNet``: a family's network is its ``encode`` and ``task_features``; the decoding and
+  the forward pass around them are common.
 - ``heads``: the task heads, ``xception``'s decoders as its config names them, so every family's heads
   are the paper's and cost the same (heads are not part of a network's cost).
 - ``default_config``: a family's config is xception's (its encoder keys describe one standard
@@ -39,6 +41,25 @@ def heads(config: ml_collections.ConfigDict, tasks: Sequence[str], dtype: Any) -
   """The task heads: an ``xception`` network of which only ``decode`` is ever called, so it holds one
   decoder per task (``decoder_<task>``) and no encoder parameters."""
   return xception.make(config, tasks, 1.0, dtype)
+
+
+class TaskFeatureNet(nn.Module):
+  """A family's network in two parts, both the subclass's: ``encode`` (images -> what the tasks share)
+  and ``task_features`` (that -> one task's head input); the subclass also holds ``tasks`` and
+  ``heads``. This adds what every family does with them: per-task decoding, the features before the
+  heads (what a network costs) and the whole forward pass."""
+
+  def decode(self, task: str, shared: Any, train: bool) -> jax.Array:
+    return self.heads.decode(task, self.task_features(task, shared, train), train)
+
+  def features(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """Everything before the heads, for every task: what the network costs."""
+    shared = self.encode(images, train)
+    return {task: self.task_features(task, shared, train) for task in self.tasks}
+
+  def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+    shared = self.encode(images, train)
+    return {task: self.decode(task, shared, train) for task in self.tasks}
 
 
 class Encoder(NamedTuple):

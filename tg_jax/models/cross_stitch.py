@@ -66,7 +66,7 @@ class OutputStitch(nn.Module):
     return jnp.einsum("s,s...->...", beta.astype(columns.dtype), columns)
 
 
-class CrossStitchNet(nn.Module):
+class CrossStitchNet(backbone.TaskFeatureNet):
   """``len(tasks)`` columns (``columns_<column>_<stage>``), stitches ``stitch_<boundary>`` between stages,
   each task's output stitch ``output_stitch_<task>`` and the heads.
 
@@ -107,18 +107,6 @@ class CrossStitchNet(nn.Module):
     """Task ``task``'s head input ``[b, h/d, w/d, representation_width]``: its stitch of the columns."""
     del train  # the output stitch has no batch statistics
     return self.output_stitches[task](columns)
-
-  def decode(self, task: str, columns: jax.Array, train: bool) -> jax.Array:
-    return self.heads.decode(task, self.task_features(task, columns, train), train)
-
-  def features(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-    """Everything before the heads, for every task: what the network costs."""
-    columns = self.encode(images, train)
-    return {task: self.task_features(task, columns, train) for task in self.tasks}
-
-  def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-    columns = self.encode(images, train)
-    return {task: self.decode(task, columns, train) for task in self.tasks}
 
 
 def _check(config: ml_collections.ConfigDict) -> None:

@@ -33,7 +33,7 @@ def default_config(scale: str = "cpu") -> ml_collections.ConfigDict:
   return config
 
 
-class MMoENet(nn.Module):
+class MMoENet(backbone.TaskFeatureNet):
   """Experts ``experts_<e>`` (xception encoders), a gate per task ``gate_<task>`` and the heads.
 
   Attributes:
@@ -69,18 +69,6 @@ class MMoENet(nn.Module):
     experts, flat_images = shared
     gate = jax.nn.softmax(self.gates[task](flat_images).astype(jnp.float32), axis=-1)  # [b, experts]
     return jnp.einsum("eb...,be->b...", experts, gate.astype(experts.dtype))
-
-  def decode(self, task: str, shared: tuple[jax.Array, jax.Array], train: bool) -> jax.Array:
-    return self.heads.decode(task, self.task_features(task, shared, train), train)
-
-  def features(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-    """Everything before the heads, for every task: what the network costs."""
-    shared = self.encode(images, train)
-    return {task: self.task_features(task, shared, train) for task in self.tasks}
-
-  def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-    shared = self.encode(images, train)
-    return {task: self.decode(task, shared, train) for task in self.tasks}
 
 
 def _check(config: ml_collections.ConfigDict) -> None:

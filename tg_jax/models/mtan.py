@@ -70,7 +70,7 @@ class AttentionChain(nn.Module):
     return attended
 
 
-class MTANNet(nn.Module):
+class MTANNet(backbone.TaskFeatureNet):
   """The shared encoder's stages, one ``AttentionChain`` per task (``attention_<task>``) and the heads.
 
   Attributes:
@@ -103,18 +103,6 @@ class MTANNet(nn.Module):
   def task_features(self, task: str, shared: tuple[jax.Array, ...], train: bool) -> jax.Array:
     """Task ``task``'s head input ``[b, h/d, w/d, representation_width]``: its attention over ``shared``."""
     return self.attention[task](shared, train)
-
-  def decode(self, task: str, shared: tuple[jax.Array, ...], train: bool) -> jax.Array:
-    return self.heads.decode(task, self.task_features(task, shared, train), train)
-
-  def features(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-    """Everything before the heads, for every task: what the network costs."""
-    shared = self.encode(images, train)
-    return {task: self.task_features(task, shared, train) for task in self.tasks}
-
-  def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-    shared = self.encode(images, train)
-    return {task: self.decode(task, shared, train) for task in self.tasks}
 
 
 def make(config: ml_collections.ConfigDict, tasks: Sequence[str], width_multiplier: float,
